@@ -1,0 +1,176 @@
+"""Configuration as data.
+
+`ModelConfig` fixes the architecture (it is stored inside every checkpoint), `PipelineConfig`
+fixes the streaming behaviour (keyframes, flow, device, precision). Both map 1:1 onto the ROS
+parameters of the node and onto `config/accel.yaml`, so one YAML file drives the node, the CLI
+tools and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+FUSIONS = ("score", "feature")
+MODES = ("accel", "dff", "deeplab", "reference")
+FLOW_METHODS = ("dis", "farneback", "flownet", "zero")
+PRECISIONS = ("fp32", "fp16", "bf16")
+UPSAMPLERS = ("bilinear", "deconv")
+OUT_OF_FRAME = ("border", "zeros")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of an Accel network.
+
+    The reference branch N_R is a dilated ResNet (output stride 16) followed by the task head;
+    the update branch N_U is a cheaper dilated ResNet with its own task head. `fusion` chooses
+    where the two branches meet: on class scores (the paper's default) or on features
+    (the paper's Accel-101).
+    """
+
+    num_classes: int = 11
+    reference_backbone: str = "resnet101"
+    update_backbone: str | None = "resnet18"
+    fusion: str = "score"
+    head_channels: int = 1024
+    # Width both branches are projected to for feature fusion; None keeps each backbone's own.
+    feature_channels: int | None = None
+    upsample: str = "bilinear"
+    flow_net: bool = False
+    class_names: tuple[str, ...] = ()
+    palette: str = "camvid"
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.reference_backbone not in BACKBONES:
+            raise ValueError(
+                f"reference_backbone {self.reference_backbone!r} is not one of {BACKBONES}"
+            )
+        if self.update_backbone is not None and self.update_backbone not in BACKBONES:
+            raise ValueError(f"update_backbone {self.update_backbone!r} is not one of {BACKBONES}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
+        if self.upsample not in UPSAMPLERS:
+            raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLERS}")
+        self.class_names = tuple(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["class_names"] = list(self.class_names)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class PipelineConfig:
+    """Streaming behaviour of `AccelSegmenter` (one camera stream)."""
+
+    mode: str = "accel"
+    keyframe_interval: int = 5
+    # Adaptive keyframes: 0 disables a rule. Flow rule: mean accumulated flow magnitude since
+    # the keyframe, in input pixels. Confidence rule: drop of mean max-probability below the
+    # keyframe's own confidence.
+    adaptive_flow_threshold: float = 0.0
+    adaptive_confidence_drop: float = 0.0
+    flow_method: str = "dis"
+    # Flow is computed on frames downscaled by this factor (cheaper, and features are at 1/16).
+    flow_scale: float = 0.5
+    out_of_frame: str = "border"
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: bool = False
+    # Frames are resized to this (height, width) before the network; None keeps input size.
+    input_size: tuple[int, int] | None = None
+    # A time gap larger than this (seconds, from message stamps) resets the keyframe cache.
+    max_time_gap: float = 1.0
+    return_probabilities: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        if int(self.keyframe_interval) < 1:
+            raise ValueError(f"keyframe_interval must be >= 1, got {self.keyframe_interval}")
+        self.keyframe_interval = int(self.keyframe_interval)
+        if self.flow_method not in FLOW_METHODS:
+            raise ValueError(f"flow_method {self.flow_method!r} is not one of {FLOW_METHODS}")
+        if not 0.0 < self.flow_scale <= 1.0:
+            raise ValueError(f"flow_scale must be in (0, 1], got {self.flow_scale}")
+        if self.out_of_frame not in OUT_OF_FRAME:
+            raise ValueError(f"out_of_frame {self.out_of_frame!r} is not one of {OUT_OF_FRAME}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.adaptive_flow_threshold < 0 or self.adaptive_confidence_drop < 0:
+            raise ValueError("adaptive thresholds must be >= 0 (0 disables the rule)")
+        if self.input_size is not None:
+            size = tuple(int(v) for v in self.input_size)
+            if len(size) != 2 or min(size) < 16:
+                raise ValueError(f"input_size must be (height, width) >= 16, got {self.input_size}")
+            self.input_size = size  # type: ignore[assignment]
+        if self.max_time_gap <= 0:
+            raise ValueError(f"max_time_gap must be > 0, got {self.max_time_gap}")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if self.input_size is not None:
+            data["input_size"] = list(self.input_size)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown PipelineConfig keys: {sorted(unknown)}")
+        data = dict(data)
+        if data.get("input_size") in ([], [0, 0], (0, 0)):
+            data["input_size"] = None
+        return cls(**data)
+
+
+# Paper presets (Jain et al. 2019, Table 2): DeepLab-101 reference, ResNet-x update branch.
+PRESETS: dict[str, ModelConfig] = {
+    "accel18": ModelConfig(reference_backbone="resnet101", update_backbone="resnet18"),
+    "accel34": ModelConfig(reference_backbone="resnet101", update_backbone="resnet34"),
+    "accel50": ModelConfig(reference_backbone="resnet101", update_backbone="resnet50"),
+    "accel101": ModelConfig(
+        reference_backbone="resnet101",
+        update_backbone="resnet101",
+        fusion="feature",
+        feature_channels=2048,
+    ),
+    # The CPU-trainable variant that ships with the package (see README, "Shipped model").
+    "camvid34": ModelConfig(reference_backbone="resnet34", update_backbone="resnet18"),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """Return a copy of a named preset, with fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a ROS 2 parameter file (``node: ros__parameters: {...}``) or a plain mapping."""
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    for value in data.values():
+        if isinstance(value, dict) and "ros__parameters" in value:
+            return dict(value["ros__parameters"])
+    return data

@@ -1,0 +1,118 @@
+"""Dilated ResNet feature networks (output stride 16), as in DeepLab and the Accel paper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+
+_BUILDERS = {
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+}
+_OUT_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+
+# ImageNet statistics: torchvision checkpoints expect inputs normalised with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _dilate_layer4(layer: nn.Sequential) -> None:
+    """Turn conv5 (layer4) from stride 2 into stride 1 with dilation 2, in place.
+
+    torchvision only supports `replace_stride_with_dilation` for Bottleneck blocks, so the
+    BasicBlock networks (ResNet-18/34) are converted here by hand; the same code handles both.
+    The weights keep their shapes, so ImageNet checkpoints still load.
+    """
+    for module in layer.modules():
+        if isinstance(module, nn.Conv2d):
+            if module.stride == (2, 2):
+                module.stride = (1, 1)
+            if module.kernel_size == (3, 3):
+                module.dilation = (2, 2)
+                module.padding = (2, 2)
+
+
+class ResNetFeatures(nn.Module):
+    """ResNet trunk up to conv5, output stride 16.
+
+    Input: (N, 3, H, W) float RGB in [0, 1]. Output: (N, C, ceil(H/16), ceil(W/16)), where C is
+    `out_channels` (the backbone's own 512 / 2048, or `project_to` after a 1x1 projection).
+    ImageNet normalisation happens inside, so callers never need to know about it.
+    """
+
+    def __init__(self, name: str, project_to: int | None = None) -> None:
+        super().__init__()
+        if name not in _BUILDERS:
+            raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_BUILDERS)}")
+        self.name = name
+        net = _BUILDERS[name](weights=None)
+        _dilate_layer4(net.layer4)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
+        native = _OUT_CHANNELS[name]
+        if project_to is not None and project_to != native:
+            self.projection: nn.Module = nn.Sequential(
+                nn.Conv2d(native, project_to, 1, bias=False),
+                nn.BatchNorm2d(project_to),
+                nn.ReLU(inplace=True),
+            )
+            self.out_channels = project_to
+        else:
+            self.projection = nn.Identity()
+            self.out_channels = native
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.projection(x)
+
+    def load_torchvision_state_dict(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load a torchvision `resnetXX` state dict (e.g. ImageNet weights saved to disk).
+
+        The classifier (`fc.*`) is dropped. Returns the names of trunk parameters the file did
+        not provide; raises if a provided tensor has the wrong shape (wrong depth of ResNet).
+        """
+        renamed: dict[str, torch.Tensor] = {}
+        stem_names = {"conv1": "stem.0", "bn1": "stem.1"}
+        for key, value in state.items():
+            head, _, rest = key.partition(".")
+            if head == "fc":
+                continue
+            if head in stem_names:
+                key = f"{stem_names[head]}.{rest}"
+            renamed[key] = value
+        own = self.state_dict()
+        for key, value in renamed.items():
+            if key not in own:
+                raise ValueError(f"checkpoint key {key!r} does not belong to a {self.name}")
+            if own[key].shape != value.shape:
+                raise ValueError(
+                    f"checkpoint tensor {key!r} has shape {tuple(value.shape)}, "
+                    f"{self.name} expects {tuple(own[key].shape)}"
+                )
+        result = self.load_state_dict(renamed, strict=False)
+        return [k for k in result.missing_keys if not k.startswith("projection")]
+
+
+def load_backbone_weights(features: ResNetFeatures, path: str | Path) -> list[str]:
+    """Load torchvision-format ResNet weights from a local file into `features`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return features.load_torchvision_state_dict(state)

@@ -1,0 +1,81 @@
+"""Checkpoints: the model config travels with the weights, so a file fully defines a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ModelConfig
+from .accel import AccelNet
+
+FORMAT = "accel_ros/1"
+# The checkpoint shipped inside the package (trained on CamVid train; see README).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "accel_camvid.pt"
+
+
+def resolve_checkpoint(name: str | Path | None) -> Path | None:
+    """Map a checkpoint parameter to a path: "default" -> the shipped file, "none"/""/None ->
+    None (random weights), anything else -> that path. Raises FileNotFoundError for a path
+    that does not exist, naming it."""
+    if name is None or str(name).strip().lower() in ("", "none"):
+        return None
+    path = DEFAULT_CHECKPOINT if str(name) == "default" else Path(name).expanduser()
+    if not path.is_file():
+        hint = (
+            " (the shipped checkpoint is missing from this install; train one with "
+            "`accel-ros train` or pass checkpoint:=none for random weights)"
+            if str(name) == "default"
+            else ""
+        )
+        raise FileNotFoundError(f"checkpoint not found: {path}{hint}")
+    return path
+
+
+def save_checkpoint(
+    path: str | Path, model: AccelNet, extra: dict[str, Any] | None = None, half: bool = False
+) -> Path:
+    """Write model config + weights (+ anything JSON-like in `extra`). `half` stores floating
+    tensors as fp16 (half the size; they are restored to fp32 on load)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        key: (value.half() if half and value.is_floating_point() else value)
+        for key, value in model.state_dict().items()
+    }
+    payload = {
+        "format": FORMAT,
+        "model_config": model.config.to_dict(),
+        "state_dict": state,
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[AccelNet, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes. Returns (model, extra)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt/foreign files
+        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is not an accel_ros checkpoint (expected format {FORMAT!r}); "
+            "torchvision ResNet weights load with AccelNet.load_backbone()"
+        )
+    model = AccelNet(ModelConfig.from_dict(payload["model_config"]))
+    state = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in payload["state_dict"].items()
+    }
+    model.load_state_dict(state)
+    return model, dict(payload.get("extra", {}))
