@@ -12,7 +12,7 @@ and keeps the previous one; `estimate(prev_prepared, cur_prepared)` computes the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -77,7 +77,7 @@ class _OpenCVFlow(FlowEstimator):
     def estimate(self, previous: Any, current: Any) -> torch.Tensor:
         prev_images, _ = previous
         cur_images, device = current
-        flows = [self._flow(cur, prev) for prev, cur in zip(prev_images, cur_images)]
+        flows = [self._flow(cur, prev) for prev, cur in zip(prev_images, cur_images, strict=True)]
         stacked = np.stack(flows).transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(stacked)).to(device)
 
@@ -90,7 +90,7 @@ class DISFlow(_OpenCVFlow):
     """OpenCV Dense Inverse Search flow (Kroeger et al. 2016): fast, no weights needed."""
 
     name = "dis"
-    _PRESETS = {
+    _PRESETS: ClassVar[dict[str, int]] = {
         "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
         "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
         "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,

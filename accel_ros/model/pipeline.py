@@ -168,7 +168,9 @@ class AccelSegmenter:
         return self.frame_index - cache.keyframe_index >= cfg.keyframe_interval
 
     @torch.inference_mode()
-    def process(self, frame: np.ndarray | torch.Tensor, stamp: float | None = None) -> SegmentationResult:
+    def process(
+        self, frame: np.ndarray | torch.Tensor, stamp: float | None = None
+    ) -> SegmentationResult:
         """Segment one frame: (H, W, 3) uint8 RGB (or (3, H, W) float). Returns labels at the
         frame's own size. Raises ValueError for malformed frames without touching the cache."""
         image = frame_to_tensor(frame)

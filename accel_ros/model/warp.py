@@ -36,7 +36,7 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     """Sampling grid (N, h, w, 2) in grid_sample's normalised coordinates (align_corners=True)."""
-    n, _, height, width = flow.shape
+    height, width = flow.shape[-2:]
     ys = torch.arange(height, device=flow.device, dtype=flow.dtype)
     xs = torch.arange(width, device=flow.device, dtype=flow.dtype)
     base_y, base_x = torch.meshgrid(ys, xs, indexing="ij")

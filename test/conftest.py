@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny models keep the CPU test suite fast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accel_ros.config import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_config() -> ModelConfig:
+    """ResNet-18 reference and update, narrow head: seconds, not minutes, on a CPU."""
+    return ModelConfig(
+        num_classes=5, reference_backbone="resnet18", update_backbone="resnet18", head_channels=16
+    )
+
+
+@pytest.fixture
+def moving_frames() -> list[np.ndarray]:
+    """Six (64, 96, 3) uint8 frames of a smooth texture sliding 2 px right per frame."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, size=(64, 160, 3), dtype=np.uint8)
+    import cv2
+
+    base = cv2.GaussianBlur(base, (0, 0), 2.0)
+    return [np.ascontiguousarray(base[:, 40 - 2 * t : 136 - 2 * t]) for t in range(6)]

@@ -1,0 +1,168 @@
+"""AccelSegmenter: keyframe schedule, modes, resets, adaptive policy, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.model import AccelNet, AccelSegmenter, ZeroFlow, build_segmenter
+
+
+def _segmenter(config: ModelConfig, **pipeline) -> AccelSegmenter:
+    pipeline.setdefault("device", "cpu")
+    return AccelSegmenter(AccelNet(config), PipelineConfig(**pipeline))
+
+
+@pytest.mark.parametrize("mode", ["accel", "dff", "deeplab", "reference"])
+def test_every_mode_gives_int_labels_in_range(tiny_config, moving_frames, mode) -> None:
+    seg = _segmenter(tiny_config, mode=mode, keyframe_interval=3, return_probabilities=True)
+    for frame in moving_frames[:4]:
+        result = seg.process(frame)
+        assert result.labels.shape == (64, 96)
+        assert result.labels.dtype == np.uint8
+        assert int(result.labels.max()) < tiny_config.num_classes
+        assert result.probabilities.shape == (5, 64, 96)
+        np.testing.assert_allclose(result.probabilities.sum(axis=0), 1.0, atol=1e-4)
+        assert 0.0 < result.confidence <= 1.0
+        assert result.timings["total"] > 0
+        assert result.timings["total"] >= result.timings["update"] + result.timings["feature"]
+
+
+def test_keyframe_every_fifth_frame(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=5)
+    frames = moving_frames * 2  # 12 frames
+    results = [seg.process(frame) for frame in frames]
+    assert [r.is_keyframe for r in results] == [i % 5 == 0 for i in range(12)]
+    assert [r.keyframe_age for r in results] == [i % 5 for i in range(12)]
+    keyframe, warped = results[0].timings, results[1].timings
+    assert keyframe["feature"] > 0 and keyframe["update"] == 0
+    assert warped["feature"] == 0 and warped["flow"] > 0 and warped["warp"] > 0
+    assert warped["update"] > 0 and warped["fusion"] > 0
+
+
+def test_interval_one_equals_reference_mode(tiny_config, moving_frames) -> None:
+    model = AccelNet(tiny_config)
+    accel = AccelSegmenter(model, PipelineConfig(keyframe_interval=1, device="cpu"))
+    reference = AccelSegmenter(model, PipelineConfig(mode="reference", device="cpu"))
+    for frame in moving_frames:
+        a, r = accel.process(frame), reference.process(frame)
+        assert a.is_keyframe
+        np.testing.assert_array_equal(a.labels, r.labels)
+
+
+def test_dff_with_zero_flow_reuses_keyframe_labels(tiny_config, moving_frames) -> None:
+    seg = AccelSegmenter(
+        AccelNet(tiny_config), PipelineConfig(mode="dff", keyframe_interval=10, device="cpu"),
+        flow=ZeroFlow(),
+    )
+    first = seg.process(moving_frames[0]).labels
+    for frame in moving_frames[1:]:
+        np.testing.assert_array_equal(seg.process(frame).labels, first)
+
+
+def test_warped_features_follow_the_motion(tiny_config) -> None:
+    """A 32 px shift of the input moves cached features by exactly 2 cells (stride 16)."""
+    seg = AccelSegmenter(
+        AccelNet(tiny_config), PipelineConfig(mode="dff", keyframe_interval=10, device="cpu")
+    )
+    seg.flow = _ConstantFlow(dx=-32.0)  # content moved 32 px right
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, (64, 128, 3), dtype=np.uint8)
+    seg.process(frame)
+    keyframe_features = seg.cache.features.clone()
+    seg.process(frame)
+    torch.testing.assert_close(
+        seg.cache.features[..., 2:], keyframe_features[..., :-2], rtol=0, atol=1e-5
+    )
+
+
+class _ConstantFlow(ZeroFlow):
+    def __init__(self, dx: float) -> None:
+        self.dx = dx
+
+    def estimate(self, previous, current):  # type: ignore[override]
+        flow = super().estimate(previous, current)
+        flow[:, 0] = self.dx
+        return flow
+
+
+def test_resolution_change_resets_the_cache(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=10)
+    seg.process(moving_frames[0])
+    assert not seg.process(moving_frames[1]).is_keyframe
+    smaller = np.ascontiguousarray(moving_frames[2][:48, :80])
+    result = seg.process(smaller)
+    assert result.is_keyframe and "resolution changed" in result.reset_reason
+    assert result.labels.shape == (48, 80)
+
+
+def test_time_gap_and_backwards_time_reset(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=10, max_time_gap=0.5)
+    seg.process(moving_frames[0], stamp=10.0)
+    assert not seg.process(moving_frames[1], stamp=10.033).is_keyframe
+    gap = seg.process(moving_frames[2], stamp=11.0)
+    assert gap.is_keyframe and "time gap" in gap.reset_reason
+    back = seg.process(moving_frames[3], stamp=5.0)
+    assert back.is_keyframe and "backwards" in back.reset_reason
+
+
+def test_adaptive_flow_threshold_forces_keyframe(tiny_config) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=100, adaptive_flow_threshold=50.0)
+    seg.flow = _ConstantFlow(dx=-20.0)
+    frame = np.zeros((64, 96, 3), dtype=np.uint8)
+    flags = [seg.process(frame).is_keyframe for _ in range(8)]
+    # 20 px per frame: the accumulated 60 px passes 50 px on the third frame after a keyframe.
+    assert flags == [True, False, False, True, False, False, True, False]
+
+
+def test_adaptive_confidence_drop_forces_next_keyframe(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=100, adaptive_confidence_drop=1e-9)
+    seg.process(moving_frames[0])
+    seg.cache.keyframe_confidence = 1.0  # any real frame is then a confidence drop
+    assert not seg.process(moving_frames[1]).is_keyframe
+    assert seg.process(moving_frames[2]).is_keyframe
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (np.zeros((0, 0, 3), np.uint8), "empty image"),
+        (np.zeros((32, 32), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((32, 32, 4), np.uint8), r"\(H, W, 3\)"),
+        (np.zeros((32, 32, 3), np.float32), "uint8"),
+    ],
+)
+def test_bad_frames_raise_and_keep_the_stream(tiny_config, moving_frames, frame, message) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=10)
+    seg.process(moving_frames[0])
+    with pytest.raises(ValueError, match=message):
+        seg.process(frame)
+    assert not seg.process(moving_frames[1]).is_keyframe  # the cache survived the bad frame
+
+
+def test_input_resize_keeps_output_at_frame_size(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, input_size=(32, 48))
+    result = seg.process(moving_frames[0])
+    assert result.labels.shape == (64, 96)
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(tiny_config, moving_frames) -> None:
+    model = AccelNet(tiny_config)
+    plain = AccelSegmenter(model, PipelineConfig(device="cpu", keyframe_interval=2))
+    fast = AccelSegmenter(
+        model, PipelineConfig(device="cpu", keyframe_interval=2, channels_last=True)
+    )
+    for frame in moving_frames[:3]:
+        np.testing.assert_array_equal(plain.process(frame).labels, fast.process(frame).labels)
+    half = AccelSegmenter(model, PipelineConfig(device="cpu", precision="bf16"))
+    assert half.process(moving_frames[0]).labels.shape == (64, 96)
+
+
+def test_modes_needing_update_branch_are_refused() -> None:
+    config = ModelConfig(reference_backbone="resnet18", update_backbone=None, head_channels=8)
+    with pytest.raises(ValueError, match="update branch"):
+        build_segmenter(config, PipelineConfig(mode="accel", device="cpu"))
+    dff = build_segmenter(config, PipelineConfig(mode="dff", device="cpu"))
+    assert dff.process(np.zeros((32, 32, 3), np.uint8)).labels.shape == (32, 32)
