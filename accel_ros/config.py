@@ -16,7 +16,8 @@ from typing import Any
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 FUSIONS = ("score", "feature")
 MODES = ("accel", "dff", "deeplab", "reference")
-FLOW_METHODS = ("dis", "farneback", "flownet", "zero")
+# "torch": classical coarse-to-fine flow in torch (model/fastpath.py) that stays on the device.
+FLOW_METHODS = ("dis", "farneback", "flownet", "zero", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 UPSAMPLERS = ("bilinear", "deconv")
 OUT_OF_FRAME = ("border", "zeros")
@@ -96,8 +97,17 @@ class PipelineConfig:
     # A time gap larger than this (seconds, from message stamps) resets the keyframe cache.
     max_time_gap: float = 1.0
     return_probabilities: bool = False
+    # Fast paths (model/fastpath.py); all off by default. overlap_flow computes CPU flow (DIS,
+    # Farneback) in a worker thread while the update branch runs; torch_compile and cuda_graphs
+    # are fixed when the segmenter is built (cuda_graphs falls back to eager off CUDA).
+    overlap_flow: bool = False
+    torch_compile: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("overlap_flow", "torch_compile", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
         if int(self.keyframe_interval) < 1:

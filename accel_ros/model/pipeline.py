@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from ..config import ModelConfig, PipelineConfig, preset
 from .accel import AccelNet
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .flow import FlowEstimator, build_flow_estimator
+from .fastpath import FastOps, FlowWorker, build_flow, flow_can_overlap
+from .flow import FlowEstimator
 from .warp import check_flow, resize_flow, warp
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
@@ -127,8 +128,12 @@ class AccelSegmenter:
         self.model = model.to(self.device).eval()
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.flow = flow or build_flow_estimator(cfg.flow_method, cfg.flow_scale, model.flow_net)
+        self.flow = flow or build_flow(cfg.flow_method, cfg.flow_scale, model.flow_net)
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+        # Network calls go through FastOps: the model's own methods unless torch_compile /
+        # cuda_graphs ask for more (fixed here; see FastOps.notes for what is active).
+        self._ops = FastOps(self.model, self.device, cfg.torch_compile, cfg.cuda_graphs)
+        self._flow_worker = FlowWorker()  # its thread starts on first use of overlap_flow
         self.cache = KeyframeCache()
         self.frame_index = -1
 
@@ -140,10 +145,57 @@ class AccelSegmenter:
         """Drop the keyframe cache; the next frame is a keyframe."""
         self.cache = KeyframeCache()
 
+    @property
+    def fast_path_notes(self) -> list[str]:
+        """Which fast paths are active, or why a requested one fell back (human-readable)."""
+        return list(self._ops.notes)
+
+    def close(self) -> None:
+        """Stop the overlap_flow worker thread, if it was started."""
+        self._flow_worker.close()
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+        # A CUDA graph must not capture autocast's cached weight casts (freed on context exit).
+        return torch.autocast(
+            self.device.type,
+            dtype=self._autocast_dtype,
+            cache_enabled=not self.pipeline_config.cuda_graphs,
+        )
+
+    def _overlaps_flow(self) -> bool:
+        """overlap_flow applies: accel mode (there is an update branch to hide the flow
+        behind), a CPU estimator, and a previous frame to compute flow from."""
+        cfg = self.pipeline_config
+        return (
+            cfg.overlap_flow
+            and cfg.mode == "accel"
+            and flow_can_overlap(self.flow)
+            and self.cache.previous is not None
+        )
+
+    def _update_branch(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """N_U on (1, 3, H, W): features (1, C_U, h, w) and, for score fusion, s_U."""
+        update_features = self._ops.update_features(image)
+        if self.model.fuses_features:
+            return update_features, None
+        return update_features, self._ops.update_scores(update_features)
+
+    def _flow_beside_update(
+        self, image: torch.Tensor, timer: StageTimer
+    ) -> tuple[Any, torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Flow in the worker thread while N_U runs here. Returns (prepared current frame,
+        flow, update branch output). "flow" is billed the worker's own time, so with overlap
+        the stages add up to more than "total"."""
+        job = self._flow_worker.submit(self.flow, self.cache.previous, image)
+        try:
+            with timer.stage("update"):
+                update = self._update_branch(image)
+        finally:
+            done = job.result()  # never leave the worker running into the next frame
+        timer.times["flow"] += done.milliseconds
+        return done.prepared, done.flow, update
 
     def _reset_reason(self, size: tuple[int, int], stamp: float | None) -> str | None:
         cache = self.cache
@@ -194,13 +246,18 @@ class AccelSegmenter:
         uses_flow = cfg.mode in ("accel", "dff")
         with self._autocast():
             current_prepared = None
-            if uses_flow:
+            early_update = None  # N_U output computed beside the flow (overlap_flow)
+            if uses_flow and not keyframe and self._overlaps_flow():
+                current_prepared, flow, early_update = self._flow_beside_update(image, timer)
+                check_flow(flow)
+            elif uses_flow:
                 with timer.stage("flow"):
                     current_prepared = self.flow.prepare(image)
             if not keyframe and uses_flow:
-                with timer.stage("flow"):
-                    flow = self.flow.estimate(cache.previous, current_prepared).float()
-                    check_flow(flow)
+                if early_update is None:
+                    with timer.stage("flow"):
+                        flow = self.flow.estimate(cache.previous, current_prepared).float()
+                        check_flow(flow)
                 magnitude = float(flow.norm(dim=1).mean()) / self._flow_to_input_scale(flow, image)
                 cache.accumulated_flow += magnitude
                 threshold = cfg.adaptive_flow_threshold
@@ -208,9 +265,9 @@ class AccelSegmenter:
                     keyframe = True  # too much motion: warped features are no longer trusted
             if keyframe and cfg.mode != "deeplab":
                 with timer.stage("feature"):
-                    features = self.model.reference_features(image)
+                    features = self._ops.reference_features(image)
                 with timer.stage("task"):
-                    scores = self.model.reference_scores(features)
+                    scores = self._ops.reference_scores(features)
                 if uses_flow:
                     cache.features = features
                     cache.keyframe_index = self.frame_index
@@ -218,7 +275,7 @@ class AccelSegmenter:
                     cache.force_keyframe = False
             elif cfg.mode == "deeplab":
                 with timer.stage("update"):
-                    scores = self.model.update_scores(self.model.update_features(image))
+                    scores = self._ops.update_scores(self._ops.update_features(image))
             else:
                 with timer.stage("warp"):
                     flow = resize_flow(flow, cache.features.shape[-2:])
@@ -227,20 +284,24 @@ class AccelSegmenter:
                 if cfg.mode == "dff" or self.model.fuses_features:
                     with timer.stage("task" if cfg.mode == "dff" else "update"):
                         if cfg.mode == "dff":
-                            scores = self.model.reference_scores(cache.features)
+                            scores = self._ops.reference_scores(cache.features)
+                        elif early_update is not None:
+                            update_features = early_update[0]
                         else:
-                            update_features = self.model.update_features(image)
+                            update_features = self._ops.update_features(image)
                     if cfg.mode != "dff":
                         with timer.stage("fusion"):
-                            scores = self.model.fuse(cache.features, update_features)
+                            scores = self._ops.fuse(cache.features, update_features)
                 else:
                     with timer.stage("task"):
-                        reference_scores = self.model.reference_scores(cache.features)
+                        reference_scores = self._ops.reference_scores(cache.features)
                     with timer.stage("update"):
-                        update_features = self.model.update_features(image)
-                        update_scores = self.model.update_scores(update_features)
+                        if early_update is not None:
+                            update_features, update_scores = early_update
+                        else:
+                            update_features, update_scores = self._update_branch(image)
                     with timer.stage("fusion"):
-                        scores = self.model.fuse(
+                        scores = self._ops.fuse(
                             cache.features, update_features, reference_scores, update_scores
                         )
             if uses_flow:

@@ -1,0 +1,121 @@
+"""The node's custom message, without ROS: definition text, rosbags registration and the
+per-frame field values built from a SegmentationResult.
+
+ament_python packages cannot generate rosidl interfaces, so `msg/SegmentationStats.msg` is only
+compiled when a sibling ament_cmake package (``accel_ros_msgs``) builds it. Everything here works
+without it: rosbags can register the type from `STATS_MSG_TEXT` to write stats into bags, and the
+node falls back to publishing `stats_to_json` on a std_msgs/String.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+STATS_TYPE_NAME = "accel_ros/msg/SegmentationStats"
+STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output", "total")
+
+# Byte-for-byte copy of msg/SegmentationStats.msg (a test keeps them equal).
+STATS_MSG_TEXT = """\
+# Per-frame statistics of the accel_ros segmentation node, published on ~/stats.
+
+# Same stamp and frame_id as the input image the labels were computed from.
+std_msgs/Header header
+
+# Frames processed since the node started (or since the last reset of the counters).
+uint64 frame_index
+bool is_keyframe
+# Frames since the last keyframe; 0 on a keyframe.
+uint32 keyframe_age
+# Pipeline mode: accel, dff, deeplab or reference.
+string mode
+
+# Stage latencies of this frame in milliseconds; 0 for a stage not run on this frame.
+float32 feature_ms
+float32 flow_ms
+float32 warp_ms
+float32 task_ms
+float32 update_ms
+float32 fusion_ms
+# Upsampling to the input size, argmax and softmax confidence.
+float32 output_ms
+# Segmenter time for this frame (all stages plus overhead).
+float32 total_ms
+# Time from the input header stamp to publishing the labels: transport, queueing, conversion
+# and inference. Meaningless (NaN) when the input stamp is zero.
+float32 end_to_end_ms
+
+# Mean over pixels of the maximum softmax probability.
+float32 confidence
+# Input frames dropped so far because inference was slower than the camera.
+uint64 dropped_frames
+# Why the keyframe cache was reset on this frame; empty when it was not.
+string reset_reason
+"""
+
+
+def register_stats_type(typestore: Any) -> type:
+    """Register accel_ros/msg/SegmentationStats in a rosbags typestore; returns its class.
+
+    Idempotent: registering twice is a no-op. The typestore must already know
+    std_msgs/msg/Header (every ROS 2 store does).
+    """
+    from rosbags.typesys import get_types_from_msg
+
+    if STATS_TYPE_NAME not in typestore.types:
+        typestore.register(get_types_from_msg(STATS_MSG_TEXT, STATS_TYPE_NAME))
+    return typestore.types[STATS_TYPE_NAME]
+
+
+def stamp_to_seconds(stamp: Any) -> float:
+    """builtin_interfaces/Time-like (``sec``, ``nanosec``) -> float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def seconds_to_stamp(seconds: float) -> tuple[int, int]:
+    """Float seconds -> (sec, nanosec) with 0 <= nanosec < 1e9."""
+    total_ns = round(float(seconds) * 1e9)
+    return total_ns // 1_000_000_000, total_ns % 1_000_000_000
+
+
+def stats_fields(
+    result: Any,
+    *,
+    mode: str,
+    stamp: float | None,
+    now: float,
+    dropped_frames: int = 0,
+    reset_reason: str | None = None,
+) -> dict[str, Any]:
+    """SegmentationStats fields (all but ``header``) for one SegmentationResult.
+
+    `stamp` is the input header stamp and `now` the publish time, both in seconds on the same
+    clock; a missing or zero stamp gives a NaN end-to-end latency rather than a huge number.
+    `reset_reason` overrides the result's own (e.g. the node reset on a resolution change).
+    """
+    timings = dict(result.timings)
+    fields: dict[str, Any] = {
+        "frame_index": int(result.frame_index),
+        "is_keyframe": bool(result.is_keyframe),
+        "keyframe_age": int(result.keyframe_age),
+        "mode": str(mode),
+    }
+    for stage in STAGES:
+        fields[f"{stage}_ms"] = float(timings.get(stage, 0.0))
+    fields["end_to_end_ms"] = (now - stamp) * 1000.0 if stamp else math.nan
+    fields["confidence"] = float(result.confidence)
+    fields["dropped_frames"] = int(dropped_frames)
+    fields["reset_reason"] = reset_reason or result.reset_reason or ""
+    return fields
+
+
+def stats_to_json(fields: dict[str, Any], stamp: float | None, frame_id: str) -> str:
+    """The std_msgs/String fallback payload: the same fields plus the header, as JSON.
+
+    NaN is written as null so that strict JSON parsers accept it.
+    """
+    payload: dict[str, Any] = {"header": {"stamp": stamp or 0.0, "frame_id": frame_id}}
+    for key, value in fields.items():
+        payload[key] = None if isinstance(value, float) and math.isnan(value) else value
+    return json.dumps(payload, sort_keys=False)

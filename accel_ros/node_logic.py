@@ -1,0 +1,640 @@
+"""Everything the segmentation node decides, without ROS, so it is testable without rclpy.
+
+- Parameters: `PARAMETERS` lists every ROS parameter (name, default, type, description, whether
+  it may change at run time). Pipeline parameters map 1:1 onto `PipelineConfig` fields; the
+  rest are node options (`NodeOptions`). `parse_parameters` validates a full set,
+  `plan_parameter_update` accepts live-safe changes and rejects the others with a reason.
+- `FrameSlot`: newest-frame hand-off between the subscription callback and the worker thread,
+  counting the frames that were overwritten before the worker got to them.
+- `StreamStatistics`: per-stage latency mean/p50/p99, fps and keyframe ratio over a window.
+- `FrameProcessor`: one message in, segmentation outputs (or None for a bad frame) out.
+- `diagnostic_report`: the /diagnostics status built from all of the above.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bridge import ImageConversionError, message_to_rgb8
+from .config import PRESETS, PipelineConfig, load_yaml
+from .palette import PALETTES, colorize, overlay
+
+NODE_NAME = "accel_segmentation"
+TRANSPORTS = ("raw", "compressed")
+# Source-tree location; an installed node prefers share/accel_ros/config/accel.yaml.
+SOURCE_PARAMS_FILE = Path(__file__).resolve().parents[1] / "config" / "accel.yaml"
+
+
+@dataclass
+class NodeOptions:
+    """Node-only parameters (everything that is not a PipelineConfig field)."""
+
+    preset: str = "camvid34"
+    # "default" = the checkpoint shipped in the package, "none" = random weights, or a path.
+    checkpoint: str = "default"
+    image_topic: str = "image"
+    input_transport: str = "raw"
+    palette: str = "camvid_cityscapes"
+    overlay_alpha: float = 0.5
+    publish_color: bool = True
+    publish_overlay: bool = True
+    publish_scores: bool = False
+    diagnostics_period: float = 1.0
+    stats_window: int = 100
+    log_throttle: float = 5.0
+    # Decode sensor_msgs/Image with cv_bridge when it imports; the numpy bridge otherwise.
+    use_cv_bridge: bool = True
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r} is not one of {sorted(PRESETS)}")
+        if self.input_transport not in TRANSPORTS:
+            raise ValueError(
+                f"input_transport {self.input_transport!r} is not one of {TRANSPORTS}"
+            )
+        if not self.image_topic.strip():
+            raise ValueError("image_topic must not be empty")
+        if self.palette not in PALETTES:
+            raise ValueError(f"palette {self.palette!r} is not one of {sorted(PALETTES)}")
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
+        if self.diagnostics_period <= 0:
+            raise ValueError(f"diagnostics_period must be > 0, got {self.diagnostics_period}")
+        if self.stats_window < 2:
+            raise ValueError(f"stats_window must be >= 2 frames, got {self.stats_window}")
+        if self.log_throttle < 0:
+            raise ValueError(f"log_throttle must be >= 0, got {self.log_throttle}")
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint.strip().lower() in ("", "none")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One ROS parameter. `kind` is the ROS type: bool, int, float, str or int_array."""
+
+    name: str
+    default: Any
+    kind: str
+    description: str
+    # Target object: "pipeline" (PipelineConfig field) or "node" (NodeOptions field).
+    target: str
+    live: bool = False
+    choices: tuple[str, ...] = ()
+
+
+_DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
+    # name: (description, live, choices)
+    "mode": (
+        "accel: warped reference + update branch; dff: warp only; deeplab: update branch "
+        "every frame; reference: reference branch every frame",
+        False,
+        ("accel", "dff", "deeplab", "reference"),
+    ),
+    "keyframe_interval": ("run the reference network every N frames", True, ()),
+    "adaptive_flow_threshold": (
+        "extra keyframe when mean accumulated flow since the keyframe exceeds this many input "
+        "pixels; 0 disables",
+        True,
+        (),
+    ),
+    "adaptive_confidence_drop": (
+        "extra keyframe when mean confidence falls this much below the keyframe's; 0 disables",
+        True,
+        (),
+    ),
+    "flow_method": ("optical flow estimator", False, ("dis", "farneback", "flownet", "zero")),
+    "flow_scale": ("flow runs on frames downscaled by this factor, in (0, 1]", False, ()),
+    "out_of_frame": (
+        "what warping samples outside the frame: border (replicate) or zeros",
+        True,
+        ("border", "zeros"),
+    ),
+    "device": ("auto, cpu or cuda:N", False, ()),
+    "precision": ("inference precision", False, ("fp32", "fp16", "bf16")),
+    "channels_last": ("run convolutions in channels-last memory format", False, ()),
+    "input_size": (
+        "[height, width] the network runs at (labels are resized back); [0, 0] = camera size",
+        False,
+        (),
+    ),
+    "max_time_gap": (
+        "a gap between header stamps longer than this (s) resets the keyframe cache",
+        True,
+        (),
+    ),
+    "return_probabilities": (
+        "keep per-class probabilities (forced on while publish_scores is true)",
+        True,
+        (),
+    ),
+    "overlap_flow": (
+        "compute CPU optical flow in a worker thread while the update branch runs",
+        False,
+        (),
+    ),
+    "torch_compile": ("torch.compile the network calls when the segmenter is built", False, ()),
+    "cuda_graphs": ("replay the network calls as CUDA graphs (CUDA devices only)", False, ()),
+    "preset": ("model preset; a checkpoint's own config wins", False, tuple(PRESETS)),
+    "checkpoint": (
+        "'default' = shipped weights, 'none' = random weights (testing only), or a .pt path",
+        False,
+        (),
+    ),
+    "image_topic": ("input image topic (or remap 'image')", False, ()),
+    "input_transport": (
+        "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/CompressedImage on "
+        "<image_topic>/compressed",
+        False,
+        TRANSPORTS,
+    ),
+    "palette": ("colours of ~/color and ~/overlay", True, tuple(PALETTES)),
+    "overlay_alpha": ("label opacity in ~/overlay, in [0, 1]", True, ()),
+    "publish_color": ("publish ~/color (rgb8 colourised labels)", True, ()),
+    "publish_overlay": ("publish ~/overlay (labels alpha-blended on the input)", True, ()),
+    "publish_scores": ("publish ~/scores (32FC1 per-pixel max probability)", True, ()),
+    "diagnostics_period": ("seconds between /diagnostics messages", False, ()),
+    "stats_window": ("frames in the latency / fps / keyframe-ratio window", False, ()),
+    "log_throttle": ("seconds between repeated warnings of one kind", True, ()),
+    "use_cv_bridge": (
+        "decode images with cv_bridge when importable (else the numpy bridge)",
+        False,
+        (),
+    ),
+}
+
+
+def _ros_kind(value: Any, name: str) -> str:
+    if name == "input_size":
+        return "int_array"
+    for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if isinstance(value, types):
+            return kind
+    raise TypeError(f"no ROS parameter type for {name}={value!r}")
+
+
+def _ros_value(name: str, value: Any) -> Any:
+    """Config value -> ROS parameter value (None input_size is [0, 0])."""
+    if name == "input_size":
+        return [0, 0] if value is None else [int(v) for v in value]
+    return value
+
+
+def _build_specs() -> tuple[ParamSpec, ...]:
+    specs = []
+    for target, defaults in (
+        ("pipeline", PipelineConfig().to_dict()),
+        ("node", dataclasses.asdict(NodeOptions())),
+    ):
+        for name, value in defaults.items():
+            # A field added to a config later still becomes a (restart-only) parameter.
+            description, live, choices = _DESCRIPTIONS.get(name, (f"{target} {name}", False, ()))
+            value = _ros_value(name, value)
+            specs.append(
+                ParamSpec(name, value, _ros_kind(value, name), description, target, live, choices)
+            )
+    return tuple(specs)
+
+
+PARAMETERS: tuple[ParamSpec, ...] = _build_specs()
+PARAMETER_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
+
+
+def default_parameters(params_file: str | Path | None = None) -> dict[str, Any]:
+    """ROS parameter defaults: the code defaults, overridden by `params_file` when given.
+
+    Raises ValueError for unknown names in the file (a typo would otherwise be ignored).
+    """
+    values = {spec.name: spec.default for spec in PARAMETERS}
+    if params_file is not None:
+        loaded = load_yaml(params_file)
+        unknown = sorted(set(loaded) - set(values))
+        if unknown:
+            raise ValueError(f"{params_file}: unknown parameters {unknown}")
+        values.update(loaded)
+    return values
+
+
+@dataclass
+class NodeSettings:
+    """A validated parameter set: pipeline config plus node options."""
+
+    pipeline: PipelineConfig
+    options: NodeOptions
+
+    def parameter_values(self) -> dict[str, Any]:
+        """Back to ROS parameter values (the inverse of `parse_parameters`)."""
+        values = {k: _ros_value(k, v) for k, v in self.pipeline.to_dict().items()}
+        values.update(dataclasses.asdict(self.options))
+        return values
+
+
+def _coerce(spec: ParamSpec, value: Any) -> Any:
+    """Check one ROS value against its declared type; ints are accepted for floats."""
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        # rclpy hands integer arrays over as array.array('q').
+        "int_array": isinstance(value, (list, tuple, array.array))
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+    }[spec.kind]
+    if not ok:
+        raise ValueError(
+            f"parameter {spec.name!r} must be of type {spec.kind}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    if spec.kind == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"parameter {spec.name!r} must be finite, got {value}")
+    if spec.kind == "int_array":
+        value = [int(v) for v in value]
+    return value
+
+
+def parse_parameters(values: Mapping[str, Any]) -> NodeSettings:
+    """Validate a complete parameter set. Missing names take their defaults; unknown names,
+    wrong types and invalid values raise ValueError naming the parameter."""
+    unknown = sorted(set(values) - set(PARAMETER_SPECS))
+    if unknown:
+        raise ValueError(f"unknown parameters {unknown}")
+    merged = {spec.name: spec.default for spec in PARAMETERS}
+    merged.update({k: _coerce(PARAMETER_SPECS[k], v) for k, v in values.items()})
+    pipeline = {k: v for k, v in merged.items() if PARAMETER_SPECS[k].target == "pipeline"}
+    node = {k: v for k, v in merged.items() if PARAMETER_SPECS[k].target == "node"}
+    if pipeline["input_size"] in ([0, 0], []):
+        pipeline["input_size"] = None
+    try:
+        return NodeSettings(PipelineConfig.from_dict(pipeline), NodeOptions(**node))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"invalid parameters: {error}") from error
+
+
+@dataclass
+class UpdatePlan:
+    """Outcome of a run-time parameter change request."""
+
+    successful: bool
+    reason: str = ""
+    settings: NodeSettings | None = None
+    changed: tuple[str, ...] = ()
+
+
+def plan_parameter_update(current: NodeSettings, changes: Mapping[str, Any]) -> UpdatePlan:
+    """Accept `changes` if all are live-safe and valid; never mutates `current`.
+
+    A change to a parameter that needs a restart (device, model, flow method...) is rejected
+    with a reason, unless the value is unchanged (ROS re-sets parameters it was not asked to).
+    """
+    values = current.parameter_values()
+    changed = []
+    for name, value in changes.items():
+        spec = PARAMETER_SPECS.get(name)
+        if spec is None:
+            return UpdatePlan(False, f"unknown parameter {name!r}")
+        try:
+            value = _coerce(spec, value)
+        except ValueError as error:
+            return UpdatePlan(False, str(error))
+        if value == values[name]:
+            continue
+        if not spec.live:
+            return UpdatePlan(
+                False,
+                f"parameter {name!r} cannot change while the node runs (the model and "
+                "pipeline are built once); restart the node with the new value",
+            )
+        values[name] = value
+        changed.append(name)
+    try:
+        settings = parse_parameters(values)
+    except ValueError as error:
+        return UpdatePlan(False, str(error))
+    return UpdatePlan(True, "", settings, tuple(changed))
+
+
+def apply_live_pipeline(target: PipelineConfig, settings: NodeSettings) -> None:
+    """Copy the live-safe pipeline fields of `settings` into the segmenter's own config object
+    (the segmenter reads them on every frame, so no rebuild is needed)."""
+    for spec in PARAMETERS:
+        if spec.target == "pipeline" and spec.live:
+            setattr(target, spec.name, getattr(settings.pipeline, spec.name))
+    # ~/scores needs probabilities, so publishing scores switches them on.
+    target.return_probabilities = (
+        settings.pipeline.return_probabilities or settings.options.publish_scores
+    )
+
+
+class FrameSlot:
+    """Newest-frame mailbox between a subscription callback and one worker thread.
+
+    `put` never blocks: an item that the worker has not taken yet is replaced, and counted as
+    dropped, so the worker always processes the newest frame when inference is slower than
+    the camera.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, item: Any) -> bool:
+        """Store `item`; returns True if it replaced (dropped) an unprocessed one."""
+        with self._condition:
+            replaced = self._full
+            self._item, self._full = item, True
+            self.received += 1
+            self.dropped += int(replaced)
+            self._condition.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest item, waiting up to `timeout` s; None on timeout or after close()."""
+        with self._condition:
+            if not self._full and not self._closed:
+                self._condition.wait(timeout)
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        """Wake a waiting `take` so the worker thread can exit."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _percentiles(values: deque[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if array.size == 0:
+        return {"mean": math.nan, "p50": math.nan, "p99": math.nan}
+    return {
+        "mean": float(array.mean()),
+        "p50": float(np.percentile(array, 50)),
+        "p99": float(np.percentile(array, 99)),
+    }
+
+
+class StreamStatistics:
+    """Sliding-window statistics of processed frames. Times are passed in (seconds, any
+    monotonic clock), so the numbers are reproducible in tests."""
+
+    def __init__(self, window: int = 100) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2 frames, got {window}")
+        self.window = int(window)
+        self._latency: dict[str, deque[float]] = {}
+        self._keyframes: deque[bool] = deque(maxlen=self.window)
+        self._done_at: deque[float] = deque(maxlen=self.window)
+        self.processed = 0
+
+    def record(
+        self,
+        timings: Mapping[str, float],
+        is_keyframe: bool,
+        now: float,
+        end_to_end_ms: float | None = None,
+    ) -> None:
+        """Add one processed frame: its stage timings (ms), whether it was a keyframe, the time
+        it finished, and its header-to-publish latency (ms) when known."""
+        stages = dict(timings)
+        if end_to_end_ms is not None:
+            stages["end_to_end"] = end_to_end_ms
+        for name, value in stages.items():
+            series = self._latency.setdefault(name, deque(maxlen=self.window))
+            series.append(float(value))
+        self._keyframes.append(bool(is_keyframe))
+        self._done_at.append(float(now))
+        self.processed += 1
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        """{stage: {"mean", "p50", "p99"}} in ms over the window; NaN when no data."""
+        return {name: _percentiles(series) for name, series in self._latency.items()}
+
+    def fps(self) -> float:
+        """Processed frames per second over the window (0 with fewer than 2 frames)."""
+        if len(self._done_at) < 2:
+            return 0.0
+        span = self._done_at[-1] - self._done_at[0]
+        return (len(self._done_at) - 1) / span if span > 0 else 0.0
+
+    def keyframe_ratio(self) -> float:
+        """Fraction of keyframes in the window (0 when empty)."""
+        return sum(self._keyframes) / len(self._keyframes) if self._keyframes else 0.0
+
+
+class Throttle:
+    """Lets a message of one kind through at most once per `period` seconds."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = float(period)
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return False
+        self._last[key] = now
+        return True
+
+
+@dataclass
+class FrameOutputs:
+    """What the node publishes for one frame. Arrays are at the input image's size."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 input as RGB
+    result: Any  # SegmentationResult
+    labels: np.ndarray  # (H, W) uint8 class ids
+    color: np.ndarray | None = None  # (H, W, 3) uint8 colourised labels
+    overlay: np.ndarray | None = None  # (H, W, 3) uint8 labels blended on the input
+    scores: np.ndarray | None = None  # (H, W) float32 max class probability
+    stamp: float | None = None
+
+
+@dataclass
+class ErrorCounters:
+    conversion: int = 0  # unreadable images (encoding, size, data)
+    inference: int = 0  # the segmenter raised
+    last: str = ""
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class FrameProcessor:
+    """Converts one Image/CompressedImage-like message and runs the segmenter on it.
+
+    Bad input never raises: unreadable frames and segmenter failures are counted, logged
+    (throttled per kind) and give None; the next frame is processed normally. A resolution
+    change or a stamp jump resets the segmenter's keyframe cache (the segmenter decides and
+    reports `reset_reason`, which is logged here).
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        options: NodeOptions | None = None,
+        converter: Callable[[Any], np.ndarray] = message_to_rgb8,
+        logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.segmenter = segmenter
+        self.options = options or NodeOptions()
+        self.converter = converter
+        self.logger = logger or logging.getLogger(__name__)
+        self.throttle = Throttle(self.options.log_throttle, clock)
+        self.errors = ErrorCounters()
+
+    def _warn(self, kind: str, message: str) -> None:
+        self.errors.last = message
+        self.errors.by_kind[kind] = self.errors.by_kind.get(kind, 0) + 1
+        self.throttle.period = self.options.log_throttle
+        if self.throttle.allow(kind):
+            skipped = self.throttle.suppressed.pop(kind, 0)
+            suffix = f" ({skipped} similar messages suppressed)" if skipped else ""
+            self.logger.warning(message + suffix)
+
+    def process(self, msg: Any, stamp: float | None = None) -> FrameOutputs | None:
+        """Segment one message. `stamp` is its header time in seconds (None or 0 = unknown,
+        which disables the time-gap reset). Returns None for a frame that was skipped."""
+        try:
+            rgb = self.converter(msg)
+        except ValueError as error:  # ImageConversionError is a ValueError
+            self.errors.conversion += 1
+            self._warn("conversion", f"skipping frame: {error}")
+            return None
+        stamp = stamp or None
+        try:
+            result = self.segmenter.process(rgb, stamp=stamp)
+        except ValueError as error:
+            self.errors.conversion += 1
+            self._warn("input", f"skipping frame the segmenter refused: {error}")
+            return None
+        except Exception as error:  # a node must survive anything, e.g. CUDA OOM
+            self.errors.inference += 1
+            self._warn("inference", f"segmentation failed ({type(error).__name__}: {error})")
+            self.segmenter.reset()  # the cache may be half-updated
+            return None
+        if result.reset_reason:
+            self._warn("reset", f"keyframe cache reset: {result.reset_reason}")
+        try:
+            return self.render(rgb, result, stamp)
+        except ValueError as error:
+            self.errors.inference += 1
+            self._warn("render", f"could not render the result: {error}")
+            return None
+
+    def render(self, rgb: np.ndarray, result: Any, stamp: float | None = None) -> FrameOutputs:
+        """Colourise / blend / score one result according to the current options."""
+        options = self.options
+        labels = np.asarray(result.labels, dtype=np.uint8)
+        if labels.shape != rgb.shape[:2]:
+            raise ImageConversionError(
+                f"labels {labels.shape} do not match the input image {rgb.shape[:2]}"
+            )
+        color = blended = scores = None
+        if options.publish_color or options.publish_overlay:
+            color = colorize(labels, options.palette)
+            if options.publish_overlay:
+                blended = overlay(rgb, color, options.overlay_alpha)
+        if options.publish_scores and result.probabilities is not None:
+            scores = np.asarray(result.probabilities, dtype=np.float32).max(axis=0)
+        return FrameOutputs(
+            rgb=rgb,
+            result=result,
+            labels=labels,
+            color=color if options.publish_color else None,
+            overlay=blended,
+            scores=scores,
+            stamp=stamp,
+        )
+
+
+@dataclass
+class DiagnosticReport:
+    """Fields of a diagnostic_msgs/DiagnosticStatus. level: 0 OK, 1 WARN, 2 ERROR, 3 STALE."""
+
+    level: int
+    message: str
+    values: list[tuple[str, str]]
+
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.3f}"
+
+
+def diagnostic_report(
+    stats: StreamStatistics,
+    slot: FrameSlot,
+    errors: ErrorCounters,
+    device: str,
+    options: NodeOptions,
+    keyframe_interval: int,
+) -> DiagnosticReport:
+    """Summarise the node's health. STALE before the first frame, WARN with random weights,
+    failed frames or more than half of the input dropped, ERROR when every frame failed."""
+    latency = stats.latency()
+    values: list[tuple[str, str]] = []
+    for stage in sorted(latency):
+        for key, number in latency[stage].items():
+            values.append((f"{stage}_ms_{key}", _fmt(number)))
+    drop_ratio = slot.dropped / slot.received if slot.received else 0.0
+    values += [
+        ("fps", _fmt(stats.fps())),
+        ("frames_received", str(slot.received)),
+        ("frames_processed", str(stats.processed)),
+        ("frames_dropped", str(slot.dropped)),
+        ("drop_ratio", _fmt(drop_ratio)),
+        ("keyframe_ratio", _fmt(stats.keyframe_ratio())),
+        ("keyframe_interval", str(keyframe_interval)),
+        ("device", device),
+        ("weights", "random" if options.random_weights else options.checkpoint),
+        ("conversion_errors", str(errors.conversion)),
+        ("inference_errors", str(errors.inference)),
+        ("last_error", errors.last),
+    ]
+    failed = errors.conversion + errors.inference
+    if stats.processed == 0 and failed:
+        return DiagnosticReport(ERROR, f"no frame processed; last error: {errors.last}", values)
+    if stats.processed == 0:
+        return DiagnosticReport(STALE, "waiting for images", values)
+    problems = []
+    if options.random_weights:
+        problems.append("random weights (checkpoint none)")
+    if failed:
+        problems.append(f"{failed} frames failed")
+    if drop_ratio > 0.5:
+        problems.append(f"{100 * drop_ratio:.0f}% of input frames dropped")
+    summary = f"{stats.fps():.1f} fps, keyframe ratio {stats.keyframe_ratio():.2f}"
+    if problems:
+        return DiagnosticReport(WARN, f"{summary}; " + "; ".join(problems), values)
+    return DiagnosticReport(OK, summary, values)

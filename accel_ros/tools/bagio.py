@@ -1,0 +1,192 @@
+"""rosbag2 helpers on top of the pure-Python `rosbags` package (no ROS installation needed).
+
+Covers what the replay tools need: a ROS 2 typestore that also knows
+accel_ros/msg/SegmentationStats, choosing the camera topic, opening writers for either storage
+plugin, copying connections through unchanged, building Header/Image messages, and writing a
+clip of RGB frames as a camera topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rosbags.interfaces import Connection
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from .. import bridge
+from ..messages import STATS_TYPE_NAME, register_stats_type
+
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+STATS_TYPE = STATS_TYPE_NAME
+STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+COMPRESSED_FORMATS = ("jpeg", "png")
+BAG_FILE_SUFFIXES = (".mcap", ".db3")
+WRITER_VERSION = 9  # rosbag2 metadata version of Humble and later (rosbags writes 8 or 9)
+
+
+def make_typestore() -> Any:
+    """A fresh ROS 2 Humble typestore with SegmentationStats registered (not shared: the
+    stores are mutable and tests or callers may register their own types)."""
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    register_stats_type(typestore)
+    return typestore
+
+
+def is_rosbag(path: str | Path) -> bool:
+    """A rosbag2 directory (with metadata.yaml) or a bare .mcap / .db3 storage file."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "metadata.yaml").is_file()
+    return path.is_file() and path.suffix.lower() in BAG_FILE_SUFFIXES
+
+
+def image_topics(connections: Iterable[Connection]) -> dict[str, str]:
+    """{topic: message type} of every Image / CompressedImage connection."""
+    return {c.topic: c.msgtype for c in connections if c.msgtype in IMAGE_TYPES}
+
+
+def select_image_topic(connections: Sequence[Connection], topic: str | None) -> tuple[str, str]:
+    """(topic, message type) of the camera topic to segment.
+
+    With `topic` given it must exist and carry images; without, the bag must hold exactly one
+    image topic. Raises ValueError listing the candidates otherwise.
+    """
+    candidates = image_topics(connections)
+    listing = ", ".join(f"{t} ({m})" for t, m in sorted(candidates.items())) or "none"
+    if topic is not None:
+        if topic in candidates:
+            return topic, candidates[topic]
+        present = {c.topic: c.msgtype for c in connections}
+        if topic in present:
+            raise ValueError(
+                f"topic {topic} has type {present[topic]}, not an image; image topics: {listing}"
+            )
+        raise ValueError(f"topic {topic} is not in the bag; image topics: {listing}")
+    if len(candidates) != 1:
+        raise ValueError(
+            f"the bag has {len(candidates)} image topics, pass --topic to choose one: {listing}"
+        )
+    return next(iter(candidates.items()))
+
+
+def output_base(topic: str) -> str:
+    """Topic that output topics hang off: image_transport's ``<base>/compressed`` maps to
+    ``<base>``, so labels of /cam/image_raw/compressed land on /cam/image_raw/labels."""
+    return topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+
+
+def open_writer(path: str | Path, storage: str = "mcap") -> Writer:
+    """Open a new rosbag2 directory for writing. Raises ValueError if `path` exists (rosbag2
+    never overwrites) or the storage plugin is unknown."""
+    if storage not in STORAGES:
+        raise ValueError(f"storage {storage!r} is not one of {sorted(STORAGES)}")
+    path = Path(path)
+    if path.exists():
+        raise ValueError(f"output {path} exists already; a rosbag2 output needs a new path")
+    writer = Writer(path, version=WRITER_VERSION, storage_plugin=STORAGES[storage])
+    writer.open()
+    return writer
+
+
+def copy_connection(writer: Writer, connection: Connection, typestore: Any) -> Connection:
+    """Add a connection with the same topic, type, definition, hash and QoS as `connection`.
+
+    Bags from older rosbag2 versions carry no definition/hash; those are taken from the
+    typestore, which raises for a type it does not know (custom messages).
+    """
+    qos = getattr(connection.ext, "offered_qos_profiles", ()) or ()
+    msgdef = connection.msgdef.data if connection.msgdef is not None else ""
+    if msgdef and connection.digest and connection.digest.startswith("RIHS01_"):
+        return writer.add_connection(
+            connection.topic,
+            connection.msgtype,
+            msgdef=msgdef,
+            rihs01=connection.digest,
+            offered_qos_profiles=qos,
+        )
+    return writer.add_connection(
+        connection.topic, connection.msgtype, typestore=typestore, offered_qos_profiles=qos
+    )
+
+
+def make_header(typestore: Any, stamp_ns: int, frame_id: str) -> Any:
+    """std_msgs/Header with the stamp given in integer nanoseconds."""
+    time_cls = typestore.types["builtin_interfaces/msg/Time"]
+    header_cls = typestore.types["std_msgs/msg/Header"]
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return header_cls(stamp=time_cls(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def header_stamp_ns(header: Any) -> int:
+    """Header stamp as integer nanoseconds (0 when the publisher left it unset)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def image_message(typestore: Any, array: np.ndarray, encoding: str, header: Any) -> Any:
+    """sensor_msgs/Image of `array` in `encoding`'s own layout (see bridge.from_array)."""
+    fields = bridge.from_array(array, encoding, header)
+    return typestore.types[IMAGE_TYPE](**fields)
+
+
+def camera_message(typestore: Any, rgb: np.ndarray, encoding: str, header: Any) -> Any:
+    """What a camera driver would publish for an (H, W, 3) uint8 RGB frame: an Image in any
+    bridge encoding, or a CompressedImage for "jpeg" / "png"."""
+    if encoding in COMPRESSED_FORMATS:
+        fields = bridge.rgb8_to_compressed(rgb, encoding, header)
+        return typestore.types[COMPRESSED_TYPE](**fields)
+    return typestore.types[IMAGE_TYPE](**bridge.from_rgb8(rgb, encoding, header))
+
+
+def decode_image(typestore: Any, rawdata: bytes | memoryview, msgtype: str) -> tuple[Any, Any]:
+    """CDR bytes of an Image / CompressedImage -> (header, (H, W, 3) uint8 RGB).
+
+    Raises ValueError for bytes that do not deserialise or an image that does not convert,
+    so callers can skip one bad message and keep going.
+    """
+    try:
+        msg = typestore.deserialize_cdr(rawdata, msgtype)
+    except Exception as error:  # rosbags raises struct/index/value errors on garbage bytes
+        raise ValueError(f"undecodable {msgtype} CDR ({len(rawdata)} bytes): {error}") from error
+    rgb = bridge.compressed_to_rgb8(msg) if msgtype == COMPRESSED_TYPE else bridge.to_rgb8(msg)
+    return msg.header, rgb
+
+
+def write_camera_bag(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    *,
+    topic: str = "/camera/image_raw",
+    encoding: str = "rgb8",
+    frame_id: str = "camera",
+    fps: float = 30.0,
+    start_ns: int = 1_700_000_000 * 1_000_000_000,
+    storage: str = "mcap",
+    typestore: Any = None,
+) -> int:
+    """Write (H, W, 3) uint8 RGB frames as a camera topic; header stamp = bag time =
+    start + i / fps. Returns the number of messages written."""
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    typestore = typestore or make_typestore()
+    msgtype = COMPRESSED_TYPE if encoding in COMPRESSED_FORMATS else IMAGE_TYPE
+    if encoding not in COMPRESSED_FORMATS:
+        bridge.encoding_info(encoding)  # fail before creating the bag on a bad encoding
+    writer = open_writer(path, storage)
+    count = 0
+    try:
+        connection = writer.add_connection(topic, msgtype, typestore=typestore)
+        for index, rgb in enumerate(frames):
+            stamp_ns = int(start_ns + round(index * 1e9 / fps))
+            header = make_header(typestore, stamp_ns, frame_id)
+            msg = camera_message(typestore, rgb, encoding, header)
+            writer.write(connection, stamp_ns, typestore.serialize_cdr(msg, msgtype))
+            count += 1
+    finally:
+        writer.close()
+    return count

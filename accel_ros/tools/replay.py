@@ -1,0 +1,571 @@
+"""`accel-ros segment` (offline replay of a bag, video or image folder through the
+segmenter) and `accel-ros make-bag` (a small synthetic camera bag).
+
+Inputs: a rosbag2 directory or bare .mcap/.db3 file, a video file, or an image folder.
+Outputs, chosen by `output_kind`: a new rosbag2 (every input topic copied through plus
+``<topic>/labels`` mono8, ``<topic>/color`` rgb8 and ``<topic>/stats`` SegmentationStats, all
+with the input message's header and bag time), a video of colourised overlays, or a folder of
+overlay PNGs. Every decodable input frame gives exactly one output; an undecodable one is
+reported, counted as skipped, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import FLOW_METHODS, MODES, PRESETS
+from ..palette import colorize, get_palette, overlay
+from . import bagio, video
+from .report import RunSummary
+
+OUTPUT_KINDS = ("bag", "video", "png")
+DEFAULT_TOPIC = "/camera/image_raw"
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: yield Passthrough (bag messages to copy) and Frame (camera frames to segment).
+
+
+@dataclass
+class Passthrough:
+    """A raw bag message, copied unchanged into a bag output."""
+
+    connection: Any
+    timestamp: int
+    rawdata: bytes
+
+
+@dataclass
+class Frame:
+    """One camera frame. `rgb` is (H, W, 3) uint8, or None with `error` set when the message
+    or file could not be decoded. `timestamp` is bag receive time (video: frame time) in ns;
+    `header` is the input message's std_msgs/Header (None for video and image input)."""
+
+    index: int
+    timestamp: int
+    header: Any | None
+    rgb: np.ndarray | None
+    name: str
+    error: str | None = None
+
+    @property
+    def stamp_seconds(self) -> float:
+        """Header stamp if the publisher set one, else the bag/frame time."""
+        if self.header is not None:
+            stamp_ns = bagio.header_stamp_ns(self.header)
+            if stamp_ns > 0:
+                return stamp_ns * 1e-9
+        return self.timestamp * 1e-9
+
+
+class BagSource:
+    """Every message of a rosbag2 in time order; the camera topic's ones also decoded."""
+
+    def __init__(self, path: str | Path, topic: str | None, typestore: Any) -> None:
+        from rosbags.rosbag2 import Reader
+
+        self.path = Path(path)
+        self.typestore = typestore
+        self._reader = Reader(self.path)
+        self._reader.open()
+        try:
+            self.connections = list(self._reader.connections)
+            self.topic, self.msgtype = bagio.select_image_topic(self.connections, topic)
+        except BaseException:
+            self._reader.close()
+            raise
+        self.total = sum(c.msgcount for c in self.connections if c.topic == self.topic)
+        self.fps: float | None = None
+
+    def __iter__(self) -> Iterator[Passthrough | Frame]:
+        index = 0
+        for connection, timestamp, rawdata in self._reader.messages():
+            yield Passthrough(connection, timestamp, rawdata)
+            if connection.topic != self.topic:
+                continue
+            name = f"{self.topic} message {index} (t={timestamp * 1e-9:.6f})"
+            try:
+                header, rgb = bagio.decode_image(self.typestore, rawdata, connection.msgtype)
+                yield Frame(index, timestamp, header, rgb, name)
+            except ValueError as error:
+                yield Frame(index, timestamp, None, None, name, str(error))
+            index += 1
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class FileSource:
+    """Frames of a video file or an image folder (no passthrough messages)."""
+
+    def __init__(self, path: str | Path, fps: float | None) -> None:
+        self.path = Path(path)
+        self.connections: list[Any] = []
+        self.topic: str | None = None
+        if self.path.is_dir():
+            self.total = len(video.list_images(self.path))
+            self.fps = fps or 30.0
+            self._frames = video.iter_image_folder(self.path, self.fps)
+        else:
+            count, file_fps = video.video_info(self.path)
+            self.total = count
+            self.fps = fps or file_fps
+            self._frames = video.iter_video(self.path, self.fps)
+
+    def __iter__(self) -> Iterator[Frame]:
+        for item in self._frames:
+            yield Frame(item.index, item.stamp_ns, None, item.rgb, item.name, item.error)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+def open_source(
+    path: str | Path, topic: str | None, fps: float | None, typestore: Any
+) -> BagSource | FileSource:
+    """A source for a rosbag2, a video file or an image folder; FileNotFoundError/ValueError
+    name the path when it is none of these."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    if bagio.is_rosbag(path):
+        return BagSource(path, topic, typestore)
+    if path.is_dir():
+        if not video.list_images(path):
+            raise ValueError(
+                f"{path} is neither a rosbag2 (no metadata.yaml) nor a folder with images "
+                f"({', '.join(video.IMAGE_SUFFIXES)})"
+            )
+        return FileSource(path, fps)
+    if video.is_video_path(path):
+        return FileSource(path, fps)
+    raise ValueError(
+        f"cannot read {path}: expected a rosbag2 directory, a .mcap/.db3 file, a video "
+        f"({', '.join(video.VIDEO_SUFFIXES)}) or an image folder"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinks: one output per segmented frame.
+
+
+def output_kind(path: str | Path, requested: str | None = None) -> str:
+    """"video" for a video suffix, "png" for an existing non-bag directory, else "bag"
+    (a new rosbag2 directory). `requested` ("bag", "video", "png") overrides the guess."""
+    path = Path(path)
+    if requested not in (None, "auto"):
+        if requested not in OUTPUT_KINDS:
+            raise ValueError(f"output format {requested!r} is not one of {OUTPUT_KINDS}")
+        kind = requested
+    elif video.is_video_path(path):
+        kind = "video"
+    elif path.is_dir() and not bagio.is_rosbag(path):
+        kind = "png"
+    else:
+        kind = "bag"
+    if kind == "bag" and path.exists():
+        raise ValueError(f"output {path} exists already; a rosbag2 output needs a new path")
+    if kind == "png" and path.exists() and not path.is_dir():
+        raise ValueError(f"PNG output {path} exists and is not a directory")
+    return kind
+
+
+class BagSink:
+    """rosbag2 output: input topics copied through, plus labels, color and stats topics.
+
+    For video/image input (no input bag) the frames themselves are written as rgb8 Images on
+    `topic`, so the output bag is self-contained.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        storage: str,
+        typestore: Any,
+        topic: str,
+        connections: list[Any],
+        mode: str,
+        palette: str,
+        frame_id: str = "camera",
+    ) -> None:
+        self.typestore = typestore
+        self.mode = mode
+        self.palette = palette
+        self.frame_id = frame_id
+        base = bagio.output_base(topic)
+        self.topics = {"labels": f"{base}/labels", "color": f"{base}/color",
+                       "stats": f"{base}/stats"}
+        self.skipped_topics: list[str] = []
+        self._writer = bagio.open_writer(path, storage)
+        try:
+            self._copied: dict[int, Any] = {}
+            for connection in connections:
+                if connection.topic in self.topics.values():
+                    # An earlier replay's outputs: they are about to be regenerated.
+                    self.skipped_topics.append(connection.topic)
+                    continue
+                self._copied[connection.id] = self._copy(connection)
+            self._camera = None
+            if not connections:
+                self._camera = self._writer.add_connection(
+                    topic, bagio.IMAGE_TYPE, typestore=typestore
+                )
+            image, stats = bagio.IMAGE_TYPE, bagio.STATS_TYPE
+            self._labels = self._writer.add_connection(
+                self.topics["labels"], image, typestore=typestore)
+            self._color = self._writer.add_connection(
+                self.topics["color"], image, typestore=typestore)
+            self._stats = self._writer.add_connection(
+                self.topics["stats"], stats, typestore=typestore)
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _copy(self, connection: Any) -> Any:
+        # Two input connections may differ only in fields rosbag2 does not keep apart
+        # (same topic, type and QoS); they share one output connection.
+        for previous in self._writer.connections:
+            if (previous.topic, previous.msgtype) == (connection.topic, connection.msgtype) and (
+                previous.ext.offered_qos_profiles
+                == list(getattr(connection.ext, "offered_qos_profiles", []) or [])
+            ):
+                return previous
+        return bagio.copy_connection(self._writer, connection, self.typestore)
+
+    def passthrough(self, item: Passthrough) -> None:
+        out = self._copied.get(item.connection.id)
+        if out is not None:
+            self._writer.write(out, item.timestamp, item.rawdata)
+
+    def write(self, frame: Frame, result: Any, elapsed_s: float) -> None:
+        from ..messages import stats_fields
+
+        ts = self.typestore
+        header = frame.header
+        if header is None:
+            header = bagio.make_header(ts, frame.timestamp, self.frame_id)
+        if self._camera is not None:
+            msg = bagio.image_message(ts, frame.rgb, "rgb8", header)
+            self._writer.write(self._camera, frame.timestamp,
+                               ts.serialize_cdr(msg, bagio.IMAGE_TYPE))
+        labels = bagio.image_message(ts, result.labels, "mono8", header)
+        color = bagio.image_message(ts, colorize(result.labels, self.palette), "rgb8", header)
+        stamp = frame.stamp_seconds
+        # Offline there is no transport: "end to end" is decode + segment time of this frame.
+        fields = stats_fields(result, mode=self.mode, stamp=stamp, now=stamp + elapsed_s)
+        stats = ts.types[bagio.STATS_TYPE](header=header, **fields)
+        for connection, msg in ((self._labels, labels), (self._color, color),
+                                (self._stats, stats)):
+            self._writer.write(connection, frame.timestamp,
+                               ts.serialize_cdr(msg, connection.msgtype))
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class OverlaySink:
+    """Colourised label overlays as a video file or a folder of PNGs."""
+
+    def __init__(
+        self, path: str | Path, kind: str, *, fps: float, palette: str, alpha: float
+    ) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+        self.path = Path(path)
+        self.kind = kind
+        self.palette = palette
+        self.alpha = alpha
+        self.skipped_topics: list[str] = []
+        self._names: set[str] = set()
+        self._video = video.VideoWriter(self.path, fps) if kind == "video" else None
+        if kind == "png":
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    def passthrough(self, item: Passthrough) -> None:
+        """Other topics have no place in a video; dropped."""
+
+    def render(self, frame: Frame, result: Any) -> np.ndarray:
+        """(H, W, 3) uint8 RGB overlay of the frame's labels."""
+        return overlay(frame.rgb, colorize(result.labels, self.palette), self.alpha)
+
+    def _png_name(self, frame: Frame) -> str:
+        # Image-folder input keeps its file names, so outputs pair up with inputs by name.
+        stem = Path(frame.name).stem if Path(frame.name).suffix else f"frame_{frame.index:06d}"
+        name = f"{stem}.png"
+        if name in self._names:
+            name = f"{stem}_{frame.index:06d}.png"
+        self._names.add(name)
+        return name
+
+    def write(self, frame: Frame, result: Any, elapsed_s: float) -> None:
+        image = self.render(frame, result)
+        if self._video is not None:
+            self._video.write(image)
+        else:
+            video.write_image_rgb(self.path / self._png_name(frame), image)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The replay loop.
+
+
+def segment(
+    input_path: str | Path,
+    output_path: str | Path,
+    segmenter: Any,
+    *,
+    topic: str | None = None,
+    storage: str = "mcap",
+    output_format: str | None = None,
+    overlay_alpha: float = 0.5,
+    fps: float | None = None,
+    frame_id: str = "camera",
+    palette: str | None = None,
+    quiet: bool = False,
+) -> RunSummary:
+    """Segment every frame of `input_path` with `segmenter` (an AccelSegmenter) and write
+    `output_path` (see `output_kind`). Returns the run summary; skipped frames are listed in
+    ``summary.skipped`` with the reason."""
+    kind = output_kind(output_path, output_format)
+    if kind == "bag" and storage not in bagio.STORAGES:
+        raise ValueError(f"storage {storage!r} is not one of {sorted(bagio.STORAGES)}")
+    typestore = bagio.make_typestore()
+    palette = palette or segmenter.model_config.palette
+    get_palette(palette)  # an unknown name fails here, not after the first frame
+    mode = segmenter.pipeline_config.mode
+    source = open_source(input_path, topic, fps, typestore)
+    summary = RunSummary(name=f"segment ({mode})")
+    try:
+        if kind == "bag":
+            sink: BagSink | OverlaySink = BagSink(
+                output_path, storage=storage, typestore=typestore,
+                topic=source.topic or topic or DEFAULT_TOPIC, connections=source.connections,
+                mode=mode, palette=palette, frame_id=frame_id,
+            )
+        else:
+            sink = OverlaySink(output_path, kind, fps=source.fps or 30.0, palette=palette,
+                               alpha=overlay_alpha)
+        try:
+            for skipped in sink.skipped_topics:
+                _warn(f"not copying {skipped}: this run regenerates it", quiet)
+            summary.start()
+            _run(source, sink, segmenter, summary, quiet)
+        finally:
+            sink.close()
+    finally:
+        source.close()
+    summary.stop()
+    summary.extra["input"] = f"{input_path}" + (f" [{source.topic}]" if source.topic else "")
+    summary.extra["output"] = f"{output_path} ({kind})"
+    return summary
+
+
+def _run(
+    source: BagSource | FileSource,
+    sink: BagSink | OverlaySink,
+    segmenter: Any,
+    summary: RunSummary,
+    quiet: bool,
+) -> None:
+    with tqdm(total=source.total or None, unit="frame", disable=quiet, desc="segment",
+              file=sys.stderr) as bar:
+        started = time.perf_counter()
+        for item in source:
+            if isinstance(item, Passthrough):
+                sink.passthrough(item)
+                started = time.perf_counter()
+                continue
+            bar.update(1)
+            error = item.error
+            if error is None:
+                try:
+                    result = segmenter.process(item.rgb, item.stamp_seconds)
+                except ValueError as exc:  # malformed frame; the segmenter's cache is intact
+                    error = str(exc)
+            if error is not None:
+                summary.skip(f"{item.name}: {error}")
+                _warn(f"skipping {item.name}: {error}", quiet, bar)
+            else:
+                sink.write(item, result, time.perf_counter() - started)
+                summary.add(result)
+            started = time.perf_counter()
+
+
+def _warn(message: str, quiet: bool, bar: tqdm | None = None) -> None:
+    if quiet:
+        return
+    if bar is not None:
+        bar.write(f"warning: {message}", file=sys.stderr)
+    else:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# make-bag
+
+
+def make_bag(
+    out: str | Path,
+    *,
+    frames: int = 30,
+    height: int = 256,
+    width: int = 512,
+    encoding: str = "rgb8",
+    storage: str = "mcap",
+    topic: str = DEFAULT_TOPIC,
+    frame_id: str = "camera",
+    fps: float = 30.0,
+    seed: int = 0,
+    quiet: bool = False,
+) -> tuple[str, int]:
+    """Write a synthetic driving clip as a camera bag. For "jpeg"/"png" the topic is a
+    CompressedImage on ``<topic>/compressed`` (image_transport's name). Returns (topic, count)."""
+    from ..data.synthetic import SyntheticDrivingScene, scene_config
+
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if encoding in bagio.COMPRESSED_FORMATS and not topic.endswith("/compressed"):
+        topic = f"{topic}/compressed"
+    scene = SyntheticDrivingScene(
+        scene_config(height=height, width=width, seed=seed, fps=fps), num_frames=frames
+    )
+    # Rendered lazily, one frame at a time, so the progress bar tracks the real work.
+    images = (frame.image for frame in tqdm(scene, total=frames, desc="make-bag",
+                                             unit="frame", disable=quiet, file=sys.stderr))
+    count = bagio.write_camera_bag(
+        out, images, topic=topic, encoding=encoding, frame_id=frame_id, fps=fps, storage=storage
+    )
+    return topic, count
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `segment` and `make-bag`."""
+    seg = subparsers.add_parser(
+        "segment",
+        help="segment a rosbag2, video or image folder into a bag, video or PNG folder",
+        description="Replay INPUT (rosbag2 directory/.mcap/.db3, video file or image folder) "
+        "through the Accel segmenter. OUTPUT: a video suffix (.mp4, .avi, ...) writes an "
+        "overlay video, an existing non-bag directory receives overlay PNGs, anything else "
+        "becomes a new rosbag2 with <topic>/labels, <topic>/color and <topic>/stats.",
+    )
+    seg.add_argument("input", metavar="INPUT", type=Path)
+    seg.add_argument("--out", "-o", required=True, type=Path, metavar="OUTPUT")
+    seg.add_argument("--topic", default=None,
+                     help="camera topic (default: the bag's only Image/CompressedImage topic)")
+    seg.add_argument("--preset", default="camvid34", choices=sorted(PRESETS))
+    seg.add_argument("--checkpoint", default="default",
+                     help="'default' (shipped), 'none' (random weights) or a path")
+    seg.add_argument("--mode", default="accel", choices=MODES)
+    seg.add_argument("--keyframe-interval", type=int, default=5)
+    seg.add_argument("--device", default="auto")
+    seg.add_argument("--flow", default="dis", choices=FLOW_METHODS)
+    seg.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                     help="resize frames to H W before the network")
+    seg.add_argument("--overlay-alpha", type=float, default=0.5)
+    seg.add_argument("--storage", default="mcap", choices=sorted(bagio.STORAGES),
+                     help="storage plugin of a rosbag2 output")
+    seg.add_argument("--format", dest="output_format", default="auto",
+                     choices=("auto", *OUTPUT_KINDS), help="output kind (default: from OUTPUT)")
+    seg.add_argument("--fps", type=float, default=None,
+                     help="frame rate of video/image-folder input and of video output")
+    seg.add_argument("--frame-id", default="camera", help="frame_id for non-bag input")
+    seg.add_argument("--palette", default=None, help="colour palette (default: the model's)")
+    seg.add_argument("--threads", type=int, default=None,
+                     help="torch CPU threads (default: torch's choice); 1 is often fastest "
+                     "on a machine shared with other jobs")
+    seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar or warnings")
+    seg.set_defaults(handler=main_segment)
+
+    bag = subparsers.add_parser(
+        "make-bag", help="write a small synthetic camera rosbag2",
+        description="Write a synthetic driving clip as a rosbag2 camera topic (30 fps stamps).",
+    )
+    bag.add_argument("out", metavar="OUT", type=Path)
+    bag.add_argument("--frames", type=int, default=30)
+    bag.add_argument("--height", type=int, default=256)
+    bag.add_argument("--width", type=int, default=512)
+    bag.add_argument("--encoding", default="rgb8",
+                     help="any sensor_msgs encoding (rgb8, bgr8, mono8, bayer_rggb8, yuv422, "
+                     "...) or jpeg/png for a CompressedImage")
+    bag.add_argument("--storage", default="mcap", choices=sorted(bagio.STORAGES))
+    bag.add_argument("--topic", default=DEFAULT_TOPIC)
+    bag.add_argument("--frame-id", default="camera")
+    bag.add_argument("--fps", type=float, default=30.0)
+    bag.add_argument("--seed", type=int, default=0)
+    bag.add_argument("--quiet", "-q", action="store_true")
+    bag.set_defaults(handler=main_make_bag)
+
+
+def main_segment(args: argparse.Namespace) -> int:
+    from ..config import PipelineConfig
+    from ..model import build_segmenter
+
+    # Check paths and topic before the (slow) model load.
+    output_kind(args.out, args.output_format)
+    open_source(args.input, args.topic, args.fps, bagio.make_typestore()).close()
+    set_threads(args.threads)
+    pipeline = PipelineConfig(
+        mode=args.mode,
+        keyframe_interval=args.keyframe_interval,
+        flow_method=args.flow,
+        device=args.device,
+        input_size=tuple(args.input_size) if args.input_size else None,
+    )
+    segmenter = build_segmenter(args.preset, pipeline, args.checkpoint)
+    summary = segment(
+        args.input, args.out, segmenter, topic=args.topic, storage=args.storage,
+        output_format=args.output_format, overlay_alpha=args.overlay_alpha, fps=args.fps,
+        frame_id=args.frame_id, palette=args.palette, quiet=args.quiet,
+    )
+    print(summary.format())
+    if summary.frames == 0:
+        print("error: no frame could be segmented", file=sys.stderr)
+        return 1
+    return 0
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply --threads. Only CLI entry points call this: they own the process."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def main_make_bag(args: argparse.Namespace) -> int:
+    topic, count = make_bag(
+        args.out, frames=args.frames, height=args.height, width=args.width,
+        encoding=args.encoding, storage=args.storage, topic=args.topic,
+        frame_id=args.frame_id, fps=args.fps, seed=args.seed, quiet=args.quiet,
+    )
+    print(f"wrote {count} {args.encoding} frames on {topic} to {args.out} ({args.storage})")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry for the dispatcher: runs whichever subcommand `args` was parsed for."""
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        handler = main_make_bag if getattr(args, "command", "") == "make-bag" else main_segment
+    return handler(args)

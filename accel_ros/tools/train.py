@@ -1,0 +1,823 @@
+"""`accel-ros train`: the paper's three training stages, on CamVid or synthetic clips.
+
+1. `reference`: N_R + its task head on single labelled frames.
+2. `update`: N_U + its task head on single labelled frames.
+3. `fusion`: the 1x1 fusion conv on (keyframe, current) pairs at keyframe offsets (default
+   1..4) with DIS flow, loss on the current frame. Both branches are frozen, so their outputs
+   (warped reference scores, update scores) are computed once and cached: the stage takes
+   seconds to minutes on a CPU.
+
+Every stage writes `<out>/<stage>/{last.pt, last_state.pt, final.pt, metrics.csv, metrics.json,
+curves.png}`; the run ends with `<out>/accel_camvid.pt` (fp16 weights with `--half`). The
+learning rate follows a poly schedule over the stage's iterations, or over its wall-clock budget
+(`--time-budget`) when that runs out first, so a time-limited CPU run still anneals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig, preset
+from ..metrics import IGNORE_INDEX, ConfusionMeter
+from ..model import AccelNet, DISFlow, load_checkpoint, resize_flow, save_checkpoint, warp
+
+STAGE_ORDER = ("reference", "update", "fusion")
+FINAL_NAME = "accel_camvid.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FrameSet:
+    """Labelled frames in video order.
+
+    images: list of (H, W, 3) uint8 RGB; labels: list of (H, W) uint8 class ids with 255 =
+    ignore (void); sequences: one sequence id per frame (frames of one id are consecutive and
+    in time order); names: one name per frame (for messages).
+    """
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    sequences: list[str]
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def pairs(self, offsets: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(key index, current index) for every current frame and offset whose keyframe lies
+        `offset` frames earlier in the same sequence."""
+        result = []
+        for current in range(len(self)):
+            for offset in offsets:
+                key = current - offset
+                if key >= 0 and self.sequences[key] == self.sequences[current]:
+                    result.append((key, current))
+        return result
+
+
+def load_frames(
+    data: str,
+    root: str | Path | None,
+    split: str,
+    num_classes: int,
+    limit: int | None = None,
+    synthetic_size: tuple[int, int] = (180, 240),
+    seed: int = 0,
+) -> FrameSet:
+    """Load a split fully into memory (CamVid train is ~250 MB at full size: cheap, and it
+    keeps PNG decoding out of the training loop on a 2-core CPU)."""
+    if data == "camvid":
+        if root is None:
+            raise ValueError("--data camvid needs --data-root (folder with train/ trainannot/ ...)")
+        return _load_camvid(Path(root), split, num_classes, limit)
+    if data == "synthetic":
+        return _load_synthetic(split, synthetic_size, num_classes, limit, seed)
+    raise ValueError(f"unknown data source {data!r}; choose camvid or synthetic")
+
+
+def _load_camvid(root: Path, split: str, num_classes: int, limit: int | None) -> FrameSet:
+    from ..data.camvid import list_camvid, load_item, sequence_segments
+
+    items = list_camvid(root, split)
+    if limit is not None:
+        items = items[:limit]
+    images, labels, sequences, names = [], [], [], []
+    # A segment is a run of one sequence without frame jumps (SegNet's train split skips
+    # hundreds of frames inside 0016E5): pairs must never straddle such a jump.
+    for number, segment in enumerate(sequence_segments(items, max_frame_gap=90)):
+        for item in segment:
+            image, label = load_item(item)
+            label = label.copy()
+            label[label >= num_classes] = IGNORE_INDEX  # CamVid void (11) and anything unknown
+            images.append(image)
+            labels.append(label)
+            sequences.append(f"{item.sequence}#{number}")
+            names.append(item.name)
+    return FrameSet(images, labels, sequences, names)
+
+
+def _load_synthetic(
+    split: str, size: tuple[int, int], num_classes: int, limit: int | None, seed: int
+) -> FrameSet:
+    from ..data.synthetic import generate_clip
+
+    clips, length = (4, 12) if split == "train" else (1, 12)
+    base = seed * 1000 + (0 if split == "train" else 500)
+    images, labels, sequences, names = [], [], [], []
+    for clip in range(clips):
+        for index, frame in enumerate(generate_clip(length, size[0], size[1], seed=base + clip)):
+            label = np.asarray(frame.labels).copy()
+            label[label >= num_classes] = IGNORE_INDEX
+            images.append(np.ascontiguousarray(frame.image))
+            labels.append(label.astype(np.uint8))
+            sequences.append(f"synthetic{clip}")
+            names.append(f"synthetic{clip}_{index:03d}")
+    if limit is not None:
+        images, labels, sequences, names = (
+            images[:limit], labels[:limit], sequences[:limit], names[:limit]
+        )
+    return FrameSet(images, labels, sequences, names)
+
+
+def resize_pair(
+    image: np.ndarray, labels: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resize (H, W, 3) uint8 image (area/linear) and (H, W) labels (nearest) to size (h, w)."""
+    import cv2
+
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image, labels
+    shrinking = height < image.shape[0]
+    image = cv2.resize(
+        image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
+    labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+    return image, labels
+
+
+def augment(
+    image: np.ndarray,
+    labels: np.ndarray,
+    size: tuple[int, int],
+    generator: torch.Generator,
+    scale_range: tuple[float, float] = (0.75, 1.5),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random scale (relative to the training size), random crop/pad to `size`, horizontal
+    flip and colour jitter (+-25 % brightness, contrast, saturation), using
+    `accel_ros.data.transforms`.
+
+    image (H, W, 3) uint8, labels (H, W) uint8 -> (3, h, w) float [0, 1], (h, w) int64; padding
+    gets label 255 (ignored) so it never teaches the network anything.
+    """
+    from ..data import transforms as T
+
+    factor = size[0] / image.shape[0]  # scale 1.0 means "the training resolution"
+    pipeline = T.Compose([
+        T.RandomScale(scale_range[0] * factor, scale_range[1] * factor),
+        T.RandomCrop(size),
+        T.RandomHorizontalFlip(),
+        T.ColorJitter(0.25, 0.25, 0.25),
+    ])
+    sample = {"image": T.image_to_tensor(image),
+              "labels": torch.from_numpy(np.ascontiguousarray(labels)).long()}
+    sample = pipeline(sample, generator)
+    return sample["image"], sample["labels"]
+
+
+def to_tensor(images: list[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    batch = np.stack(list(images)) if isinstance(images, list) else images
+    return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def class_weights(frames: FrameSet, num_classes: int, kind: str) -> torch.Tensor | None:
+    """Loss weights (K,) from label frequencies: `median` = median-frequency balancing (SegNet),
+    `sqrt-median` = its square root (milder; rare classes such as poles still get a boost)."""
+    if kind == "none":
+        return None
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for labels in frames.labels:
+        counts += np.bincount(labels.ravel(), minlength=256)[:num_classes]
+    freq = counts / max(counts.sum(), 1.0)
+    present = freq > 0
+    if not present.any():
+        return None
+    ratio = np.ones(num_classes)
+    ratio[present] = np.median(freq[present]) / freq[present]
+    if kind == "sqrt-median":
+        ratio = np.sqrt(ratio)
+    elif kind != "median":
+        raise ValueError(f"unknown class weighting {kind!r}")
+    return torch.tensor(np.clip(ratio, 0.1, 10.0), dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# bookkeeping
+# --------------------------------------------------------------------------------------------
+class MetricsLog:
+    """Per-epoch rows -> metrics.csv + metrics.json + curves.png in one stage folder."""
+
+    FIELDS = ("stage", "epoch", "iteration", "lr", "train_loss", "val_miou", "val_pixel_acc",
+              "elapsed_s")
+
+    def __init__(self, folder: Path, rows: list[dict[str, Any]] | None = None) -> None:
+        self.folder = folder
+        self.rows: list[dict[str, Any]] = list(rows or [])
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append({key: row.get(key) for key in self.FIELDS})
+        self.write()
+
+    def write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "metrics.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        (self.folder / "metrics.json").write_text(json.dumps(self.rows, indent=1))
+        plot_curves(self.rows, self.folder / "curves.png")
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Training loss and validation mIoU against epoch (one PNG, two panels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(9, 3.5))
+    stages = list(dict.fromkeys(row["stage"] for row in rows))
+    for stage in stages:
+        own = [row for row in rows if row["stage"] == stage]
+        epochs = [row["epoch"] for row in own]
+        ax_loss.plot(epochs, [row["train_loss"] for row in own], marker=".", label=stage)
+        val = [(row["epoch"], row["val_miou"]) for row in own if row["val_miou"] is not None]
+        if val:
+            ax_miou.plot(*zip(*val, strict=True), marker=".", label=stage)
+    ax_loss.set(xlabel="epoch", ylabel="train loss (cross-entropy)", title="loss")
+    ax_miou.set(xlabel="epoch", ylabel="val mIoU", title="validation mIoU")
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+        if stages:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def poly_lr(base_lr: float, progress: float, power: float = 0.9) -> float:
+    """Poly schedule: base_lr * (1 - progress) ** power, progress in [0, 1]."""
+    return base_lr * max(0.0, 1.0 - min(progress, 1.0)) ** power
+
+
+def _log(folder: Path, message: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {message}"
+    print(line, flush=True)
+    with open(folder / "log.txt", "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# stages 1 and 2: one branch on single frames
+# --------------------------------------------------------------------------------------------
+def branch_logits(model: AccelNet, branch: str, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, K, H, W) logits of the reference or update branch alone."""
+    net = model.reference if branch == "reference" else model.update
+    if net is None:
+        raise ValueError(f"model has no {branch} branch")
+    return model.upsample(net(images), images.shape[-2:])
+
+
+@torch.no_grad()
+def evaluate_branch(
+    model: AccelNet,
+    branch: str,
+    frames: FrameSet,
+    size: tuple[int, int],
+    device: torch.device,
+    batch_size: int = 8,
+) -> tuple[float, float]:
+    """(mIoU, pixel accuracy) of one branch on all frames resized to `size`."""
+    model.eval()
+    meter = ConfusionMeter(model.config.num_classes)
+    for start in range(0, len(frames), batch_size):
+        pairs = [
+            resize_pair(frames.images[i], frames.labels[i], size)
+            for i in range(start, min(start + batch_size, len(frames)))
+        ]
+        images = to_tensor([p[0] for p in pairs]).to(device)
+        prediction = branch_logits(model, branch, images).argmax(1).cpu().numpy()
+        meter.update(prediction, np.stack([p[1] for p in pairs]))
+    return meter.mean_iou(), meter.pixel_accuracy()
+
+
+def train_branch(
+    model: AccelNet,
+    branch: str,
+    train: FrameSet,
+    val: FrameSet | None,
+    args: argparse.Namespace,
+    folder: Path,
+    device: torch.device,
+    epochs: int,
+    weights: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Train `model.<branch>` with cross-entropy (ignore 255); returns a summary dict."""
+    net = model.reference if branch == "reference" else model.update
+    if net is None:
+        raise ValueError(f"model has no {branch} branch to train")
+    folder.mkdir(parents=True, exist_ok=True)
+    optimizer = _optimizer(net.parameters(), args)
+    size = (args.height, args.width)
+    steps_per_epoch = max(1, len(train) // args.batch_size)
+    total_iters = steps_per_epoch * epochs
+    if args.max_iters is not None:
+        total_iters = min(total_iters, args.max_iters)
+    budget = args.time_budget.get(branch) if args.time_budget else None
+    state = _resume_state(folder, model, optimizer, args.resume)
+    log = MetricsLog(folder, state.get("rows"))
+    epoch, iteration = state.get("epoch", 0), state.get("iteration", 0)
+    elapsed = state.get("elapsed", 0.0)
+    if state:
+        _log(folder, f"{branch}: resumed at epoch {epoch}, iteration {iteration}")
+    criterion = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), ignore_index=IGNORE_INDEX
+    )
+    use_amp = device.type == "cuda" and not args.no_amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    _log(folder, f"{branch}: {len(train)} frames, {steps_per_epoch} it/epoch, up to "
+         f"{total_iters} iterations, budget {budget or '-'} min, size {size}, device {device}")
+    from tqdm import tqdm
+
+    done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
+    while not done and epoch < epochs:
+        model.eval()
+        net.train()  # only the branch being trained updates its BatchNorm statistics
+        # Seeded per epoch, so a resumed run draws what an uninterrupted one would have.
+        generator = torch.Generator().manual_seed(
+            args.seed * 7919 + epoch * 31 + STAGE_ORDER.index(branch)
+        )
+        order = torch.randperm(len(train), generator=generator).numpy()
+        losses = []
+        started = time.monotonic()
+        bar = tqdm(range(steps_per_epoch), desc=f"{branch} epoch {epoch + 1}/{epochs}",
+                   file=sys.stderr, mininterval=30 if not sys.stderr.isatty() else 0.5,
+                   leave=False)
+        for step in bar:
+            progress = _progress(iteration, total_iters,
+                                 elapsed + time.monotonic() - started, budget)
+            if progress >= 1:
+                done = True
+                break
+            lr = poly_lr(args.lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            chosen = order[step * args.batch_size : (step + 1) * args.batch_size]
+            batch = [augment(train.images[i], train.labels[i], size, generator) for i in chosen]
+            images = torch.stack([b[0] for b in batch]).to(device)
+            targets = torch.stack([b[1] for b in batch]).to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = criterion(branch_logits(model, branch, images).float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.item())
+            iteration += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        elapsed += time.monotonic() - started
+        if not losses:
+            break
+        epoch += 1
+        val_miou, val_acc = (None, None)
+        if val is not None and (epoch % args.val_every == 0 or done or epoch == epochs):
+            val_miou, val_acc = evaluate_branch(model, branch, val, size, device)
+        row = {"stage": branch, "epoch": epoch, "iteration": iteration,
+               "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
+               "val_miou": val_miou, "val_pixel_acc": val_acc, "elapsed_s": round(elapsed, 1)}
+        log.add(row)
+        _log(folder, json.dumps(row))
+        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, branch)
+        if iteration >= total_iters:
+            done = True
+    final_miou = log.rows[-1]["val_miou"] if log.rows else None
+    if val is not None and final_miou is None:
+        final_miou, _ = evaluate_branch(model, branch, val, size, device)
+    save_checkpoint(folder / "final.pt", model, extra=_extra(args, branch, epoch, final_miou))
+    _log(folder, f"{branch}: finished after {epoch} epochs / {iteration} iterations, "
+         f"val mIoU {final_miou}")
+    return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
+            "elapsed_s": round(elapsed, 1)}
+
+
+def _progress(iteration: int, total: int, elapsed: float, budget_min: float | None) -> float:
+    progress = iteration / max(total, 1)
+    if budget_min:
+        progress = max(progress, elapsed / (60.0 * budget_min))
+    return progress
+
+
+def _optimizer(params: Any, args: argparse.Namespace) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+# --------------------------------------------------------------------------------------------
+# stage 3: fusion on (keyframe, current) pairs, branches frozen
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PairCache:
+    """Frozen-branch outputs for every (keyframe, current) pair.
+
+    warped: (P, K, h, w) reference scores of the keyframe warped to the current frame;
+    update: (P, K, h, w) update-branch scores of the current frame; labels: (P, H, W) uint8;
+    offsets: (P,) keyframe offsets.
+    """
+
+    warped: torch.Tensor
+    update: torch.Tensor
+    labels: torch.Tensor
+    offsets: torch.Tensor
+
+
+@torch.no_grad()
+def build_pair_cache(
+    model: AccelNet,
+    frames: FrameSet,
+    offsets: tuple[int, ...],
+    size: tuple[int, int],
+    device: torch.device,
+    flow_scale: float = 0.5,
+    batch_size: int = 8,
+) -> PairCache:
+    """Run the frozen branches once per frame and DIS flow once per consecutive frame pair;
+    warp keyframe features incrementally through the in-between frames (as at inference)."""
+    model.eval()
+    resized = [resize_pair(frames.images[i], frames.labels[i], size) for i in range(len(frames))]
+    ref_features, upd_scores = [], []
+    for start in range(0, len(frames), batch_size):
+        images = to_tensor([r[0] for r in resized[start : start + batch_size]]).to(device)
+        ref_features.append(model.reference_features(images).cpu())
+        upd_scores.append(model.update_scores(model.update_features(images)).cpu())
+    features = torch.cat(ref_features)
+    update = torch.cat(upd_scores)
+    flow_net = DISFlow(scale=flow_scale)
+    flows: dict[int, torch.Tensor] = {}
+    for index in range(1, len(frames)):
+        if frames.sequences[index] == frames.sequences[index - 1]:
+            pair = to_tensor([resized[index - 1][0], resized[index][0]])
+            flows[index] = resize_flow(flow_net(pair[:1], pair[1:]), features.shape[-2:])
+    pairs = frames.pairs(offsets)
+    if not pairs:
+        raise ValueError(
+            f"no (keyframe, current) pairs at offsets {offsets}: sequences too short"
+        )
+    warped, chosen_update, labels, pair_offsets = [], [], [], []
+    for key, current in pairs:
+        feature = features[key : key + 1].to(device)
+        for step in range(key + 1, current + 1):
+            feature = warp(feature, flows[step].to(device))
+        warped.append(model.reference_scores(feature).cpu())
+        chosen_update.append(update[current : current + 1])
+        labels.append(torch.from_numpy(resized[current][1]))
+        pair_offsets.append(current - key)
+    return PairCache(
+        torch.cat(warped), torch.cat(chosen_update), torch.stack(labels),
+        torch.tensor(pair_offsets),
+    )
+
+
+@torch.no_grad()
+def evaluate_fusion(
+    model: AccelNet, cache: PairCache, device: torch.device, batch_size: int = 32
+) -> tuple[float, float]:
+    """(mIoU, pixel accuracy) of fused scores over all cached pairs."""
+    model.eval()
+    meter = ConfusionMeter(model.config.num_classes)
+    size = tuple(cache.labels.shape[-2:])
+    for start in range(0, len(cache.labels), batch_size):
+        sl = slice(start, start + batch_size)
+        fused = model.fusion(cache.warped[sl].to(device), cache.update[sl].to(device))
+        meter.update(model.upsample(fused, size).argmax(1).cpu(), cache.labels[sl])
+    return meter.mean_iou(), meter.pixel_accuracy()
+
+
+def train_fusion(
+    model: AccelNet,
+    train: FrameSet,
+    val: FrameSet | None,
+    args: argparse.Namespace,
+    folder: Path,
+    device: torch.device,
+    weights: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Train the 1x1 fusion conv (initialised to the average) on cached pair outputs."""
+    if model.fusion is None or model.fuses_features:
+        raise ValueError("the fusion stage trains score fusion; this model has none")
+    folder.mkdir(parents=True, exist_ok=True)
+    size = (args.height, args.width)
+    offsets = tuple(args.offsets)
+    _log(folder, f"fusion: caching frozen-branch outputs for offsets {offsets} ...")
+    train_cache = build_pair_cache(model, train, offsets, size, device, args.flow_scale)
+    val_cache = (
+        build_pair_cache(model, val, offsets, size, device, args.flow_scale) if val else None
+    )
+    _log(folder, f"fusion: {len(train_cache.labels)} train pairs, "
+         f"{len(val_cache.labels) if val_cache else 0} val pairs")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.fusion.parameters():
+        p.requires_grad_(True)
+    optimizer = _optimizer(model.fusion.parameters(), argparse.Namespace(
+        optimizer=args.optimizer, lr=args.fusion_lr, weight_decay=0.0))
+    state = _resume_state(folder, model, optimizer, args.resume)
+    log = MetricsLog(folder, state.get("rows"))
+    epoch, iteration = state.get("epoch", 0), state.get("iteration", 0)
+    elapsed = state.get("elapsed", 0.0)
+    if state:
+        _log(folder, f"fusion: resumed at epoch {epoch}, iteration {iteration}")
+    criterion = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), ignore_index=IGNORE_INDEX
+    )
+    count = len(train_cache.labels)
+    batch = max(1, args.fusion_batch_size)
+    steps_per_epoch = max(1, math.ceil(count / batch))
+    total_iters = steps_per_epoch * args.fusion_epochs
+    if args.max_iters is not None:
+        total_iters = min(total_iters, args.max_iters)
+    if val_cache is not None and epoch == 0:
+        before, _ = evaluate_fusion(model, val_cache, device)
+        _log(folder, f"fusion: val mIoU with the average initialisation {before:.4f}")
+    while epoch < args.fusion_epochs and iteration < total_iters:
+        model.fusion.train()
+        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch)
+        order = torch.randperm(count, generator=generator)
+        losses = []
+        started = time.monotonic()
+        for step in range(steps_per_epoch):
+            if iteration >= total_iters:
+                break
+            lr = poly_lr(args.fusion_lr, iteration / total_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            chosen = order[step * batch : (step + 1) * batch]
+            fused = model.fusion(train_cache.warped[chosen].to(device),
+                                 train_cache.update[chosen].to(device))
+            logits = model.upsample(fused, size)
+            loss = criterion(logits, train_cache.labels[chosen].long().to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            iteration += 1
+        elapsed += time.monotonic() - started
+        epoch += 1
+        val_miou, val_acc = evaluate_fusion(model, val_cache, device) if val_cache else (None, None)
+        row = {"stage": "fusion", "epoch": epoch, "iteration": iteration,
+               "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
+               "val_miou": val_miou, "val_pixel_acc": val_acc, "elapsed_s": round(elapsed, 1)}
+        log.add(row)
+        _log(folder, json.dumps(row))
+        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, "fusion")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    final_miou = log.rows[-1]["val_miou"] if log.rows else None
+    save_checkpoint(folder / "final.pt", model, extra=_extra(args, "fusion", epoch, final_miou))
+    _log(folder, f"fusion: finished after {epoch} epochs, val mIoU (offsets {offsets}) "
+         f"{final_miou}")
+    return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
+            "elapsed_s": round(elapsed, 1), "offsets": list(offsets)}
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints and resume
+# --------------------------------------------------------------------------------------------
+def _extra(args: argparse.Namespace, stage: str, epoch: int, val_miou: float | None) -> dict:
+    return {"stage": stage, "epoch": epoch, "val_miou": val_miou, "recipe": recipe(args)}
+
+
+def recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line options as plain JSON values (stored in every checkpoint)."""
+    skip = {"handler", "command"}
+    out = {}
+    for key, value in vars(args).items():
+        if key in skip or callable(value):
+            continue
+        out[key] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def _save_state(
+    folder: Path,
+    model: AccelNet,
+    optimizer: torch.optim.Optimizer,
+    args: argparse.Namespace,
+    epoch: int,
+    iteration: int,
+    elapsed: float,
+    rows: list[dict[str, Any]],
+    stage: str,
+) -> None:
+    save_checkpoint(folder / "last.pt", model, extra=_extra(args, stage, epoch, None))
+    state = {"optimizer": optimizer.state_dict(), "epoch": epoch, "iteration": iteration,
+             "elapsed": elapsed, "rows_json": json.dumps(rows)}
+    tmp = folder / "last_state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / "last_state.pt")
+    progress = {"stage": stage, "epoch": epoch, "iteration": iteration, "elapsed": elapsed}
+    (folder / "progress.json").write_text(json.dumps(progress))
+
+
+def stage_finished(folder: Path, epochs: int) -> bool:
+    """True if `folder` holds a finished stage that trained at least `epochs` epochs (a
+    resumed run with more epochs continues from the saved epoch instead)."""
+    if not (folder / "final.pt").is_file():
+        return False
+    progress = folder / "progress.json"
+    if not progress.is_file():
+        return True
+    return int(json.loads(progress.read_text())["epoch"]) >= epochs
+
+
+def _resume_state(
+    folder: Path, model: AccelNet, optimizer: torch.optim.Optimizer, resume: bool
+) -> dict[str, Any]:
+    """Restore model + optimizer from `folder/last.pt` when resuming; {} when starting fresh."""
+    if not resume or not (folder / "last.pt").is_file() or not (folder / "last_state.pt").is_file():
+        return {}
+    loaded, _ = load_checkpoint(folder / "last.pt")
+    model.load_state_dict(loaded.state_dict())
+    state = torch.load(folder / "last_state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    return {"epoch": int(state["epoch"]), "iteration": int(state["iteration"]),
+            "elapsed": float(state["elapsed"]), "rows": json.loads(state["rows_json"])}
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the reference, update and fusion stages",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--stage", choices=(*STAGE_ORDER, "all"), default="all")
+    parser.add_argument("--data", choices=("camvid", "synthetic"), default="camvid")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="CamVid root (SegNet layout: train/, trainannot/, val/, valannot/)")
+    parser.add_argument("--preset", default="camvid34", help="model preset (accel_ros.config)")
+    parser.add_argument("--reference-backbone", default=None,
+                        help="override the preset's reference backbone (e.g. resnet18)")
+    parser.add_argument("--update-backbone", default=None,
+                        help='override the preset\'s update backbone ("none": no update branch)')
+    parser.add_argument("--head-channels", type=int, default=None,
+                        help="override the task head width (small values for smoke tests)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of the reference stage")
+    parser.add_argument("--update-epochs", type=int, default=None,
+                        help="epochs of the update stage (default: --epochs)")
+    parser.add_argument("--fusion-epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fusion-batch-size", type=int, default=32)
+    parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--fusion-lr", type=float, default=1e-2)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--class-weights", choices=("none", "sqrt-median", "median"),
+                        default="sqrt-median")
+    parser.add_argument("--height", type=int, default=180, help="training/eval height")
+    parser.add_argument("--width", type=int, default=240, help="training/eval width")
+    parser.add_argument("--offsets", type=int, nargs="+", default=[1, 2, 3, 4],
+                        help="keyframe offsets of the fusion stage's pairs")
+    parser.add_argument("--flow-scale", type=float, default=0.5,
+                        help="DIS flow is computed at this fraction of the training size")
+    parser.add_argument("--out", type=Path, default=Path("runs/train"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out (finished stages are skipped)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this accel_ros checkpoint (e.g. a previous stage)")
+    parser.add_argument("--backbone-weights", type=Path, default=None,
+                        help="torchvision ImageNet ResNet state dict for the reference branch")
+    parser.add_argument("--update-backbone-weights", type=Path, default=None,
+                        help="torchvision ImageNet ResNet state dict for the update branch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    parser.add_argument("--no-amp", action="store_true", help="disable CUDA mixed precision")
+    parser.add_argument("--half", action="store_true",
+                        help="store the final checkpoint's weights as fp16 (half the size)")
+    parser.add_argument("--max-iters", type=int, default=None,
+                        help="stop each stage after this many iterations (smoke tests)")
+    parser.add_argument("--time-budget", type=float, nargs="+", default=None,
+                        metavar="MIN",
+                        help="wall-clock minutes for the reference and update stages (one "
+                             "value for both, or two); the poly LR anneals over the budget")
+    parser.add_argument("--val-every", type=int, default=1, help="validate every N epochs")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="use only the first N frames of each split (smoke tests)")
+    parser.set_defaults(handler=main)
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    torch.manual_seed(args.seed)
+    if args.time_budget:
+        values = list(args.time_budget) * (2 if len(args.time_budget) == 1 else 1)
+        args.time_budget = {"reference": values[0], "update": values[1]}
+    if args.data == "camvid" and args.data_root is None:
+        raise ValueError("--data camvid needs --data-root (folder with train/ trainannot/ ...)")
+    device = _device(args.device)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = _build(args)
+    num_classes = model.config.num_classes
+    train = load_frames(args.data, args.data_root, "train", num_classes, args.limit,
+                        (args.height, args.width), args.seed)
+    val = load_frames(args.data, args.data_root, "val", num_classes, args.limit,
+                      (args.height, args.width), args.seed)
+    _log(out, f"data {args.data}: {len(train)} train, {len(val)} val frames; model "
+         f"{model.config.reference_backbone}/{model.config.update_backbone}, "
+         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
+    weights = class_weights(train, num_classes, args.class_weights)
+    if weights is not None:
+        _log(out, f"class weights ({args.class_weights}): {np.round(weights.numpy(), 2).tolist()}")
+    model.to(device)
+    stages = STAGE_ORDER if args.stage == "all" else (args.stage,)
+    summary: dict[str, Any] = {}
+    summary_path = out / "summary.json"
+    if args.resume and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+    for stage in stages:
+        folder = out / stage
+        epochs = {"reference": args.epochs, "update": args.update_epochs or args.epochs,
+                  "fusion": args.fusion_epochs}[stage]
+        if args.resume and stage_finished(folder, epochs):
+            loaded, extra = load_checkpoint(folder / "final.pt")
+            model.load_state_dict(loaded.state_dict())
+            _log(out, f"{stage}: already finished (resume), loaded {folder / 'final.pt'}")
+            summary.setdefault(stage, {"val_miou": extra.get("val_miou")})
+            continue
+        if stage == "fusion":
+            if model.update is None:
+                _log(out, "fusion: skipped (model has no update branch)")
+                continue
+            summary[stage] = train_fusion(model, train, val, args, folder, device, weights)
+        else:
+            if stage == "update" and model.update is None:
+                _log(out, "update: skipped (model has no update branch)")
+                continue
+            summary[stage] = train_branch(model, stage, train, val, args, folder, device,
+                                          epochs, weights)
+        summary_path.write_text(json.dumps(summary, indent=1))
+    rows = []
+    for stage in STAGE_ORDER:
+        path = out / stage / "metrics.json"
+        if path.is_file():
+            rows += json.loads(path.read_text())
+    if rows:
+        plot_curves(rows, out / "curves.png")
+    extra = {
+        "recipe": recipe(args),
+        "resolution": [args.height, args.width],
+        "train_data": f"{args.data} train ({len(train)} frames)",
+        "val_miou": {stage: info.get("val_miou") for stage, info in summary.items()},
+        "stages": summary,
+    }
+    final = save_checkpoint(out / FINAL_NAME, model.cpu(), extra=extra, half=args.half)
+    _log(out, f"saved {final} ({final.stat().st_size / 1e6:.1f} MB); summary {json.dumps(summary)}")
+    return 0
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _build(args: argparse.Namespace) -> AccelNet:
+    if args.init is not None:
+        model, _ = load_checkpoint(args.init)
+        return model
+    overrides: dict[str, Any] = {}
+    if args.head_channels is not None:
+        overrides["head_channels"] = args.head_channels
+    if args.reference_backbone is not None:
+        overrides["reference_backbone"] = args.reference_backbone
+    if args.update_backbone is not None:
+        overrides["update_backbone"] = (
+            None if args.update_backbone.lower() == "none" else args.update_backbone
+        )
+    config: ModelConfig = preset(args.preset, **overrides)
+    model = AccelNet(config)
+    if args.backbone_weights is not None:
+        missing = model.load_backbone("reference", args.backbone_weights)
+        if missing:
+            print(f"reference backbone: {len(missing)} tensors not in the file", file=sys.stderr)
+    if args.update_backbone_weights is not None:
+        model.load_backbone("update", args.update_backbone_weights)
+    return model
+
+
+if __name__ == "__main__":  # `python -m accel_ros.tools.train ...` without the other tools
+    _parser = argparse.ArgumentParser(prog="accel-ros")
+    add_parser(_parser.add_subparsers(dest="command"))
+    sys.exit(main(_parser.parse_args(["train", *sys.argv[1:]])))

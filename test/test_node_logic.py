@@ -1,0 +1,502 @@
+"""ROS-free node logic: parameters, config file, stats message, frame slot, statistics,
+diagnostics and the frame processor (with real rosbags messages and a tiny segmenter)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.typesys import Stores, get_typestore
+
+from accel_ros.bridge import from_array, from_rgb8, image_to_array, rgb8_to_compressed
+from accel_ros.config import ModelConfig, PipelineConfig, load_yaml
+from accel_ros.messages import (
+    STATS_MSG_TEXT,
+    STATS_TYPE_NAME,
+    register_stats_type,
+    seconds_to_stamp,
+    stamp_to_seconds,
+    stats_fields,
+    stats_to_json,
+)
+from accel_ros.node_logic import (
+    ERROR,
+    OK,
+    PARAMETER_SPECS,
+    PARAMETERS,
+    STALE,
+    WARN,
+    ErrorCounters,
+    FrameProcessor,
+    FrameSlot,
+    NodeOptions,
+    StreamStatistics,
+    Throttle,
+    apply_live_pipeline,
+    default_parameters,
+    diagnostic_report,
+    parse_parameters,
+    plan_parameter_update,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = ROOT / "config" / "accel.yaml"
+CAMVID = ROOT.parent / "shared" / "camvid"
+
+
+@pytest.fixture(scope="module")
+def store():
+    return get_typestore(Stores.ROS2_HUMBLE)
+
+
+class ListLogger:
+    """Stands in for an rclpy / logging logger and keeps what was logged."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def warning(self, message: str) -> None:
+        self.records.append(("warning", message))
+
+    def info(self, message: str) -> None:
+        self.records.append(("info", message))
+
+    def error(self, message: str) -> None:
+        self.records.append(("error", message))
+
+
+def image_msg(store, rgb: np.ndarray, encoding: str = "rgb8", stamp: float = 1.0):
+    """A CDR round-tripped sensor_msgs/Image carrying `rgb` in `encoding`."""
+    sec, nanosec = seconds_to_stamp(stamp)
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+        frame_id="camera",
+    )
+    msg = store.types["sensor_msgs/msg/Image"](header=header, **from_rgb8(rgb, encoding))
+    typename = "sensor_msgs/msg/Image"
+    return store.deserialize_cdr(store.serialize_cdr(msg, typename), typename)
+
+
+# --- config file and parameters ------------------------------------------------------------
+
+
+def test_params_file_has_every_pipeline_field_with_a_valid_value():
+    values = load_yaml(PARAMS_FILE)
+    for field in dataclasses.fields(PipelineConfig):
+        assert field.name in values, f"config/accel.yaml lacks PipelineConfig.{field.name}"
+    settings = parse_parameters(values)
+    assert settings.pipeline == PipelineConfig()  # input_size [0, 0] -> None (native size)
+    assert settings.options == NodeOptions()
+    assert settings.options.checkpoint == "default"
+    assert settings.options.palette == "camvid_cityscapes"
+
+
+def test_params_file_matches_declared_parameters_and_types():
+    values = load_yaml(PARAMS_FILE)
+    assert set(values) == {spec.name for spec in PARAMETERS}
+    assert values == default_parameters()  # the file and the code defaults cannot drift
+    assert default_parameters(PARAMS_FILE) == values
+    python_types = {"bool": bool, "int": int, "float": float, "str": str, "int_array": list}
+    for spec in PARAMETERS:
+        # rclpy refuses a value of another type than the declared default (1 vs 1.0).
+        assert type(values[spec.name]) is python_types[spec.kind], spec.name
+        assert spec.description
+    assert values["input_size"] == [0, 0]
+
+
+def test_default_parameters_rejects_unknown_names(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("accel_segmentation:\n  ros__parameters:\n    keyframe_intreval: 3\n")
+    with pytest.raises(ValueError, match=r"unknown parameters.*keyframe_intreval"):
+        default_parameters(path)
+
+
+def test_parse_parameters_maps_onto_pipeline_config():
+    settings = parse_parameters(
+        {"keyframe_interval": 3, "input_size": [64, 96], "flow_scale": 1, "device": "cpu",
+         "mode": "dff", "overlay_alpha": 0.25, "preset": "accel18"}
+    )
+    assert settings.pipeline.keyframe_interval == 3
+    assert settings.pipeline.input_size == (64, 96)
+    assert settings.pipeline.flow_scale == 1.0 and isinstance(settings.pipeline.flow_scale, float)
+    assert (settings.pipeline.device, settings.pipeline.mode) == ("cpu", "dff")
+    assert settings.options.overlay_alpha == 0.25 and settings.options.preset == "accel18"
+    assert parse_parameters({}).parameter_values() == default_parameters()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"keyframe_interval": 0}, "keyframe_interval must be >= 1"),
+        ({"keyframe_interval": "5"}, "'keyframe_interval' must be of type int"),
+        ({"publish_color": 1}, "'publish_color' must be of type bool"),
+        ({"flow_method": "lucas"}, "flow_method 'lucas'"),
+        ({"input_size": [8, 8]}, "input_size must be"),
+        ({"palette": "rainbow"}, "palette 'rainbow'"),
+        ({"overlay_alpha": 1.5}, "overlay_alpha must be in"),
+        ({"preset": "accel99"}, "preset 'accel99'"),
+        ({"input_transport": "theora"}, "input_transport 'theora'"),
+        ({"flow_scale": math.nan}, "'flow_scale' must be finite"),
+        ({"no_such_thing": 1}, "unknown parameters"),
+    ],
+)
+def test_parse_parameters_rejects_bad_values_naming_them(values, message):
+    with pytest.raises(ValueError, match=message):
+        parse_parameters(values)
+
+
+def test_live_parameters_apply_and_unsafe_ones_are_rejected_with_a_reason():
+    current = parse_parameters({})
+    plan = plan_parameter_update(current, {"keyframe_interval": 9, "overlay_alpha": 0.8})
+    assert plan.successful and plan.settings is not None
+    assert set(plan.changed) == {"keyframe_interval", "overlay_alpha"}
+    assert plan.settings.pipeline.keyframe_interval == 9
+    assert plan.settings.options.overlay_alpha == 0.8
+    assert current.pipeline.keyframe_interval == 5  # the current settings are not mutated
+
+    plan = plan_parameter_update(current, {"device": "cuda:0"})
+    assert not plan.successful and "'device' cannot change while the node runs" in plan.reason
+    plan = plan_parameter_update(current, {"keyframe_interval": 2, "flow_method": "zero"})
+    assert not plan.successful and "flow_method" in plan.reason  # all or nothing
+    # ROS may re-send unchanged values of restart-only parameters: accepted as no-ops.
+    plan = plan_parameter_update(current, {"device": "auto", "keyframe_interval": 4})
+    assert plan.successful and plan.changed == ("keyframe_interval",)
+    plan = plan_parameter_update(current, {"keyframe_interval": 0})
+    assert not plan.successful and "keyframe_interval must be >= 1" in plan.reason
+    plan = plan_parameter_update(current, {"overlay_alpha": "half"})
+    assert not plan.successful and "must be of type float" in plan.reason
+
+
+def test_live_flags_are_exactly_the_per_frame_settings():
+    live = {spec.name for spec in PARAMETERS if spec.live}
+    assert {"keyframe_interval", "overlay_alpha", "palette", "publish_scores"} <= live
+    assert not live & {"device", "precision", "mode", "flow_method", "preset", "checkpoint",
+                       "input_size", "image_topic", "input_transport"}
+    assert PARAMETER_SPECS["palette"].choices == ("camvid", "cityscapes", "camvid_cityscapes")
+
+
+def test_apply_live_pipeline_updates_the_segmenters_config_object():
+    target = PipelineConfig(keyframe_interval=5, flow_method="zero")
+    settings = parse_parameters({"keyframe_interval": 2, "max_time_gap": 3.0})
+    apply_live_pipeline(target, settings)
+    assert (target.keyframe_interval, target.max_time_gap) == (2, 3.0)
+    assert target.flow_method == "zero"  # restart-only fields are left alone
+    assert target.return_probabilities is False
+    apply_live_pipeline(target, parse_parameters({"publish_scores": True}))
+    assert target.return_probabilities is True  # ~/scores needs probabilities
+
+
+# --- stats message ---------------------------------------------------------------------------
+
+
+def test_stats_message_text_equals_msg_file_byte_for_byte():
+    assert (ROOT / "msg" / "SegmentationStats.msg").read_bytes() == STATS_MSG_TEXT.encode()
+
+
+def _result(**overrides):
+    from accel_ros.model import SegmentationResult
+
+    values = {
+        "labels": np.zeros((4, 6), np.uint8),
+        "confidence": 0.75,
+        "is_keyframe": False,
+        "keyframe_age": 2,
+        "frame_index": 7,
+        "timings": {"feature": 0.0, "flow": 1.5, "warp": 0.5, "task": 2.0, "update": 3.0,
+                    "fusion": 0.25, "output": 0.5, "total": 8.0},
+    }
+    values.update(overrides)
+    return SegmentationResult(**values)
+
+
+def test_stats_fields_from_a_result():
+    fields = stats_fields(_result(), mode="accel", stamp=10.0, now=10.040, dropped_frames=3)
+    assert fields["frame_index"] == 7 and fields["keyframe_age"] == 2
+    assert fields["is_keyframe"] is False and fields["mode"] == "accel"
+    assert fields["flow_ms"] == 1.5 and fields["total_ms"] == 8.0 and fields["feature_ms"] == 0
+    assert fields["end_to_end_ms"] == pytest.approx(40.0)
+    assert fields["dropped_frames"] == 3 and fields["reset_reason"] == ""
+    unstamped = stats_fields(_result(reset_reason="time gap"), mode="dff", stamp=None, now=5.0)
+    assert math.isnan(unstamped["end_to_end_ms"]) and unstamped["reset_reason"] == "time gap"
+    payload = json.loads(stats_to_json(unstamped, None, "cam"))
+    assert payload["end_to_end_ms"] is None and payload["header"]["frame_id"] == "cam"
+    assert payload["update_ms"] == 3.0
+
+
+def test_stamp_conversions():
+    assert seconds_to_stamp(12.25) == (12, 250_000_000)
+    assert seconds_to_stamp(3.9999999999) == (4, 0)
+
+    class Time:
+        sec, nanosec = 5, 500_000_000
+
+    assert stamp_to_seconds(Time) == 5.5
+
+
+def test_stats_type_registers_in_rosbags_and_writes_a_bag(store, tmp_path):
+    local = get_typestore(Stores.ROS2_HUMBLE)  # registering mutates the store: use a fresh one
+    stats_cls = register_stats_type(local)
+    assert register_stats_type(local) is stats_cls  # idempotent
+    assert stats_cls.__msgtype__ == STATS_TYPE_NAME
+    header = local.types["std_msgs/msg/Header"](
+        stamp=local.types["builtin_interfaces/msg/Time"](sec=10, nanosec=0), frame_id="cam"
+    )
+    fields = stats_fields(_result(), mode="accel", stamp=10.0, now=10.02, dropped_frames=1)
+    msg = stats_cls(header=header, **fields)
+    labels = np.arange(24, dtype=np.uint8).reshape(4, 6) % 11
+    image = local.types["sensor_msgs/msg/Image"](header=header, **from_array(labels, "mono8"))
+
+    bag = tmp_path / "bag"
+    with Writer(bag, version=9) as writer:
+        stats_conn = writer.add_connection("/accel/stats", STATS_TYPE_NAME, typestore=local)
+        label_conn = writer.add_connection("/accel/labels", "sensor_msgs/msg/Image",
+                                           typestore=local)
+        writer.write(stats_conn, 10, local.serialize_cdr(msg, STATS_TYPE_NAME))
+        writer.write(label_conn, 10, local.serialize_cdr(image, "sensor_msgs/msg/Image"))
+    with Reader(bag) as reader:
+        read = {c.topic: local.deserialize_cdr(raw, c.msgtype) for c, _, raw in reader.messages()}
+    assert read["/accel/stats"].frame_index == 7
+    assert read["/accel/stats"].end_to_end_ms == pytest.approx(20.0, abs=1e-3)
+    assert read["/accel/stats"].header.frame_id == "cam"
+    np.testing.assert_array_equal(image_to_array(read["/accel/labels"]), labels)
+
+
+# --- frame slot, statistics, throttling, diagnostics ---------------------------------------
+
+
+def test_frame_slot_keeps_the_newest_frame_and_counts_drops():
+    slot = FrameSlot()
+    assert slot.take(timeout=0) is None
+    assert slot.put("a") is False
+    assert slot.put("b") is True and slot.put("c") is True
+    assert slot.take(timeout=0) == "c"
+    assert slot.take(timeout=0) is None
+    slot.put("d")
+    assert slot.take() == "d"
+    assert (slot.received, slot.dropped) == (4, 2)
+
+
+def test_frame_slot_close_wakes_a_waiting_worker():
+    slot = FrameSlot()
+    taken = []
+    worker = threading.Thread(target=lambda: taken.append(slot.take()))
+    worker.start()
+    slot.close()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and taken == [None] and slot.closed
+
+
+def test_stream_statistics_numbers():
+    stats = StreamStatistics(window=100)
+    for i in range(150):  # only the last 100 frames (50..149) count
+        stats.record({"total": float(i), "flow": 2.0}, is_keyframe=i % 5 == 0, now=i * 0.05,
+                     end_to_end_ms=None if i % 2 else 30.0)
+    latency = stats.latency()
+    window = np.arange(50, 150, dtype=float)
+    assert latency["total"]["mean"] == pytest.approx(window.mean())
+    assert latency["total"]["p50"] == pytest.approx(np.percentile(window, 50))
+    assert latency["total"]["p99"] == pytest.approx(np.percentile(window, 99))
+    assert latency["flow"] == {"mean": 2.0, "p50": 2.0, "p99": 2.0}
+    assert latency["end_to_end"]["mean"] == 30.0
+    assert stats.fps() == pytest.approx(20.0)
+    assert stats.keyframe_ratio() == pytest.approx(0.2)
+    assert stats.processed == 150
+    empty = StreamStatistics(window=10)
+    assert empty.fps() == 0.0 and empty.keyframe_ratio() == 0.0 and empty.latency() == {}
+    with pytest.raises(ValueError, match="window must be >= 2"):
+        StreamStatistics(window=1)
+
+
+def test_throttle_with_an_injected_clock():
+    now = [0.0]
+    throttle = Throttle(2.0, clock=lambda: now[0])
+    assert throttle.allow("a") and not throttle.allow("a") and throttle.allow("b")
+    now[0] = 1.9
+    assert not throttle.allow("a")
+    now[0] = 2.0
+    assert throttle.allow("a")
+    assert throttle.suppressed == {"a": 2}
+
+
+def test_diagnostic_levels_and_values():
+    options = NodeOptions()
+    slot, stats, errors = FrameSlot(), StreamStatistics(10), ErrorCounters()
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5)
+    assert report.level == STALE and "waiting" in report.message
+
+    errors.conversion, errors.last = 3, "unsupported image encoding 'rgb9'"
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5)
+    assert report.level == ERROR and "rgb9" in report.message
+
+    errors = ErrorCounters()
+    for i in range(4):
+        slot.put(i)
+        slot.take(timeout=0)
+        stats.record({"total": 10.0}, is_keyframe=i == 0, now=i * 0.1)
+    report = diagnostic_report(stats, slot, errors, "cuda:0", options, 5)
+    values = dict(report.values)
+    assert report.level == OK
+    assert values["device"] == "cuda:0" and values["fps"] == "10.000"
+    assert values["keyframe_ratio"] == "0.250" and values["frames_dropped"] == "0"
+    assert values["total_ms_p99"] == "10.000" and values["keyframe_interval"] == "5"
+
+    for i in range(3):
+        slot.put(i)  # two of these three are overwritten before being taken
+    report = diagnostic_report(stats, slot, errors, "cpu",
+                               dataclasses.replace(options, checkpoint="none"), 5)
+    assert report.level == WARN and "random weights" in report.message
+    assert dict(report.values)["frames_dropped"] == "2"
+    assert dict(report.values)["weights"] == "random"
+
+
+# --- frame processor -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    import torch
+
+    from accel_ros.model import build_segmenter
+
+    torch.manual_seed(0)
+    config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                         head_channels=32)
+    return build_segmenter(config, PipelineConfig(device="cpu", keyframe_interval=2))
+
+
+@pytest.fixture
+def fresh(segmenter):
+    segmenter.reset()
+    segmenter.pipeline_config.keyframe_interval = 2
+    segmenter.pipeline_config.return_probabilities = False
+    return segmenter
+
+
+def smooth_frames(count: int, height: int = 64, width: int = 96) -> list[np.ndarray]:
+    """Frames of a smooth texture sliding 2 px per frame."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (height, width + 40, 3), np.uint8), (0, 0), 2)
+    return [np.ascontiguousarray(base[:, 2 * t : 2 * t + width]) for t in range(count)]
+
+
+def test_processor_segments_rosbags_messages(store, fresh):
+    logger = ListLogger()
+    processor = FrameProcessor(fresh, NodeOptions(checkpoint="none"), logger=logger)
+    outputs = [
+        processor.process(image_msg(store, frame, "bgr8", stamp=1.0 + 0.1 * i), 1.0 + 0.1 * i)
+        for i, frame in enumerate(smooth_frames(4))
+    ]
+    assert [o.result.is_keyframe for o in outputs] == [True, False, True, False]
+    assert [o.result.keyframe_age for o in outputs] == [0, 1, 0, 1]
+    first = outputs[0]
+    assert first.labels.shape == (64, 96) and first.labels.dtype == np.uint8
+    assert first.labels.max() < 11
+    np.testing.assert_array_equal(first.rgb, smooth_frames(1)[0])  # bgr8 decoded to RGB
+    assert first.color.shape == (64, 96, 3) and first.overlay.shape == (64, 96, 3)
+    assert first.scores is None and first.stamp == pytest.approx(1.0)
+    # The overlay is the alpha blend of input and colours.
+    expected = 0.5 * first.rgb.astype(float) + 0.5 * first.color.astype(float)
+    assert np.abs(first.overlay - expected).max() <= 1
+    assert processor.errors.conversion == processor.errors.inference == 0
+    assert logger.records == []
+
+
+def test_processor_skips_bad_frames_and_keeps_going(store, fresh):
+    logger = ListLogger()
+    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    frame = smooth_frames(1)[0]
+    good = image_msg(store, frame, stamp=1.0)
+    assert processor.process(good, 1.0) is not None
+
+    bad_encoding = dataclasses.replace(good, encoding="rgb9")
+    assert processor.process(bad_encoding, 1.1) is None
+    empty = dataclasses.replace(good, height=0, width=0, step=0, data=np.zeros(0, np.uint8))
+    assert processor.process(empty, 1.2) is None
+    short = dataclasses.replace(good, data=good.data[:-1])
+    assert processor.process(short, 1.3) is None
+    assert processor.errors.conversion == 3
+    assert "data has" in processor.errors.last
+
+    after = processor.process(image_msg(store, frame, stamp=1.4), 1.4)
+    assert after is not None and after.labels.shape == (64, 96)
+    assert not after.result.is_keyframe  # bad frames did not touch the keyframe cache
+    warnings = [m for level, m in logger.records if level == "warning"]
+    assert len(warnings) == 1 and "unsupported image encoding 'rgb9'" in warnings[0]
+
+
+def test_processor_resolution_change_resets_the_cache(store, fresh):
+    logger = ListLogger()
+    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    big, small = smooth_frames(2)[0], smooth_frames(1, 48, 64)[0]
+    processor.process(image_msg(store, big, stamp=1.0), 1.0)
+    processor.process(image_msg(store, big, stamp=1.1), 1.1)
+    outputs = processor.process(image_msg(store, small, "mono8", stamp=1.2), 1.2)
+    assert outputs is not None and outputs.labels.shape == (48, 64)
+    assert outputs.result.is_keyframe
+    assert "resolution changed" in outputs.result.reset_reason
+    assert any("keyframe cache reset: resolution changed" in m for _, m in logger.records)
+
+
+def test_processor_compressed_input_and_scores(store, fresh):
+    options = NodeOptions(publish_scores=True, publish_color=False, publish_overlay=False)
+    apply_live_pipeline(fresh.pipeline_config, parse_parameters({"publish_scores": True}))
+    processor = FrameProcessor(fresh, options, logger=ListLogger())
+    frame = smooth_frames(1)[0]
+    header = store.types["std_msgs/msg/Header"](
+        stamp=store.types["builtin_interfaces/msg/Time"](sec=3, nanosec=0), frame_id="camera"
+    )
+    msg = store.types["sensor_msgs/msg/CompressedImage"](
+        header=header, **rgb8_to_compressed(frame, "png")
+    )
+    outputs = processor.process(msg, 3.0)
+    assert outputs is not None
+    np.testing.assert_array_equal(outputs.rgb, frame)
+    assert outputs.color is None and outputs.overlay is None
+    assert outputs.scores.shape == (64, 96) and outputs.scores.dtype == np.float32
+    assert outputs.scores.min() >= 1.0 / 11 - 1e-6 and outputs.scores.max() <= 1.0 + 1e-6
+    # The confidence reported is the mean low-resolution max probability: close to the map's.
+    assert abs(outputs.scores.mean() - outputs.result.confidence) < 0.1
+
+
+def test_processor_survives_a_failing_segmenter(store):
+    class Exploding:
+        resets = 0
+
+        def process(self, frame, stamp=None):
+            raise RuntimeError("CUDA out of memory")
+
+        def reset(self):
+            self.resets += 1
+
+    logger = ListLogger()
+    broken = Exploding()
+    processor = FrameProcessor(broken, NodeOptions(), logger=logger)
+    msg = image_msg(store, smooth_frames(1, 16, 16)[0])
+    assert processor.process(msg, 1.0) is None
+    assert processor.process(msg, 1.1) is None
+    assert processor.errors.inference == 2 and broken.resets == 2
+    assert len(logger.records) == 1  # the second failure was throttled
+    assert "RuntimeError: CUDA out of memory" in logger.records[0][1]
+
+
+@pytest.mark.skipif(not (CAMVID / "val").is_dir(), reason="../shared/camvid is not present")
+def test_processor_on_real_camvid_frames(store, fresh):
+    import cv2
+
+    files = sorted((CAMVID / "val").glob("*.png"))[:2]
+    processor = FrameProcessor(fresh, NodeOptions(), logger=ListLogger())
+    for i, path in enumerate(files):
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        rgb = cv2.resize(rgb, (96, 72), interpolation=cv2.INTER_AREA)
+        outputs = processor.process(image_msg(store, rgb, "yuv422", stamp=1.0 + i), 1.0 + i)
+        assert outputs is not None and outputs.labels.shape == (72, 96)
+        assert outputs.color.shape == (72, 96, 3)
+        assert 0.0 < outputs.result.confidence <= 1.0

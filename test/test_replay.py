@@ -1,0 +1,341 @@
+"""`accel-ros segment` / `make-bag`: bags (both storage plugins), corrupt messages, video and
+image-folder IO, topic selection and the run summary. Tiny ResNet-18 model at 64x96."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+
+from accel_ros import bridge
+from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.data.synthetic import generate_clip
+from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
+from accel_ros.tools import bagio, replay, video
+from accel_ros.tools.report import RunSummary, format_latency_table, latency_rows
+
+HEIGHT, WIDTH, FRAMES = 64, 96, 6
+CAMERA = "/camera/image_raw"
+START_NS = 1_700_000_000_000_000_000
+PERIOD_NS = 33_333_333
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> AccelNet:
+    config = ModelConfig(
+        reference_backbone="resnet18", update_backbone="resnet18", head_channels=32
+    )
+    return AccelNet(config).eval()
+
+
+@pytest.fixture(scope="module")
+def clip_images() -> list[np.ndarray]:
+    """FRAMES synthetic (64, 96, 3) uint8 RGB frames."""
+    return [frame.image for frame in generate_clip(FRAMES, HEIGHT, WIDTH, seed=3)]
+
+
+def make_segmenter(model: AccelNet, mode: str = "accel") -> AccelSegmenter:
+    return AccelSegmenter(model, PipelineConfig(mode=mode, keyframe_interval=3, device="cpu"))
+
+
+class RecordingSegmenter:
+    """Passes frames to a real segmenter and keeps (frame, stamp, result), so a test can
+    check the output against exactly what the segmenter returned without a second run."""
+
+    def __init__(self, segmenter: AccelSegmenter) -> None:
+        self.segmenter = segmenter
+        self.model_config = segmenter.model_config
+        self.pipeline_config = segmenter.pipeline_config
+        self.calls: list[tuple[np.ndarray, float | None, object]] = []
+
+    def process(self, frame: np.ndarray, stamp: float | None = None):
+        result = self.segmenter.process(frame, stamp)
+        self.calls.append((frame.copy(), stamp, result))
+        return result
+
+
+def write_test_bag(
+    path: Path, images: list[np.ndarray], storage: str, corrupt: dict[int, str] | None = None
+) -> list[bytes]:
+    """Camera topic (bgr8, header stamps offset from bag time) plus a /chatter String topic.
+    `corrupt` maps a frame index to "short" (data shorter than step * height) or "garbage"
+    (raw non-CDR bytes). Returns the raw camera payloads as written."""
+    typestore = bagio.make_typestore()
+    image_cls = typestore.types["sensor_msgs/msg/Image"]
+    string_cls = typestore.types["std_msgs/msg/String"]
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
+    payloads = []
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        camera = writer.add_connection(CAMERA, image_cls.__msgtype__, typestore=typestore)
+        chatter = writer.add_connection("/chatter", string_cls.__msgtype__, typestore=typestore)
+        for index, rgb in enumerate(images):
+            bag_ns = START_NS + index * PERIOD_NS
+            # Header stamp 5 ms before receive time: the tool must keep it, not bag time.
+            header = bagio.make_header(typestore, bag_ns - 5_000_000, f"cam_{index}")
+            fields = bridge.from_rgb8(rgb, "bgr8", header)
+            kind = (corrupt or {}).get(index)
+            if kind == "short":
+                fields["data"] = fields["data"][:-7]
+            raw = bytes(typestore.serialize_cdr(image_cls(**fields), image_cls.__msgtype__))
+            if kind == "garbage":
+                raw = b"\x00\x01\xff garbage, not CDR"
+            writer.write(camera, bag_ns, raw)
+            payloads.append(raw)
+            text = typestore.serialize_cdr(string_cls(data=f"hello {index}"),
+                                           string_cls.__msgtype__)
+            writer.write(chatter, bag_ns + 1, text)
+    return payloads
+
+
+def read_bag(path: Path) -> dict[str, list[tuple[int, object, bytes]]]:
+    """{topic: [(bag time ns, deserialised message or None if undecodable, raw bytes), ...]}
+    of a rosbag2."""
+    typestore = bagio.make_typestore()
+    out: dict[str, list[tuple[int, object, bytes]]] = {}
+    with Reader(path) as reader:
+        for connection, timestamp, raw in reader.messages():
+            try:
+                msg = typestore.deserialize_cdr(raw, connection.msgtype)
+            except Exception:  # the corrupt-input test copies garbage through on purpose
+                msg = None
+            out.setdefault(connection.topic, []).append((timestamp, msg, bytes(raw)))
+    return out
+
+
+@pytest.mark.parametrize(("storage", "mode"), [("mcap", "accel"), ("sqlite3", "dff")])
+def test_bag_round_trip(tmp_path, tiny_model, clip_images, storage, mode):
+    src, dst = tmp_path / "in_bag", tmp_path / "out_bag"
+    raws = write_test_bag(src, clip_images, storage)
+    recorder = RecordingSegmenter(make_segmenter(tiny_model, mode))
+    summary = replay.segment(src, dst, recorder, storage=storage, quiet=True)
+    assert (summary.frames, summary.keyframes, summary.skipped) == (FRAMES, 2, [])
+
+    out = read_bag(dst)
+    assert set(out) == {CAMERA, "/chatter", f"{CAMERA}/labels", f"{CAMERA}/color",
+                        f"{CAMERA}/stats"}
+    storage_file = next(p for p in dst.iterdir() if p.name != "metadata.yaml")
+    assert storage_file.suffix == {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
+    assert all(len(messages) == FRAMES for messages in out.values())
+    # Copied through byte for byte, at the original bag times.
+    assert [raw for _, _, raw in out[CAMERA]] == raws
+    assert [msg.data for _, msg, _ in out["/chatter"]] == [f"hello {i}" for i in range(FRAMES)]
+
+    # The segmenter saw the decoded frames (bgr8 -> RGB exact) with header stamps, in order,
+    # and the bag holds exactly what it returned.
+    assert len(recorder.calls) == FRAMES
+    for index, rgb in enumerate(clip_images):
+        bag_ns = START_NS + index * PERIOD_NS
+        header_ns = bag_ns - 5_000_000
+        frame, stamp, result = recorder.calls[index]
+        np.testing.assert_array_equal(frame, rgb)
+        assert stamp == pytest.approx(header_ns * 1e-9, abs=1e-6)
+        for topic in ("labels", "color", "stats"):
+            timestamp, msg, _ = out[f"{CAMERA}/{topic}"][index]
+            assert timestamp == bag_ns
+            assert bagio.header_stamp_ns(msg.header) == header_ns
+            assert msg.header.frame_id == f"cam_{index}"
+        _, labels, _ = out[f"{CAMERA}/labels"][index]
+        assert (labels.encoding, labels.height, labels.width, labels.step) == (
+            "mono8", HEIGHT, WIDTH, WIDTH)
+        label_array = bridge.image_to_array(labels)
+        assert label_array.max() < 11
+        np.testing.assert_array_equal(label_array, result.labels)
+        _, color, _ = out[f"{CAMERA}/color"][index]
+        assert (color.encoding, color.height, color.width) == ("rgb8", HEIGHT, WIDTH)
+        assert bridge.image_to_array(color).shape == (HEIGHT, WIDTH, 3)
+        _, stats, _ = out[f"{CAMERA}/stats"][index]
+        assert stats.frame_index == index
+        assert stats.is_keyframe == (index % 3 == 0) == result.is_keyframe
+        assert stats.keyframe_age == index % 3
+        assert stats.mode == mode
+        assert stats.total_ms > 0 and 0.0 < stats.confidence <= 1.0
+        assert stats.end_to_end_ms >= stats.total_ms * 0.5
+        assert stats.reset_reason == ""
+
+
+def test_corrupt_messages_are_skipped(tmp_path, tiny_model, clip_images):
+    src, dst = tmp_path / "in_bag", tmp_path / "out_bag"
+    write_test_bag(src, clip_images, "mcap", corrupt={2: "short", 4: "garbage"})
+    summary = replay.segment(src, dst, make_segmenter(tiny_model, "dff"), quiet=True)
+    assert summary.frames == FRAMES - 2
+    assert len(summary.skipped) == 2
+    assert "message 2" in summary.skipped[0] and "bytes" in summary.skipped[0]
+    assert "message 4" in summary.skipped[1] and "undecodable" in summary.skipped[1]
+
+    out = read_bag(dst)
+    assert len(out[CAMERA]) == FRAMES  # the corrupt inputs are still copied through
+    good = [0, 1, 3, 5]
+    for topic in ("labels", "color", "stats"):
+        stamps = [timestamp for timestamp, _, _ in out[f"{CAMERA}/{topic}"]]
+        assert stamps == [START_NS + i * PERIOD_NS for i in good]
+    assert [msg.header.frame_id for _, msg, _ in out[f"{CAMERA}/labels"]] == [
+        f"cam_{i}" for i in good]
+    assert [msg.mode for _, msg, _ in out[f"{CAMERA}/stats"]] == ["dff"] * len(good)
+
+
+def test_make_bag_cli_compressed_then_segment_cli(tmp_path, tiny_model):
+    parser = argparse.ArgumentParser()
+    replay.add_parser(parser.add_subparsers(dest="command"))
+    bag = tmp_path / "synthetic"
+    args = parser.parse_args(["make-bag", str(bag), "--frames", "4", "--height", str(HEIGHT),
+                              "--width", str(WIDTH), "--encoding", "jpeg",
+                              "--storage", "sqlite3", "--quiet"])
+    assert replay.main(args) == 0
+    made = read_bag(bag)
+    topic = f"{CAMERA}/compressed"
+    assert list(made) == [topic]
+    stamps = [bagio.header_stamp_ns(msg.header) for _, msg, _ in made[topic]]
+    assert stamps == [t for t, _, _ in made[topic]]
+    assert np.diff(stamps).tolist() == [33_333_333, 33_333_334, 33_333_333]
+    assert {msg.header.frame_id for _, msg, _ in made[topic]} == {"camera"}
+    assert bridge.compressed_to_rgb8(made[topic][0][1]).shape == (HEIGHT, WIDTH, 3)
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    out = tmp_path / "segmented"
+    args = parser.parse_args(["segment", str(bag), "--out", str(out), "--checkpoint",
+                              str(checkpoint), "--mode", "deeplab", "--device", "cpu",
+                              "--quiet"])
+    assert replay.main(args) == 0
+    result = read_bag(out)
+    # image_transport's /compressed suffix is dropped for the output topics.
+    assert set(result) == {topic, f"{CAMERA}/labels", f"{CAMERA}/color", f"{CAMERA}/stats"}
+    assert [msg.mode for _, msg, _ in result[f"{CAMERA}/stats"]] == ["deeplab"] * 4
+    assert not any(msg.is_keyframe for _, msg, _ in result[f"{CAMERA}/stats"])
+    # The output bag is new: running again onto it is refused before any work.
+    with pytest.raises(ValueError, match="exists already"):
+        replay.main(args)
+
+
+def test_topic_selection(tmp_path, clip_images):
+    typestore = bagio.make_typestore()
+    path = tmp_path / "two_cameras"
+    header = bagio.make_header(typestore, START_NS, "cam")
+    messages = {
+        "/left/image_raw": bagio.camera_message(typestore, clip_images[0], "rgb8", header),
+        "/right/image/compressed": bagio.camera_message(typestore, clip_images[0], "png",
+                                                        header),
+        "/chatter": typestore.types["std_msgs/msg/String"](data="hi"),
+    }
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        for topic, msg in messages.items():
+            connection = writer.add_connection(topic, msg.__msgtype__, typestore=typestore)
+            writer.write(connection, START_NS, typestore.serialize_cdr(msg, msg.__msgtype__))
+    with Reader(path) as reader:
+        connections = list(reader.connections)  # the reader empties its own on close
+    with pytest.raises(ValueError, match="2 image topics") as error:
+        bagio.select_image_topic(connections, None)
+    assert "/left/image_raw" in str(error.value) and "/right/image/compressed" in str(error.value)
+    assert bagio.select_image_topic(connections, "/right/image/compressed") == (
+        "/right/image/compressed", "sensor_msgs/msg/CompressedImage")
+    with pytest.raises(ValueError, match="not an image"):
+        bagio.select_image_topic(connections, "/chatter")
+    with pytest.raises(ValueError, match="not in the bag"):
+        bagio.select_image_topic(connections, "/missing")
+    one = [c for c in connections if c.topic != "/right/image/compressed"]
+    assert bagio.select_image_topic(one, None) == ("/left/image_raw", "sensor_msgs/msg/Image")
+
+
+def test_video_in_video_out(tmp_path, tiny_model, clip_images):
+    src = tmp_path / "in.mp4"
+    with video.VideoWriter(src, fps=15.0) as writer:
+        for rgb in clip_images[:5]:
+            writer.write(rgb)
+    dst = tmp_path / "out.mp4"
+    assert replay.output_kind(dst) == "video"
+    summary = replay.segment(src, dst, make_segmenter(tiny_model, "dff"), quiet=True)
+    assert summary.frames == 5
+    frames = list(video.iter_video(dst))
+    assert len(frames) == 5
+    assert frames[0].rgb.shape == (HEIGHT, WIDTH, 3)
+    assert video.video_info(dst)[1] == pytest.approx(15.0)
+
+
+def test_video_to_bag_writes_the_frames(tmp_path, tiny_model, clip_images):
+    src = tmp_path / "in.avi"
+    with video.VideoWriter(src, fps=10.0) as writer:
+        for rgb in clip_images[:3]:
+            writer.write(rgb)
+    dst = tmp_path / "out_bag"
+    replay.segment(src, dst, make_segmenter(tiny_model, "dff"), topic="/cam", quiet=True)
+    out = read_bag(dst)
+    assert set(out) == {"/cam", "/cam/labels", "/cam/color", "/cam/stats"}
+    assert [t for t, _, _ in out["/cam"]] == [0, 100_000_000, 200_000_000]
+    first = out["/cam"][0][1]
+    assert (first.encoding, first.height, first.width) == ("rgb8", HEIGHT, WIDTH)
+    assert {msg.header.frame_id for _, msg, _ in out["/cam/labels"]} == {"camera"}
+
+
+def test_image_folder_to_png_folder(tmp_path, tiny_model, clip_images):
+    src = tmp_path / "images"
+    src.mkdir()
+    for index, rgb in enumerate(clip_images[:4]):
+        video.write_image_rgb(src / f"img_{index:02d}.png", rgb)
+    (src / "img_02b.png").write_bytes(b"not a png at all")
+    (src / "notes.txt").write_text("ignored")
+    dst = tmp_path / "overlays"
+    dst.mkdir()
+    assert replay.output_kind(dst) == "png"
+    summary = replay.segment(src, dst, make_segmenter(tiny_model, "dff"), quiet=True,
+                             overlay_alpha=1.0)
+    assert summary.frames == 4
+    assert len(summary.skipped) == 1 and "img_02b.png" in summary.skipped[0]
+    written = sorted(p.name for p in dst.iterdir())
+    assert written == [f"img_{index:02d}.png" for index in range(4)]
+    # alpha 1: pure palette colours of the model's labels.
+    first = video.read_image_rgb(dst / "img_00.png")
+    expected = make_segmenter(tiny_model, "dff").process(clip_images[0])
+    from accel_ros.palette import colorize
+
+    np.testing.assert_array_equal(first, colorize(expected.labels, "camvid"))
+
+
+def test_output_kind_and_bad_inputs(tmp_path):
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
+    assert replay.output_kind(tmp_path / "new_bag") == "bag"
+    assert replay.output_kind(tmp_path / "clip.MP4") == "video"
+    assert replay.output_kind(tmp_path / "new", "png") == "png"
+    with pytest.raises(ValueError, match="exists already"):
+        replay.output_kind(bag)
+    with pytest.raises(ValueError, match="not one of"):
+        replay.output_kind(tmp_path / "x", "gif")
+    typestore = bagio.make_typestore()
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        replay.open_source(tmp_path / "missing.mcap", None, None, typestore)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="neither a rosbag2"):
+        replay.open_source(empty, None, None, typestore)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="cannot read"):
+        replay.open_source(tmp_path / "notes.txt", None, None, typestore)
+
+
+class _Result:
+    def __init__(self, keyframe: bool, timings: dict[str, float]) -> None:
+        self.is_keyframe = keyframe
+        self.reset_reason = None
+        self.timings = timings
+
+
+def test_run_summary_and_latency_table():
+    summary = RunSummary(name="unit")
+    summary.add(_Result(True, {"feature": 30.0, "update": 0.0, "total": 40.0}))
+    for _ in range(3):
+        summary.add(_Result(False, {"feature": 0.0, "warp": 2.0, "total": 10.0}))
+    summary.skip("frame 9: broken")
+    summary.stop()
+    rows = {row.stage: row for row in latency_rows(summary.timings)}
+    assert set(rows) == {"feature", "warp", "total"}  # "update" never ran
+    assert (rows["feature"].runs, rows["feature"].mean, rows["feature"].per_frame) == (
+        1, 30.0, 7.5)
+    assert rows["total"].max == 40.0 and rows["total"].p50 == 10.0
+    assert rows["total"].per_frame == pytest.approx(17.5)
+    assert summary.model_fps == pytest.approx(1000.0 / 17.5)
+    text = summary.format()
+    assert "4 frames, 1 keyframes, 1 skipped" in text and "frame 9: broken" in text
+    assert format_latency_table([]) == "  (no frames timed)"

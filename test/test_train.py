@@ -1,0 +1,218 @@
+"""Training: a few steps lower the loss, augmentation stays aligned, the CLI runs end to end on a
+tiny fake CamVid tree and resumes from the saved epoch."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from accel_ros.config import ModelConfig
+from accel_ros.metrics import IGNORE_INDEX
+from accel_ros.model import AccelNet, load_checkpoint
+from accel_ros.tools import train
+
+PNG_MAGIC = b"\x89PNG"
+
+
+def write_fake_camvid(root: Path, height: int = 48, width: int = 64) -> Path:
+    """SegNet-layout CamVid tree: train = two 4-frame sequences, val = one 6-frame sequence.
+
+    Frames show a blurred texture sliding 2 px right per frame; labels: sky (0) on top, road
+    (3) below, a car (8) box and a strip of void (11).
+    """
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (height, width + 40, 3), np.uint8), (0, 0), 2)
+    splits = {"train": [("0001TP", 6690, 30, 4), ("0006R0", 930, 30, 4)],
+              "val": [("0016E5", 7959, 2, 6)]}
+    for split, sequences in splits.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir(parents=True)
+        for sequence, first, step, count in sequences:
+            for t in range(count):
+                image = np.ascontiguousarray(texture[:, 20 - 2 * t : 20 - 2 * t + width])
+                labels = np.full((height, width), 3, np.uint8)
+                labels[: height // 3] = 0
+                image[: height // 3] = (200, 150, 90)  # BGR on disk: a light-blue sky
+                labels[height // 2 :, 10 + 2 * t : 30 + 2 * t] = 8
+                labels[:, -3:] = 11
+                name = f"{sequence}_{first + step * t:06d}.png"
+                cv2.imwrite(str(root / split / name), image)
+                cv2.imwrite(str(root / f"{split}annot" / name), labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread, restored afterwards: on a small shared CPU, several processes each
+    spinning two OpenMP threads slow each other down ten-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fake_camvid(tmp_path: Path) -> Path:
+    return write_fake_camvid(tmp_path / "camvid")
+
+
+def parse_train(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="accel-ros")
+    train.add_parser(parser.add_subparsers(dest="command"))
+    # Keep the thread count the test process already has (main sets it).
+    return parser.parse_args(["train", "--threads", str(torch.get_num_threads()), *argv])
+
+
+TINY = ["--reference-backbone", "resnet18", "--head-channels", "16", "--height", "32",
+        "--width", "48", "--batch-size", "2", "--val-every", "1"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_few_steps_lower_the_loss(tiny_config: ModelConfig) -> None:
+    model = AccelNet(tiny_config)
+    images = torch.rand(2, 3, 32, 32)
+    # Labels that depend on the image (brightest channel), so there is something to learn.
+    targets = images.argmax(1)
+    targets[:, :4] = IGNORE_INDEX
+    optimizer = torch.optim.AdamW(model.reference.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss = torch.nn.functional.cross_entropy(
+            train.branch_logits(model, "reference", images), targets, ignore_index=IGNORE_INDEX
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_augment_keeps_image_and_labels_aligned() -> None:
+    image = np.zeros((60, 80, 3), np.uint8)
+    image[:, :40] = (220, 30, 30)  # red half, class 0
+    image[:, 40:] = (30, 30, 220)  # blue half, class 1
+    labels = np.zeros((60, 80), np.uint8)
+    labels[:, 40:] = 1
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        out_image, out_labels = train.augment(image, labels, (30, 40), generator)
+        assert out_image.shape == (3, 30, 40) and out_image.dtype == torch.float32
+        assert out_labels.shape == (30, 40) and out_labels.dtype == torch.int64
+        assert set(out_labels.unique().tolist()) <= {0, 1, IGNORE_INDEX}
+        # Jitter scales red - blue by positive factors, so its sign still tells the half;
+        # only the one blended column at the boundary may disagree.
+        redder = out_image[0] > out_image[2]
+        for cls, colour_matches in ((0, redder), (1, ~redder)):
+            mask = out_labels == cls
+            if mask.any():
+                assert (colour_matches & mask).sum() >= 0.9 * mask.sum()
+
+
+def test_augment_pads_with_ignore_when_zoomed_out() -> None:
+    image = np.full((60, 80, 3), 128, np.uint8)
+    labels = np.ones((60, 80), np.uint8)
+    generator = torch.Generator().manual_seed(0)
+    _, out_labels = train.augment(image, labels, (30, 40), generator, scale_range=(0.5, 0.5))
+    assert (out_labels == IGNORE_INDEX).sum() == 30 * 40 - 15 * 20
+    assert (out_labels == 1).sum() == 15 * 20
+
+
+def test_pairs_stay_inside_one_sequence() -> None:
+    frames = train.FrameSet([np.zeros((2, 2, 3), np.uint8)] * 5, [np.zeros((2, 2), np.uint8)] * 5,
+                            ["a", "a", "a", "b", "b"])
+    assert frames.pairs((1, 2)) == [(0, 1), (1, 2), (0, 2), (3, 4)]
+
+
+def test_class_weights_favour_rare_classes() -> None:
+    labels = np.zeros((10, 10), np.uint8)
+    labels[0, :2] = 1  # class 1 is rare, class 2 absent, 255 ignored
+    labels[9] = IGNORE_INDEX
+    frames = train.FrameSet([np.zeros((10, 10, 3), np.uint8)], [labels], ["a"])
+    weights = train.class_weights(frames, 3, "median")
+    assert weights is not None
+    assert weights[1] > weights[0]
+    assert weights[2] == pytest.approx(1.0)  # absent: neutral
+    assert train.class_weights(frames, 3, "none") is None
+
+
+def test_poly_lr_schedule() -> None:
+    assert train.poly_lr(0.1, 0.0) == pytest.approx(0.1)
+    assert train.poly_lr(0.1, 0.5) == pytest.approx(0.1 * 0.5**0.9)
+    assert train.poly_lr(0.1, 1.0) == 0.0
+    assert train.poly_lr(0.1, 2.0) == 0.0
+
+
+def test_loads_camvid_with_void_ignored_and_segments(fake_camvid: Path) -> None:
+    frames = train.load_frames("camvid", fake_camvid, "train", num_classes=11)
+    assert len(frames) == 8
+    assert frames.images[0].shape == (48, 64, 3) and frames.images[0].dtype == np.uint8
+    assert frames.labels[0][0, -1] == IGNORE_INDEX  # void 11 -> 255
+    assert frames.labels[0][0, 0] == 0
+    assert len(set(frames.sequences)) == 2
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train.load_frames("camvid", fake_camvid / "nowhere", "train", 11)
+
+
+def test_train_cli_all_stages_end_to_end(fake_camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--epochs", "1",
+                        "--fusion-epochs", "1", "--max-iters", "1", "--half", *TINY])
+    assert train.main(args) == 0
+    for stage in ("reference", "update", "fusion"):
+        rows = read_csv(out / stage / "metrics.csv")
+        assert len(rows) == 1
+        assert rows[0]["stage"] == stage and rows[0]["iteration"] == "1"
+        assert np.isfinite(float(rows[0]["train_loss"]))
+        assert 0.0 <= float(rows[0]["val_miou"]) <= 1.0
+        assert (out / stage / "curves.png").read_bytes()[:4] == PNG_MAGIC
+        assert (out / stage / "final.pt").is_file()
+    assert (out / "curves.png").read_bytes()[:4] == PNG_MAGIC
+    model, extra = load_checkpoint(out / train.FINAL_NAME)
+    assert model.config.reference_backbone == "resnet18"
+    assert model.config.head_channels == 16
+    assert extra["resolution"] == [32, 48]
+    assert set(extra["val_miou"]) == {"reference", "update", "fusion"}
+    assert extra["recipe"]["lr"] == pytest.approx(2e-3)
+    stored = torch.load(out / train.FINAL_NAME, weights_only=True)["state_dict"]
+    assert stored["fusion.conv.weight"].dtype == torch.float16  # --half
+
+
+def test_resume_continues_from_the_saved_epoch(fake_camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--data-root", str(fake_camvid), "--out", str(out), "--stage", "reference",
+              "--update-backbone", "none", *TINY]
+    assert train.main(parse_train([*common, "--epochs", "1"])) == 0
+    first = read_csv(out / "reference" / "metrics.csv")
+    assert [row["epoch"] for row in first] == ["1"]
+    assert json.loads((out / "reference" / "progress.json").read_text())["iteration"] == 4
+
+    assert train.main(parse_train([*common, "--epochs", "2", "--resume"])) == 0
+    rows = read_csv(out / "reference" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    assert [row["iteration"] for row in rows] == ["4", "8"]  # 8 frames / batch 2 per epoch
+    assert rows[0] == first[0]  # the first epoch's record was kept, not retrained
+    log = (out / "reference" / "log.txt").read_text()
+    assert "resumed at epoch 1, iteration 4" in log
+
+    # Resuming a finished stage with no more epochs to run changes nothing.
+    assert train.main(parse_train([*common, "--epochs", "2", "--resume"])) == 0
+    assert read_csv(out / "reference" / "metrics.csv") == rows
+
+
+def test_train_rejects_missing_data_root(tmp_path: Path) -> None:
+    args = parse_train(["--out", str(tmp_path / "run"), *TINY])
+    with pytest.raises(ValueError, match="--data-root"):
+        train.main(args)
+    assert not (tmp_path / "run").exists()
