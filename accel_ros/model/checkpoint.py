@@ -25,7 +25,8 @@ def resolve_checkpoint(name: str | Path | None) -> Path | None:
     if not path.is_file():
         hint = (
             " (the shipped checkpoint is missing from this install; train one with "
-            "`accel-ros train` or pass checkpoint:=none for random weights)"
+            "`accel-ros train`, or use checkpoint 'none' for random weights: "
+            "`--checkpoint none` on the CLI, `checkpoint:=none` in ROS)"
             if str(name) == "default"
             else ""
         )

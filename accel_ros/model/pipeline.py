@@ -96,6 +96,8 @@ def frame_to_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
             raise ValueError(f"expected a uint8 RGB image, got dtype {frame.dtype}")
         if frame.shape[0] == 0 or frame.shape[1] == 0:
             raise ValueError(f"empty image ({frame.shape[0]}x{frame.shape[1]})")
+        if not frame.flags.writeable:
+            frame = frame.copy()  # torch.from_numpy warns on read-only buffers (e.g. from bytes)
         tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
         return tensor.unsqueeze(0).float().div_(255.0)
     if frame.dim() != 3 or frame.shape[0] != 3:
