@@ -46,6 +46,7 @@ from .node_logic import (
     NODE_NAME,
     PARAMETERS,
     SOURCE_PARAMS_FILE,
+    DiagnosticReport,
     FrameOutputs,
     FrameProcessor,
     FrameSlot,
@@ -310,9 +311,9 @@ class AccelSegmentationNode(Node):
 
     # --- diagnostics ------------------------------------------------------------------------
 
-    def _publish_diagnostics(self) -> None:
+    def _diagnostic_report(self) -> DiagnosticReport:
         with self._stats_lock:
-            report = diagnostic_report(
+            return diagnostic_report(
                 self._stats,
                 self._slot,
                 self._processor.errors,
@@ -320,6 +321,9 @@ class AccelSegmentationNode(Node):
                 self.settings.options,
                 self.segmenter.pipeline_config.keyframe_interval,
             )
+
+    def _publish_diagnostics(self) -> None:
+        report = self._diagnostic_report()
         status = DiagnosticStatus(
             level=_LEVELS[report.level],
             name=f"{self.get_name()}: segmentation",
@@ -333,15 +337,7 @@ class AccelSegmentationNode(Node):
 
     def diagnostics_json(self) -> str:
         """The current diagnostic values as JSON (handy in tests and for debugging)."""
-        with self._stats_lock:
-            report = diagnostic_report(
-                self._stats,
-                self._slot,
-                self._processor.errors,
-                str(self.segmenter.device),
-                self.settings.options,
-                self.segmenter.pipeline_config.keyframe_interval,
-            )
+        report = self._diagnostic_report()
         return json.dumps({"level": report.level, "message": report.message,
                            "values": dict(report.values)})
 

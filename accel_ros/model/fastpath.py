@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .flow import FlowEstimator, FlowNetLite, build_flow_estimator
+from .flow import FlowEstimator, FlowNetLite, build_flow_estimator, downscale_frame
 from .warp import flow_to_grid, resize_flow
 
 # The calls AccelSegmenter makes on AccelNet, in the order of a non-key frame.
@@ -292,13 +292,7 @@ class TorchFlow(FlowEstimator):
 
     def prepare(self, frame: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float RGB in [0, 1] -> grey (N, 1, h, w) float32 on the same device."""
-        if frame.dim() != 4 or frame.shape[1] != 3:
-            raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
-        height, width = frame.shape[-2:]
-        size = (max(8, round(height * self.scale)), max(8, round(width * self.scale)))
-        small = frame.detach().float()
-        if size != (height, width):
-            small = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+        small = downscale_frame(frame, self.scale)
         weights = small.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
         return (small * weights).sum(dim=1, keepdim=True).contiguous()
 

@@ -54,6 +54,19 @@ class ZeroFlow(FlowEstimator):
         return torch.zeros(n, 2, height, width, device=device)
 
 
+def downscale_frame(frame: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, round(H * scale), round(W * scale)) float, at least 8 px a side;
+    the working resolution of the classical flow estimators."""
+    if frame.dim() != 4 or frame.shape[1] != 3:
+        raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
+    height, width = frame.shape[-2:]
+    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    small = frame.detach().float()
+    if size != (height, width):
+        small = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return small
+
+
 class _OpenCVFlow(FlowEstimator):
     """Shared plumbing of the OpenCV estimators: grey uint8 at `scale` of the frame size."""
 
@@ -63,13 +76,7 @@ class _OpenCVFlow(FlowEstimator):
         self.scale = scale
 
     def prepare(self, frame: torch.Tensor) -> Any:
-        if frame.dim() != 4 or frame.shape[1] != 3:
-            raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
-        height, width = frame.shape[-2:]
-        size = (max(8, round(height * self.scale)), max(8, round(width * self.scale)))
-        small = frame.detach().float()
-        if size != (height, width):
-            small = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+        small = downscale_frame(frame, self.scale)
         grey = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
         grey = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         return [np.ascontiguousarray(g) for g in grey], frame.device
