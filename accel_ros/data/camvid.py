@@ -18,7 +18,7 @@ Void is mapped to IGNORE_INDEX in the returned label tensors.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from .transforms import IGNORE_INDEX, image_to_tensor, labels_to_tensor
+from .transforms import IGNORE_INDEX, Transform, image_to_tensor, labels_to_tensor
 
 CAMVID_NUM_CLASSES = 11
 CAMVID_VOID = 11
@@ -124,6 +124,15 @@ def read_ids(path: str | Path) -> np.ndarray:
     if ids.dtype != np.uint8:
         raise ValueError(f"expected 8-bit class ids, got {ids.dtype}: {path}")
     return ids
+
+
+def check_label_size(labels: np.ndarray, image: np.ndarray, label_path: str | Path) -> None:
+    """Raise ValueError, naming the label file, when (H, W) labels do not cover the image."""
+    if labels.shape != image.shape[:2]:
+        raise ValueError(
+            f"label size {labels.shape} does not match image size {image.shape[:2]}: "
+            f"{label_path}"
+        )
 
 
 def parse_frame_name(stem: str) -> tuple[str, int]:
@@ -224,17 +233,11 @@ def load_item(item: CamVidItem) -> tuple[np.ndarray, np.ndarray]:
     labels = camvid_colors_to_ids(read_rgb(item.label_path)) if item.colour_label else read_ids(
         item.label_path
     )
-    if labels.shape != image.shape[:2]:
-        raise ValueError(
-            f"label size {labels.shape} does not match image size {image.shape[:2]}: "
-            f"{item.label_path}"
-        )
+    check_label_size(labels, image, item.label_path)
     return image, labels
 
 
 # -------------------------------------------------------------------------------- datasets
-
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class CamVidFrames(Dataset):

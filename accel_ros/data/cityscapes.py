@@ -14,7 +14,7 @@ train ids; every other id becomes IGNORE_INDEX (255).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from .camvid import read_ids, read_rgb
-from .transforms import IGNORE_INDEX, image_to_tensor, labels_to_tensor
+from .camvid import check_label_size, read_ids, read_rgb
+from .transforms import IGNORE_INDEX, Transform, image_to_tensor, labels_to_tensor
 
 CITYSCAPES_NUM_CLASSES = 19
 LABELLED_FRAME_INDEX = 19  # 0-based index of the annotated frame within its 30-frame snippet
@@ -117,15 +117,9 @@ def _load_labelled(item: CityscapesItem) -> tuple[np.ndarray, np.ndarray]:
         )
     image = read_rgb(image_path)
     labels = label_ids_to_train_ids(read_ids(item.label_path))
-    if labels.shape != image.shape[:2]:
-        raise ValueError(
-            f"label size {labels.shape} does not match image size {image.shape[:2]}: "
-            f"{item.label_path}"
-        )
+    check_label_size(labels, image, item.label_path)
     return image, labels
 
-
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class CityscapesFrames(Dataset):

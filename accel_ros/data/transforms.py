@@ -26,6 +26,8 @@ IMAGE_KEYS = ("key_image", "image")
 LABEL_KEYS = ("labels",)
 
 Sample = dict[str, Any]
+# A dataset's per-sample transform (the augmentations below, or any user callable).
+Transform = Callable[[Sample], Sample]
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -14,6 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# One image reader for the whole package (missing file: FileNotFoundError, undecodable:
+# ValueError), re-exported under the name the replay tools use.
+from ..data.camvid import read_rgb as read_image_rgb
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 # FourCC per container; mp4v is the MPEG-4 encoder every opencv-python wheel carries.
@@ -46,14 +50,6 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
-def read_image_rgb(path: str | Path) -> np.ndarray:
-    """Image file -> (H, W, 3) uint8 RGB. Raises ValueError when OpenCV cannot decode it."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        raise ValueError(f"cannot decode image file {path}")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
-
-
 def write_image_rgb(path: str | Path, rgb: np.ndarray) -> None:
     """(H, W, 3) uint8 RGB -> image file (format from the suffix)."""
     _check_rgb(rgb)
@@ -69,7 +65,7 @@ def iter_image_folder(folder: str | Path, fps: float = 30.0) -> Iterator[VideoFr
         stamp_ns = round(index * 1e9 / fps)
         try:
             yield VideoFrame(index, stamp_ns, read_image_rgb(path), path.name)
-        except ValueError as error:
+        except (ValueError, FileNotFoundError) as error:  # e.g. removed after listing
             yield VideoFrame(index, stamp_ns, None, path.name, str(error))
 
 
