@@ -328,15 +328,10 @@ def train_branch(
     if args.max_iters is not None:
         total_iters = min(total_iters, args.max_iters)
     budget = args.time_budget.get(branch) if args.time_budget else None
-    state = _resume_state(folder, model, optimizer, args.resume)
-    log = MetricsLog(folder, state.get("rows"))
-    epoch, iteration = state.get("epoch", 0), state.get("iteration", 0)
-    elapsed = state.get("elapsed", 0.0)
-    if state:
-        _log(folder, f"{branch}: resumed at epoch {epoch}, iteration {iteration}")
-    criterion = torch.nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), ignore_index=IGNORE_INDEX
+    log, epoch, iteration, elapsed = _begin_stage(
+        folder, branch, model, optimizer, args.resume
     )
+    criterion = _criterion(weights, device)
     use_amp = device.type == "cuda" and not args.no_amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     _log(folder, f"{branch}: {len(train)} frames, {steps_per_epoch} it/epoch, up to "
@@ -527,15 +522,10 @@ def train_fusion(
         p.requires_grad_(True)
     optimizer = _optimizer(model.fusion.parameters(), argparse.Namespace(
         optimizer=args.optimizer, lr=args.fusion_lr, weight_decay=0.0))
-    state = _resume_state(folder, model, optimizer, args.resume)
-    log = MetricsLog(folder, state.get("rows"))
-    epoch, iteration = state.get("epoch", 0), state.get("iteration", 0)
-    elapsed = state.get("elapsed", 0.0)
-    if state:
-        _log(folder, f"fusion: resumed at epoch {epoch}, iteration {iteration}")
-    criterion = torch.nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), ignore_index=IGNORE_INDEX
+    log, epoch, iteration, elapsed = _begin_stage(
+        folder, "fusion", model, optimizer, args.resume
     )
+    criterion = _criterion(weights, device)
     count = len(train_cache.labels)
     batch = max(1, args.fusion_batch_size)
     steps_per_epoch = max(1, math.ceil(count / batch))
@@ -634,6 +624,25 @@ def stage_finished(folder: Path, epochs: int) -> bool:
     if not progress.is_file():
         return True
     return int(json.loads(progress.read_text())["epoch"]) >= epochs
+
+
+def _begin_stage(
+    folder: Path, name: str, model: AccelNet, optimizer: torch.optim.Optimizer, resume: bool
+) -> tuple[MetricsLog, int, int, float]:
+    """Resume (or start) a stage: its metrics log, epoch, iteration and elapsed seconds."""
+    state = _resume_state(folder, model, optimizer, resume)
+    log = MetricsLog(folder, state.get("rows"))
+    epoch, iteration = state.get("epoch", 0), state.get("iteration", 0)
+    if state:
+        _log(folder, f"{name}: resumed at epoch {epoch}, iteration {iteration}")
+    return log, epoch, iteration, state.get("elapsed", 0.0)
+
+
+def _criterion(weights: torch.Tensor | None, device: torch.device) -> torch.nn.Module:
+    """Cross-entropy over the current frame's labels, void ignored, optional class weights."""
+    return torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), ignore_index=IGNORE_INDEX
+    )
 
 
 def _resume_state(
