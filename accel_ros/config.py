@@ -23,6 +23,13 @@ UPSAMPLERS = ("bilinear", "deconv")
 OUT_OF_FRAME = ("border", "zeros")
 
 
+def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
+    """A misspelt key in a YAML file or checkpoint must fail loudly, not be ignored."""
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of an Accel network.
@@ -67,10 +74,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        _reject_unknown_keys(cls, data)
         return cls(**data)
 
 
@@ -139,10 +143,7 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PipelineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown PipelineConfig keys: {sorted(unknown)}")
+        _reject_unknown_keys(cls, data)
         data = dict(data)
         if data.get("input_size") in ([], [0, 0], (0, 0)):
             data["input_size"] = None
