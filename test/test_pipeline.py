@@ -166,3 +166,11 @@ def test_modes_needing_update_branch_are_refused() -> None:
         build_segmenter(config, PipelineConfig(mode="accel", device="cpu"))
     dff = build_segmenter(config, PipelineConfig(mode="dff", device="cpu"))
     assert dff.process(np.zeros((32, 32, 3), np.uint8)).labels.shape == (32, 32)
+
+
+def test_non_finite_tensor_frame_is_refused(tiny_config, moving_frames) -> None:
+    seg = _segmenter(tiny_config, keyframe_interval=10)
+    seg.process(moving_frames[0])
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        seg.process(torch.full((3, 64, 96), float("nan")))
+    assert not seg.process(moving_frames[1]).is_keyframe

@@ -104,6 +104,9 @@ def frame_to_tensor(frame: np.ndarray | torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected a (3, H, W) tensor, got shape {tuple(frame.shape)}")
     if frame.shape[1] == 0 or frame.shape[2] == 0:
         raise ValueError(f"empty image ({frame.shape[1]}x{frame.shape[2]})")
+    # Only float tensors can hold NaN/inf; uint8 arrays skip this full-frame scan.
+    if frame.is_floating_point() and not torch.isfinite(frame).all():
+        raise ValueError("image contains NaN or infinite values")
     return frame.unsqueeze(0).float()
 
 
@@ -228,8 +231,6 @@ class AccelSegmenter:
         """Segment one frame: (H, W, 3) uint8 RGB (or (3, H, W) float). Returns labels at the
         frame's own size. Raises ValueError for malformed frames without touching the cache."""
         image = frame_to_tensor(frame)
-        if not torch.isfinite(image).all():
-            raise ValueError("image contains NaN or infinite values")
         cfg, cache = self.pipeline_config, self.cache
         size = (int(image.shape[-2]), int(image.shape[-1]))
         reset_reason = self._reset_reason(size, stamp)
