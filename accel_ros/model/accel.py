@@ -117,6 +117,14 @@ class AccelNet(nn.Module):
         """(N, K, h, w) -> (N, K, H, W)."""
         return self.upsampler(scores, size)
 
+    def propagate(
+        self, features: torch.Tensor, flow: torch.Tensor, out_of_frame: str = "border"
+    ) -> torch.Tensor:
+        """One incremental warp step: cached features (N, C, h, w) moved by backward flow
+        (N, 2, h', w') given at any resolution (pixels of that resolution). The one place that
+        knows how flow meets features; training, evaluation and the streaming pipeline call it."""
+        return warp(features, resize_flow(flow, features.shape[-2:]), out_of_frame)
+
     def estimate_flow(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         """Learnable backward flow (N, 2, H/4, W/4) between two (N, 3, H, W) frames."""
         if self.flow_net is None:
@@ -161,7 +169,7 @@ class AccelNet(nn.Module):
                 flow = flows[:, step - 1]
             else:
                 flow = self.estimate_flow(frames[:, step - 1], frames[:, step])
-            features = warp(features, resize_flow(flow, features.shape[-2:]), out_of_frame)
+            features = self.propagate(features, flow, out_of_frame)
         if mode == "dff" or steps == 1 or self.update is None:
             # A keyframe (T == 1) is answered by N_R alone, as at inference.
             scores = self.reference_scores(features)
