@@ -2,8 +2,9 @@
 
 Covers what the replay tools need: a ROS 2 typestore that also knows
 accel_ros/msg/SegmentationStats, choosing the camera topic, opening writers for either storage
-plugin, copying connections through unchanged, building Header/Image messages, and writing a
-clip of RGB frames as a camera topic.
+plugin (named as rosbag2 names its own bags), copying connections through unchanged, building
+Header/Image messages, and writing a clip of RGB frames as a camera topic. Reading, including
+bags a crash cut short, is in bagread.py.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from rosbags.interfaces import Connection
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from .. import bridge
 from ..messages import STATS_TYPE_NAME, register_stats_type
+from .bagread import is_bag_folder
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STATS_TYPE = STATS_TYPE_NAME
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+STORAGE_OF_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
 COMPRESSED_FORMATS = ("jpeg", "png")
 BAG_FILE_SUFFIXES = (".mcap", ".db3")
 WRITER_VERSION = 9  # rosbag2 metadata version of Humble and later (rosbags writes 8 or 9)
@@ -39,11 +43,32 @@ def make_typestore() -> Any:
 
 
 def is_rosbag(path: str | Path) -> bool:
-    """A rosbag2 directory (with metadata.yaml) or a bare .mcap / .db3 storage file."""
+    """A rosbag2 directory (with metadata.yaml, or with the .mcap / .db3 files a recording
+    that never closed leaves without one) or a bare .mcap / .db3 storage file."""
     path = Path(path)
     if path.is_dir():
-        return (path / "metadata.yaml").is_file()
+        return is_bag_folder(path)
     return path.is_file() and path.suffix.lower() in BAG_FILE_SUFFIXES
+
+
+def bag_output(path: str | Path, storage: str | None = None) -> tuple[Path, str]:
+    """(bag folder, storage plugin) of a bag output named `path`, the way rosbag2 names them.
+
+    ``cam.mcap`` / ``cam.db3`` mean the folder ``cam/`` (holding ``cam_0.mcap`` /
+    ``cam_0.db3`` and metadata.yaml) and pick the storage; any other name is the folder itself,
+    with `storage` (default mcap). A suffix that contradicts an explicit `storage` is refused
+    rather than silently writing the other format.
+    """
+    path = Path(path)
+    implied = STORAGE_OF_SUFFIX.get(path.suffix.lower())
+    if storage is not None and storage not in STORAGES:
+        raise ValueError(f"storage {storage!r} is not one of {sorted(STORAGES)}")
+    if implied is None:
+        return path, storage or "mcap"
+    if storage is not None and storage != implied:
+        raise ValueError(f"output {path} names a {implied} bag, but storage {storage} was "
+                         f"asked for; drop one of them")
+    return path.with_suffix(""), implied
 
 
 def image_topics(connections: Iterable[Connection]) -> dict[str, str]:
@@ -68,6 +93,10 @@ def select_image_topic(connections: Sequence[Connection], topic: str | None) -> 
                 f"topic {topic} has type {present[topic]}, not an image; image topics: {listing}"
             )
         raise ValueError(f"topic {topic} is not in the bag; image topics: {listing}")
+    if not candidates:
+        present = ", ".join(f"{c.topic} ({c.msgtype})" for c in connections) or "none"
+        raise ValueError(f"no image topic ({' or '.join(IMAGE_TYPES)}) in the bag; its "
+                         f"topics: {present}")
     if len(candidates) != 1:
         raise ValueError(
             f"the bag has {len(candidates)} image topics, pass --topic to choose one: {listing}"
@@ -81,15 +110,46 @@ def output_base(topic: str) -> str:
     return topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
 
 
-def open_writer(path: str | Path, storage: str = "mcap") -> Writer:
-    """Open a new rosbag2 directory for writing. Raises ValueError if `path` exists (rosbag2
-    never overwrites) or the storage plugin is unknown."""
-    if storage not in STORAGES:
-        raise ValueError(f"storage {storage!r} is not one of {sorted(STORAGES)}")
-    path = Path(path)
-    if path.exists():
-        raise ValueError(f"output {path} exists already; a rosbag2 output needs a new path")
-    writer = Writer(path, version=WRITER_VERSION, storage_plugin=STORAGES[storage])
+class Rosbag2Writer(Writer):
+    """rosbags' Writer, with the storage file named as rosbag2 names it: ``<bag>/<bag>_0.mcap``
+    (rosbags writes ``<bag>/<bag>.mcap``). The file is renamed when the bag is closed, and
+    metadata.yaml follows, so a closed bag is consistent for rosbags and for ros2 bag."""
+
+    def close(self) -> None:
+        super().close()
+        rename_storage_files(self.path)
+
+
+def rename_storage_files(folder: Path) -> None:
+    """Rename a closed bag's storage files to ``<folder>_<i><suffix>`` and update
+    metadata.yaml's relative_file_paths and files entries to match."""
+    meta_path = folder / "metadata.yaml"
+    meta = yaml.safe_load(meta_path.read_text(encoding="utf-8"))
+    info = meta["rosbag2_bagfile_information"]
+    renamed: dict[str, str] = {}
+    for index, name in enumerate(info["relative_file_paths"]):
+        source = folder / name
+        target = folder / f"{folder.name}_{index}{source.suffix}"
+        if source != target:
+            source.rename(target)
+        renamed[name] = target.name
+    info["relative_file_paths"] = [renamed[n] for n in info["relative_file_paths"]]
+    for entry in info.get("files") or []:
+        entry["path"] = renamed.get(entry["path"], entry["path"])
+    temporary = meta_path.with_suffix(".yaml.tmp")
+    temporary.write_text(yaml.safe_dump(meta, sort_keys=False, default_flow_style=False),
+                         encoding="utf-8")
+    temporary.replace(meta_path)
+
+
+def open_writer(path: str | Path, storage: str | None = None) -> Writer:
+    """Open a new rosbag2 for writing (`bag_output` decides folder and storage from the name).
+    Raises ValueError if the folder exists (rosbag2 never overwrites) or the storage plugin is
+    unknown."""
+    folder, storage = bag_output(path, storage)
+    if folder.exists():
+        raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
+    writer = Rosbag2Writer(folder, version=WRITER_VERSION, storage_plugin=STORAGES[storage])
     writer.open()
     return writer
 
@@ -166,11 +226,12 @@ def write_camera_bag(
     frame_id: str = "camera",
     fps: float = 30.0,
     start_ns: int = 1_700_000_000 * 1_000_000_000,
-    storage: str = "mcap",
+    storage: str | None = None,
     typestore: Any = None,
 ) -> int:
     """Write (H, W, 3) uint8 RGB frames as a camera topic; header stamp = bag time =
-    start + i / fps. Returns the number of messages written."""
+    start + i / fps. `path` and `storage` are read as `bag_output` does. Returns the number of
+    messages written."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     typestore = typestore or make_typestore()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> module in accel_ros.tools exposing add_parser(subparsers) and main(args) -> int
@@ -32,7 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors that mean "this input (file, bag, option value) is bad": one line, exit 2. rosbags,
+# mcap and sqlite3 report unreadable storage with their own types; OSError covers permissions,
+# a directory where a file was expected, a full disk.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError)
+TRACEBACK_ENV = "ACCEL_ROS_TRACEBACK"
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    from mcap.exceptions import McapError
+    from rosbags.rosbag2 import ReaderError, WriterError
+
+    return (*INPUT_ERRORS, ReaderError, WriterError, McapError, sqlite3.Error)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. No input makes this print a traceback: bad input is one line
+    naming the file and the problem (exit 2), anything unexpected one line with its type
+    (exit 1; set ACCEL_ROS_TRACEBACK=1 to get the traceback), Ctrl-C exit 130."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -42,12 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"accel-ros {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as error:
-        # Bad input from the user: say what is wrong, without a traceback.
-        print(f"accel-ros {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except Exception as error:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        if isinstance(error, _input_errors()):
+            # Bad input from the user: say what is wrong, without a traceback.
+            print(f"accel-ros {args.command}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        print(f"accel-ros {args.command}: error: unexpected {type(error).__name__}: "
+              f"{_one_line(error)} (set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 if __name__ == "__main__":

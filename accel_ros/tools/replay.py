@@ -6,15 +6,20 @@ Outputs, chosen by `output_kind`: a new rosbag2 (every input topic copied throug
 ``<topic>/labels`` mono8, ``<topic>/color`` rgb8 and ``<topic>/stats`` SegmentationStats, all
 with the input message's header and bag time), a video of colourised overlays, or a folder of
 overlay PNGs. Every decodable input frame gives exactly one output; an undecodable one is
-reported, counted as skipped, and the run goes on.
+reported, counted as skipped, and the run goes on. Bags a crash cut short are read up to the
+damage (bagread.py) and the run says what was recovered; Ctrl-C stops after the current frame
+and still closes the output, so a bag output is always a valid rosbag2.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +29,7 @@ from tqdm import tqdm
 
 from ..config import FLOW_METHODS, MODES, PRESETS
 from ..palette import colorize, get_palette, overlay
-from . import bagio, video
+from . import bagio, bagread, video
 from .report import RunSummary
 
 OUTPUT_KINDS = ("bag", "video", "png")
@@ -68,27 +73,30 @@ class Frame:
 
 
 class BagSource:
-    """Every message of a rosbag2 in time order; the camera topic's ones also decoded."""
+    """Every recoverable message of a rosbag2 in recording order; the camera topic's ones also
+    decoded. `report` says what a damaged bag gave up (see bagread)."""
 
     def __init__(self, path: str | Path, topic: str | None, typestore: Any) -> None:
-        from rosbags.rosbag2 import Reader
-
         self.path = Path(path)
         self.typestore = typestore
-        self._reader = Reader(self.path)
-        self._reader.open()
+        self._bag = bagread.open_bag(self.path)
+        self.report = self._bag.report
+        self.connections = list(self._bag.connections)
         try:
-            self.connections = list(self._reader.connections)
             self.topic, self.msgtype = bagio.select_image_topic(self.connections, topic)
-        except BaseException:
-            self._reader.close()
-            raise
+        except ValueError as error:
+            if not self.connections:
+                raise bagread.BagError(f"{self.path}: {_empty_reason(self.report)}") from None
+            raise bagread.BagError(f"{self.path}: {error}") from None
         self.total = sum(c.msgcount for c in self.connections if c.topic == self.topic)
+        if self.total == 0:
+            raise bagread.BagError(
+                f"{self.path}: no message on {self.topic}: {_empty_reason(self.report)}")
         self.fps: float | None = None
 
     def __iter__(self) -> Iterator[Passthrough | Frame]:
         index = 0
-        for connection, timestamp, rawdata in self._reader.messages():
+        for connection, timestamp, rawdata in self._bag.messages():
             yield Passthrough(connection, timestamp, rawdata)
             if connection.topic != self.topic:
                 continue
@@ -101,7 +109,14 @@ class BagSource:
             index += 1
 
     def close(self) -> None:
-        self._reader.close()
+        self._bag.close()
+
+
+def _empty_reason(report: bagread.RecoveryReport) -> str:
+    """Why a bag gave nothing: empty, or damaged before its first complete message."""
+    if report.damage:
+        return f"nothing recoverable before the damage ({report.damage[0]})"
+    return "the bag is empty (no messages)"
 
 
 class FileSource:
@@ -142,8 +157,8 @@ def open_source(
     if path.is_dir():
         if not video.list_images(path):
             raise ValueError(
-                f"{path} is neither a rosbag2 (no metadata.yaml) nor a folder with images "
-                f"({', '.join(video.IMAGE_SUFFIXES)})"
+                f"{path} is neither a rosbag2 (no metadata.yaml and no .mcap/.db3 file) nor a "
+                f"folder with images ({', '.join(video.IMAGE_SUFFIXES)})"
             )
         return FileSource(path, fps)
     if video.is_video_path(path):
@@ -172,8 +187,9 @@ def output_kind(path: str | Path, requested: str | None = None) -> str:
         kind = "png"
     else:
         kind = "bag"
-    if kind == "bag" and path.exists():
-        raise ValueError(f"output {path} exists already; a rosbag2 output needs a new path")
+    if kind == "bag" and bagio.bag_output(path)[0].exists():
+        folder = bagio.bag_output(path)[0]
+        raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
     if kind == "png" and path.exists() and not path.is_dir():
         raise ValueError(f"PNG output {path} exists and is not a directory")
     return kind
@@ -212,9 +228,14 @@ class BagSink:
             for connection in connections:
                 if connection.topic in self.topics.values():
                     # An earlier replay's outputs: they are about to be regenerated.
-                    self.skipped_topics.append(connection.topic)
+                    self.skipped_topics.append(f"{connection.topic}: this run regenerates it")
                     continue
-                self._copied[connection.id] = self._copy(connection)
+                try:
+                    self._copied[connection.id] = self._copy(connection)
+                except Exception as error:  # rosbags: unknown type, bad definition
+                    self.skipped_topics.append(
+                        f"{connection.topic}: type {connection.msgtype} cannot be copied "
+                        f"({type(error).__name__}: {error})")
             self._camera = None
             if not connections:
                 self._camera = self._writer.add_connection(
@@ -329,7 +350,7 @@ def segment(
     segmenter: Any,
     *,
     topic: str | None = None,
-    storage: str = "mcap",
+    storage: str | None = None,
     output_format: str | None = None,
     overlay_alpha: float = 0.5,
     fps: float | None = None,
@@ -341,14 +362,19 @@ def segment(
     `output_path` (see `output_kind`). Returns the run summary; skipped frames are listed in
     ``summary.skipped`` with the reason."""
     kind = output_kind(output_path, output_format)
-    if kind == "bag" and storage not in bagio.STORAGES:
-        raise ValueError(f"storage {storage!r} is not one of {sorted(bagio.STORAGES)}")
+    if kind == "bag":
+        bagio.bag_output(output_path, storage)  # a contradicting suffix fails before any work
     typestore = bagio.make_typestore()
     palette = palette or segmenter.model_config.palette
     get_palette(palette)  # an unknown name fails here, not after the first frame
     mode = segmenter.pipeline_config.mode
     source = open_source(input_path, topic, fps, typestore)
     summary = RunSummary(name=f"segment ({mode})")
+    report = getattr(source, "report", None)
+    if report is not None and (report.damaged or report.notes):
+        for line in report.lines():
+            _warn(line, quiet)
+        summary.extra["recovered"] = report.summary_line()
     try:
         if kind == "bag":
             sink: BagSink | OverlaySink = BagSink(
@@ -361,9 +387,13 @@ def segment(
                                alpha=overlay_alpha)
         try:
             for skipped in sink.skipped_topics:
-                _warn(f"not copying {skipped}: this run regenerates it", quiet)
+                _warn(f"not copying {skipped}", quiet)
             summary.start()
-            _run(source, sink, segmenter, summary, quiet)
+            with _ctrl_c_stops() as stop:
+                _run(source, sink, segmenter, summary, quiet, stop)
+            if stop.is_set():
+                summary.extra["interrupted"] = (
+                    f"Ctrl-C after {summary.frames} frames; the output holds them")
         finally:
             sink.close()
     finally:
@@ -380,6 +410,7 @@ def _run(
     segmenter: Any,
     summary: RunSummary,
     quiet: bool,
+    stop: threading.Event | None = None,
 ) -> None:
     with tqdm(total=source.total or None, unit="frame", disable=quiet, desc="segment",
               file=sys.stderr) as bar:
@@ -403,6 +434,31 @@ def _run(
                 sink.write(item, result, time.perf_counter() - started)
                 summary.add(result)
             started = time.perf_counter()
+            if stop is not None and stop.is_set():
+                break
+
+
+@contextmanager
+def _ctrl_c_stops() -> Iterator[threading.Event]:
+    """While segmenting: the first Ctrl-C sets the event, so the loop finishes the frame in
+    hand and stops, and the output is closed with every finished frame in it; a second Ctrl-C
+    interrupts at once (the output is still closed by the callers' finally). Only the main
+    thread can own SIGINT; elsewhere Ctrl-C keeps its default behaviour."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _warn(message: str, quiet: bool, bar: tqdm | None = None) -> None:
@@ -425,19 +481,24 @@ def make_bag(
     height: int = 256,
     width: int = 512,
     encoding: str = "rgb8",
-    storage: str = "mcap",
+    storage: str | None = None,
     topic: str = DEFAULT_TOPIC,
     frame_id: str = "camera",
     fps: float = 30.0,
     seed: int = 0,
     quiet: bool = False,
 ) -> tuple[str, int]:
-    """Write a synthetic driving clip as a camera bag. For "jpeg"/"png" the topic is a
-    CompressedImage on ``<topic>/compressed`` (image_transport's name). Returns (topic, count)."""
+    """Write a synthetic driving clip as a camera bag. `out` names it as rosbag2 does (see
+    bagio.bag_output: ``cam.db3`` is the folder ``cam/`` with ``cam_0.db3``). For "jpeg"/"png"
+    the topic is a CompressedImage on ``<topic>/compressed`` (image_transport's name).
+    Returns (topic, count)."""
     from ..data.synthetic import SyntheticDrivingScene, scene_config
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    folder, storage = bagio.bag_output(out, storage)
+    if folder.exists():
+        raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
     if encoding in bagio.COMPRESSED_FORMATS and not topic.endswith("/compressed"):
         topic = f"{topic}/compressed"
     scene = SyntheticDrivingScene(
@@ -480,8 +541,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                      help="resize frames to H W before the network")
     seg.add_argument("--overlay-alpha", type=float, default=0.5)
-    seg.add_argument("--storage", default="mcap", choices=sorted(bagio.STORAGES),
-                     help="storage plugin of a rosbag2 output")
+    seg.add_argument("--storage", default=None, choices=sorted(bagio.STORAGES),
+                     help="storage plugin of a rosbag2 output (default: from an OUTPUT ending "
+                     "in .mcap/.db3, else mcap)")
     seg.add_argument("--format", dest="output_format", default="auto",
                      choices=("auto", *OUTPUT_KINDS), help="output kind (default: from OUTPUT)")
     seg.add_argument("--fps", type=float, default=None,
@@ -496,7 +558,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     bag = subparsers.add_parser(
         "make-bag", help="write a small synthetic camera rosbag2",
-        description="Write a synthetic driving clip as a rosbag2 camera topic (30 fps stamps).",
+        description="Write a synthetic driving clip as a rosbag2 camera topic (30 fps stamps). "
+        "OUT is named as rosbag2 names bags: cam.mcap / cam.db3 -> folder cam/ holding "
+        "cam_0.mcap / cam_0.db3 and metadata.yaml; any other name is the folder itself.",
     )
     bag.add_argument("out", metavar="OUT", type=Path)
     bag.add_argument("--frames", type=int, default=30)
@@ -505,7 +569,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bag.add_argument("--encoding", default="rgb8",
                      help="any sensor_msgs encoding (rgb8, bgr8, mono8, bayer_rggb8, yuv422, "
                      "...) or jpeg/png for a CompressedImage")
-    bag.add_argument("--storage", default="mcap", choices=sorted(bagio.STORAGES))
+    bag.add_argument("--storage", default=None, choices=sorted(bagio.STORAGES),
+                     help="default: from OUT's suffix (.mcap, .db3), else mcap")
     bag.add_argument("--topic", default=DEFAULT_TOPIC)
     bag.add_argument("--frame-id", default="camera")
     bag.add_argument("--fps", type=float, default=30.0)
@@ -518,8 +583,9 @@ def main_segment(args: argparse.Namespace) -> int:
     from ..config import PipelineConfig
     from ..model import build_segmenter
 
-    # Check paths and topic before the (slow) model load.
-    output_kind(args.out, args.output_format)
+    # Check paths, storage and topic before the (slow) model load.
+    if output_kind(args.out, args.output_format) == "bag":
+        bagio.bag_output(args.out, args.storage)
     open_source(args.input, args.topic, args.fps, bagio.make_typestore()).close()
     set_threads(args.threads)
     pipeline = PipelineConfig(
@@ -536,8 +602,13 @@ def main_segment(args: argparse.Namespace) -> int:
         frame_id=args.frame_id, palette=args.palette, quiet=args.quiet,
     )
     print(summary.format())
+    if "interrupted" in summary.extra:
+        print(f"accel-ros segment: interrupted by Ctrl-C after {summary.frames} frames; "
+              f"{args.out} holds them", file=sys.stderr)
+        return 130
     if summary.frames == 0:
-        print("error: no frame could be segmented", file=sys.stderr)
+        print(f"accel-ros segment: error: no frame of {args.input} could be segmented "
+              f"({len(summary.skipped)} skipped)", file=sys.stderr)
         return 1
     return 0
 
@@ -559,7 +630,9 @@ def main_make_bag(args: argparse.Namespace) -> int:
         encoding=args.encoding, storage=args.storage, topic=args.topic,
         frame_id=args.frame_id, fps=args.fps, seed=args.seed, quiet=args.quiet,
     )
-    print(f"wrote {count} {args.encoding} frames on {topic} to {args.out} ({args.storage})")
+    folder, storage = bagio.bag_output(args.out, args.storage)
+    files = ", ".join(sorted(p.name for p in folder.iterdir()))
+    print(f"wrote {count} {args.encoding} frames on {topic} to {folder}/ ({files}; {storage})")
     return 0
 
 
