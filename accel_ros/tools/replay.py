@@ -374,7 +374,7 @@ def segment(
     if report is not None and (report.damaged or report.notes):
         for line in report.lines():
             _warn(line, quiet)
-        summary.extra["recovered"] = report.summary_line()
+        summary.extra["recovery"] = "\n    ".join(report.lines())
     try:
         if kind == "bag":
             sink: BagSink | OverlaySink = BagSink(
