@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,109 @@ def test_non_finite_tensor_frame_is_refused(tiny_config, moving_frames) -> None:
     with pytest.raises(ValueError, match="NaN or infinite"):
         seg.process(torch.full((3, 64, 96), float("nan")))
     assert not seg.process(moving_frames[1]).is_keyframe
+
+
+# -- GPU-path logic that can be checked on the CPU ---------------------------------------------
+def test_frames_cross_as_uint8_and_become_the_same_floats(moving_frames) -> None:
+    from accel_ros.model.pipeline import FrameUploader, frame_to_tensor
+
+    host = frame_to_tensor(moving_frames[0])
+    assert host.dtype == torch.uint8 and host.shape == (1, 3, 64, 96)  # 1 byte/px/channel
+    uploader = FrameUploader(torch.device("cpu"))
+    assert not uploader.pinned  # page-locked staging only for CUDA
+    image = uploader(host)
+    expected = torch.from_numpy(moving_frames[0]).permute(2, 0, 1)[None].float() / 255.0
+    assert image.dtype == torch.float32
+    torch.testing.assert_close(image, expected, rtol=0, atol=0)
+    as_float = frame_to_tensor(expected[0])
+    assert as_float.dtype == torch.float32
+    torch.testing.assert_close(uploader(as_float), expected, rtol=0, atol=0)
+
+
+def test_max_probability_is_reduced_before_the_transfer(tiny_config, moving_frames) -> None:
+    model = AccelNet(tiny_config)
+    both = AccelSegmenter(
+        model, PipelineConfig(device="cpu", keyframe_interval=2, return_probabilities=True),
+        return_max_probability=True,
+    )
+    only_max = AccelSegmenter(
+        model, PipelineConfig(device="cpu", keyframe_interval=2), return_max_probability=True
+    )
+    for frame in moving_frames[:3]:
+        full, small = both.process(frame), only_max.process(frame)
+        assert small.probabilities is None  # K x H x W never crossed
+        assert small.max_probability.shape == (64, 96)
+        assert small.max_probability.dtype == np.float32
+        np.testing.assert_allclose(small.max_probability, full.probabilities.max(axis=0),
+                                   rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(small.labels, full.labels)
+    plain = _segmenter(tiny_config).process(moving_frames[0])
+    assert plain.max_probability is None and plain.probabilities is None
+
+
+def test_cache_stays_float32_under_autocast(tiny_config, moving_frames) -> None:
+    """Keyframe features come out of N_R in bf16 under autocast; the cache holds float32 on
+    keyframes and warped frames alike (one dtype for graphs and compiled kernels)."""
+    seg = _segmenter(tiny_config, keyframe_interval=3, precision="bf16")
+    dtypes = []
+    for frame in moving_frames[:3]:
+        seg.process(frame)
+        dtypes.append(seg.cache.features.dtype)
+    assert dtypes == [torch.float32] * 3
+
+
+def test_stage_timer_syncs_only_in_breakdown_mode(monkeypatch, tiny_config) -> None:
+    from accel_ros.model.pipeline import StageTimer
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    cuda = torch.device("cuda", 1)
+    timer = StageTimer(cuda)
+    with timer.stage("flow"):
+        pass
+    timer.finish()
+    assert calls == []  # production: no synchronise per stage
+    timer = StageTimer(cuda, sync=True)
+    with timer.stage("flow"):
+        pass
+    assert calls == [cuda, cuda, cuda]  # start, stage start, stage end: on cuda:1
+    StageTimer(torch.device("cpu"), sync=True).finish()
+    assert len(calls) == 3
+    assert _segmenter(tiny_config).sync_stages is False
+
+
+def test_cuda_work_runs_under_the_configured_device(monkeypatch) -> None:
+    from accel_ros.model.pipeline import cuda_device_context
+
+    entered = []
+    monkeypatch.setattr(
+        torch.cuda, "device", lambda d: entered.append(d) or contextlib.nullcontext()
+    )
+    with cuda_device_context(torch.device("cuda", 1)):
+        pass
+    with cuda_device_context(torch.device("cpu")):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+def test_flow_checks_do_not_read_device_values() -> None:
+    """check_flow scans for NaN only on the host: on a device tensor the scan would be a sync.
+    A meta tensor has no values at all, so any scan would raise."""
+    from accel_ros.model.warp import check_flow
+
+    meta = torch.empty(1, 2, 4, 4, device="meta")
+    check_flow(meta)  # shape checked, values untouched
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_flow(torch.full((1, 2, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        check_flow(torch.empty(1, 3, 4, 4, device="meta"))
+
+
+def test_adaptive_motion_is_read_after_the_labels_without_threshold(tiny_config) -> None:
+    """accumulated_flow is still tracked (in input pixels) when no threshold needs it mid-frame."""
+    seg = _segmenter(tiny_config, keyframe_interval=100)
+    seg.flow = _ConstantFlow(dx=-6.0)
+    frame = np.zeros((64, 96, 3), dtype=np.uint8)
+    for _ in range(3):
+        seg.process(frame)
+    assert seg.cache.accumulated_flow == pytest.approx(12.0)

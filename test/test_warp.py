@@ -6,8 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from accel_ros.model import DISFlow, FarnebackFlow, FlowNetLite, LearnedFlow, ZeroFlow
-from accel_ros.model.warp import out_of_frame_mask, resize_flow, warp
+from accel_ros.config import FLOW_METHODS
+from accel_ros.model import AccelNet, DISFlow, FarnebackFlow, ZeroFlow
+from accel_ros.model.flow import FLOW_ESTIMATORS, build_flow
+from accel_ros.model.warp import (
+    feature_size,
+    flow_to_features,
+    flow_to_grid,
+    out_of_frame_mask,
+    resize_flow,
+    warp,
+)
 
 
 def test_zero_flow_warp_is_identity() -> None:
@@ -129,9 +138,112 @@ def test_flow_estimators_reject_mismatched_frames() -> None:
         DISFlow()(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 48))
 
 
-def test_zero_and_untrained_learned_flow_are_zero() -> None:
+def test_zero_flow_is_zero() -> None:
     previous, current = _shifted_pair(shift=2)
-    assert torch.count_nonzero(ZeroFlow()(previous, current)) == 0
-    learned = LearnedFlow(FlowNetLite())(previous, current)
-    assert learned.shape == (1, 2, 24, 32)
-    assert torch.count_nonzero(learned) == 0
+    flow = ZeroFlow()(previous, current)
+    assert flow.shape == (1, 2, 96, 128) and torch.count_nonzero(flow) == 0
+
+
+def test_one_registry_of_flow_methods() -> None:
+    assert set(FLOW_ESTIMATORS) == set(FLOW_METHODS)
+    assert "flownet" not in FLOW_METHODS  # the untrained FlowNetLite was removed
+    for name in FLOW_METHODS:
+        assert build_flow(name, 0.5).name == name
+    with pytest.raises(ValueError, match="unknown flow method"):
+        build_flow("flownet")
+
+
+def test_opencv_flow_refuses_non_finite_output_on_the_host() -> None:
+    class NanDIS(DISFlow):
+        def _flow(self, current, previous):  # type: ignore[override]
+            out = super()._flow(current, previous)
+            out[0, 0, 0] = np.nan
+            return out
+
+    previous, current = _shifted_pair(shift=2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        NanDIS()(previous, current)
+
+
+# -- flow on the feature grid: stride geometry at any frame size --------------------------------
+@pytest.mark.parametrize(("height", "width"), [(180, 240), (100, 150), (64, 128), (37, 53)])
+@pytest.mark.parametrize("flow_scale", [1.0, 0.5])
+def test_uniform_flow_becomes_shift_over_stride_on_any_size(height, width, flow_scale) -> None:
+    """A uniform (u, v) px flow is (u / 16, v / 16) cells, whatever H, W and the flow scale:
+    the old size-ratio scaling gave v * 12 / 180 at 180x240 (6.7% too large)."""
+    rows, cols = feature_size((height, width))
+    assert (rows, cols) == (-(-height // 16), -(-width // 16))
+    fh, fw = round(height * flow_scale), round(width * flow_scale)
+    flow = torch.empty(2, 2, fh, fw)
+    # Flow is in pixels of its own (scaled) map: 8 and -24 input px.
+    flow[:, 0], flow[:, 1] = 8.0 * fw / width, -24.0 * fh / height
+    cells = flow_to_features(flow, (rows, cols), (height, width))
+    assert cells.shape == (2, 2, rows, cols) and cells.dtype == torch.float32
+    torch.testing.assert_close(cells[:, 0], torch.full((2, rows, cols), 0.5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cells[:, 1], torch.full((2, rows, cols), -1.5), atol=1e-5, rtol=0)
+
+
+def test_flow_is_sampled_at_the_cell_centres() -> None:
+    """Cell (i, j) sits on input pixel (16 i, 16 j): a flow field that varies across the image
+    is read there, not at the resized map's own pixel centres."""
+    height, width = 180, 240
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+        indexing="ij",
+    )
+    flow = torch.stack((xs / 10.0, ys / 20.0))[None]  # u = x / 10 px, v = y / 20 px
+    cells = flow_to_features(flow, feature_size((height, width)), (height, width))
+    rows, cols = feature_size((height, width))
+    cy = torch.arange(rows, dtype=torch.float32)[:, None] * 16
+    cx = torch.arange(cols, dtype=torch.float32)[None, :] * 16
+    expected_u = (torch.clamp(cx, max=width - 1) / 10.0 / 16).expand(rows, cols)
+    expected_v = (torch.clamp(cy, max=height - 1) / 20.0 / 16).expand(rows, cols)
+    torch.testing.assert_close(cells[0, 0], expected_u, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cells[0, 1], expected_v, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(180, 240), (72, 104)])
+def test_propagate_moves_features_by_known_shift_at_non_multiple_sizes(height, width) -> None:
+    """AccelNet.propagate: 32 px right and 16 px down are exactly 2 and 1 cells, at sizes that
+    are not multiples of 16, with the flow at half resolution (DIS's default scale)."""
+    from accel_ros.config import ModelConfig
+
+    model = AccelNet(ModelConfig(num_classes=3, reference_backbone="resnet18",
+                                 update_backbone=None, head_channels=8))
+    rows, cols = feature_size((height, width))
+    features = torch.randn(1, 4, rows, cols)
+    flow = torch.zeros(1, 2, height // 2, width // 2)
+    flow[:, 0], flow[:, 1] = 16.0, 8.0  # half-resolution pixels: 32 and 16 input px
+    warped = model.propagate(features, flow, "zeros", image_size=(height, width))
+    torch.testing.assert_close(
+        warped[..., : rows - 1, : cols - 2], features[..., 1:, 2:], rtol=0, atol=1e-5
+    )
+    # Without image_size a full-resolution flow is understood; a half-resolution one is refused.
+    full = torch.zeros(1, 2, height, width)
+    full[:, 0], full[:, 1] = 32.0, 16.0
+    torch.testing.assert_close(model.propagate(features, full, "zeros"), warped)
+    with pytest.raises(ValueError, match="pass image_size"):
+        model.propagate(features, flow)
+
+
+@pytest.mark.parametrize(("dtype", "width"), [(torch.float16, 1000), (torch.bfloat16, 128)])
+def test_grid_is_float32_so_half_features_warp_exactly(dtype, width) -> None:
+    """Integer ramps are exact in half precision and so are ramp + 0.5: a half-pixel flow must
+    reproduce them exactly. A grid built in the features' dtype would be off by ~0.25 px here
+    (fp16 at 1000 px, bf16 at 128 px) and miss most of them."""
+    flow = torch.full((1, 2, 3, width), 0.5, dtype=dtype)
+    assert flow_to_grid(flow).dtype == torch.float32
+    ramp = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width).expand(1, 1, 3, width)
+    warped = warp(ramp.to(dtype), flow)
+    assert warped.dtype == dtype
+    expected = (ramp + 0.5)[..., :-1].to(dtype)
+    torch.testing.assert_close(warped[..., :-1], expected, rtol=0, atol=0)
+
+
+def test_warp_under_autocast_keeps_the_features_dtype() -> None:
+    features = torch.randn(1, 3, 6, 8)
+    flow = torch.full((1, 2, 6, 8), 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        warped = warp(features, flow)
+    assert warped.dtype == torch.float32
+    torch.testing.assert_close(warped, warp(features, flow))

@@ -6,9 +6,9 @@ from .flow import (
     DISFlow,
     FarnebackFlow,
     FlowEstimator,
-    FlowNetLite,
-    LearnedFlow,
+    TorchFlow,
     ZeroFlow,
+    build_flow,
     build_flow_estimator,
 )
 from .pipeline import (
@@ -19,7 +19,7 @@ from .pipeline import (
     build_segmenter,
     resolve_device,
 )
-from .warp import resize_flow, warp
+from .warp import feature_size, flow_to_features, resize_flow, warp
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
@@ -29,14 +29,16 @@ __all__ = [
     "DISFlow",
     "FarnebackFlow",
     "FlowEstimator",
-    "FlowNetLite",
-    "LearnedFlow",
     "SegmentationBranch",
     "SegmentationResult",
+    "TorchFlow",
     "ZeroFlow",
+    "build_flow",
     "build_flow_estimator",
     "build_model",
     "build_segmenter",
+    "feature_size",
+    "flow_to_features",
     "load_checkpoint",
     "resize_flow",
     "resolve_checkpoint",

@@ -6,8 +6,8 @@
   that says why (no CUDA device, compiler failure, capture failure) instead of failing a frame.
 - `FlowWorker` [overlap_flow]: one background thread that computes CPU optical flow (OpenCV
   releases the GIL) while the main thread runs the update branch, which does not need the flow.
-- `TorchFlow` [flow_method="torch"]: classical coarse-to-fine Lucas-Kanade flow in torch, so a
-  CUDA pipeline never copies frames to the host for flow and needs no trained weights.
+- The flow that stays on a CUDA device (`TorchFlow`, flow_method="torch") is in model/flow.py
+  with every other estimator.
 
 Nothing here changes numbers on the plain path: with every switch off `FastOps` hands out the
 model's methods unchanged.
@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .flow import FlowEstimator, FlowNetLite, build_flow_estimator, downscale_frame
-from .warp import flow_to_grid, resize_flow
+from .flow import FlowEstimator
 
 # The calls AccelSegmenter makes on AccelNet, in the order of a non-key frame.
 OP_NAMES = ("reference_features", "reference_scores", "update_features", "update_scores", "fuse")
@@ -77,8 +76,8 @@ class CompiledCall:
 
 @dataclass
 class _Captured:
-    graph: Any  # torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor | None, ...]
+    graph: Any  # torch.cuda.CUDAGraph (or a test double)
+    inputs: tuple[torch.Tensor | None, ...]  # static input buffers, copied into before replay
     outputs: Any  # tensor or tuple of tensors
 
 
@@ -90,13 +89,30 @@ class CudaGraphCall:
     so callers may keep results across frames. Autocast inside a capture must run with
     `cache_enabled=False` (`AccelSegmenter` does so when cuda_graphs is on), otherwise the graph
     would point at cast weights that are freed when the autocast context exits.
+
+    `device` is the CUDA device the graphs belong to (with its index): capture, warm-up
+    stream and replay all run under `torch.cuda.device(device)` on streams of that device, so
+    `device: cuda:1` works whatever the current device is. Arguments on another device run
+    eagerly. At most `max_signatures` graphs are kept, least recently used first out, so a
+    stream whose resolution changed does not keep the old resolution's graphs (and their memory
+    pools) alive; `release()` drops them all.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, warmup: int = 3) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        device: torch.device | None = None,
+        warmup: int = 3,
+        max_signatures: int = 2,
+    ) -> None:
         self.fn = fn
         self.name = name
+        self.device = device
         self.warmup = warmup
-        self._graphs: dict[tuple, _Captured | None] = {}  # None: capture failed, run eagerly
+        self.max_signatures = max(1, max_signatures)
+        # signature -> captured graph, or None: capture failed, run eagerly
+        self._graphs: OrderedDict[tuple, _Captured | None] = OrderedDict()
 
     @staticmethod
     def _signature(args: tuple[torch.Tensor | None, ...]) -> tuple:
@@ -110,19 +126,36 @@ class CudaGraphCall:
         """How many input signatures have a live graph."""
         return sum(entry is not None for entry in self._graphs.values())
 
+    def static_inputs(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """The static input buffers of every live graph (what each replay copies into)."""
+        return [entry.inputs for entry in self._graphs.values() if entry is not None]
+
+    def release(self) -> None:
+        """Drop every captured graph (and with it its memory pool)."""
+        self._graphs.clear()
+
+    def _graphable(self, tensor: torch.Tensor) -> bool:
+        if tensor.device.type != "cuda":
+            return False
+        return self.device is None or tensor.device == self.device
+
     def __call__(self, *args: torch.Tensor | None) -> Any:
-        if any(a is not None and a.device.type != "cuda" for a in args):
+        if any(a is not None and not self._graphable(a) for a in args):
             return self.fn(*args)
         key = self._signature(args)
-        if key not in self._graphs:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
             self._graphs[key] = self._capture(args)
+            while len(self._graphs) > self.max_signatures:
+                self._graphs.popitem(last=False)
         entry = self._graphs[key]
         if entry is None:
             return self.fn(*args)
         for static, arg in zip(entry.inputs, args, strict=True):
             if static is not None:
                 static.copy_(arg)
-        entry.graph.replay()
+        self._replay(entry.graph)
         if isinstance(entry.outputs, torch.Tensor):
             return entry.outputs.clone()
         return tuple(out.clone() for out in entry.outputs)
@@ -138,27 +171,75 @@ class CudaGraphCall:
             for static, arg in zip(inputs, args, strict=True):
                 if static is not None:
                     static.copy_(arg)
-            # Warm-up on a side stream (cuDNN autotuning, lazy init) must precede capture.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self.fn(*inputs)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: the overlap_flow worker may copy frames to/from the GPU on its own
-            # stream while this thread captures; "global" would reject those calls.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                outputs = self.fn(*inputs)
+            graph, outputs = self._record(inputs)
             return _Captured(graph, inputs, outputs)
         except Exception as error:  # capture fails for ops that sync or allocate on the host
             _warn(f"CUDA graph capture of {self.name} failed ({error}); running it eagerly")
             return None
 
+    def _graph_device(self, inputs: tuple[torch.Tensor | None, ...]) -> torch.device:
+        if self.device is not None:
+            return self.device
+        return next(a.device for a in inputs if a is not None)
+
+    def _record(self, inputs: tuple[torch.Tensor | None, ...]) -> tuple[Any, Any]:
+        """Warm up and capture `fn(*inputs)` on the graph's device. Returns (graph, outputs)."""
+        device = self._graph_device(inputs)
+        with torch.cuda.device(device):
+            # Warm-up on a side stream (cuDNN autotuning, lazy init) must precede capture.
+            current = torch.cuda.current_stream(device)
+            side = torch.cuda.Stream(device=device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self.fn(*inputs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # An explicit capture stream: torch.cuda.graph's default is a class-wide stream made
+            # on whichever device was current first. thread_local: the overlap_flow worker may
+            # copy frames on its own stream while this thread captures.
+            capture = torch.cuda.Stream(device=device)
+            with torch.cuda.graph(graph, stream=capture, capture_error_mode="thread_local"):
+                outputs = self.fn(*inputs)
+        return graph, outputs
+
+    def _replay(self, graph: Any) -> None:
+        if self.device is None:
+            graph.replay()
+            return
+        with torch.cuda.device(self.device):
+            graph.replay()
+
+
+class ScoreFusionCall:
+    """`AccelNet.fuse` for score fusion, whose result depends on the two score maps only.
+
+    Given both scores it calls `scores_call(reference_scores, update_scores)` (a CUDA graph in
+    `FastOps`), so a graph copies two (1, K, h, w) maps per frame and not the (1, C, h, w) cached
+    and update features that score fusion ignores; otherwise it calls `full(*args)`."""
+
+    def __init__(self, full: Callable[..., torch.Tensor], scores_call: Callable[..., Any]) -> None:
+        self.full = full
+        self.scores_call = scores_call
+
+    def __call__(
+        self,
+        reference_features: torch.Tensor | None,
+        update_features: torch.Tensor | None,
+        reference_scores: torch.Tensor | None = None,
+        update_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if reference_scores is not None and update_scores is not None:
+            return self.scores_call(reference_scores, update_scores)
+        return self.full(reference_features, update_features, reference_scores, update_scores)
+
 
 class FastOps:
     """The network calls of `AccelSegmenter` (names in `OP_NAMES`) with the requested fast
-    paths applied. `notes` says, in words, which fast paths are active or why one is not."""
+    paths applied. `notes` says, in words, which fast paths are active or why one is not.
+
+    `graph_factory(fn, name)` makes the graph wrapper (default: `CudaGraphCall` on `device`);
+    tests pass a CPU stand-in to check which buffers each graph copies."""
 
     def __init__(
         self,
@@ -168,9 +249,13 @@ class FastOps:
         cuda_graphs: bool = False,
         compile_backend: str | Callable[..., Any] = "inductor",
         compile_mode: str | None = None,
+        graph_factory: Callable[[Callable[..., Any], str], Any] | None = None,
     ) -> None:
         self.notes: list[str] = []
-        graphs = cuda_graphs and device.type == "cuda" and torch.cuda.is_available()
+        self.graphs: dict[str, Any] = {}  # op name -> its graph wrapper
+        graphs = cuda_graphs and (
+            graph_factory is not None or (device.type == "cuda" and torch.cuda.is_available())
+        )
         if cuda_graphs and not graphs:
             message = (
                 f"cuda_graphs is on but the device is {device}: CUDA graphs need a CUDA device, "
@@ -182,17 +267,39 @@ class FastOps:
             self.notes.append(
                 "CUDA graphs for the non-key-frame path ("
                 + ", ".join(GRAPHED_OPS)
-                + "), captured once per input shape"
+                + f") on {device}, captured once per input shape"
             )
+        if graph_factory is None:
+            def graph_factory(fn: Callable[..., Any], name: str) -> CudaGraphCall:
+                return CudaGraphCall(fn, name, device)
         if torch_compile:
             self.notes.append(f"torch.compile (backend={compile_backend}, mode={compile_mode})")
+        score_fusion = not getattr(model, "fuses_features", False)
         for name in OP_NAMES:
             fn: Callable[..., Any] = getattr(model, name)
+            if name == "fuse" and score_fusion:
+                fusion = model.fusion
+                if fusion is None:
+                    setattr(self, name, fn)
+                    continue
+                scores_fn: Callable[..., Any] = fusion
+                if torch_compile:
+                    fn = CompiledCall(fn, name, compile_backend, compile_mode)
+                    scores_fn = CompiledCall(fusion, "fusion", compile_backend, compile_mode)
+                if graphs:
+                    scores_fn = self.graphs[name] = graph_factory(scores_fn, name)
+                setattr(self, name, ScoreFusionCall(fn, scores_fn))
+                continue
             if torch_compile:
                 fn = CompiledCall(fn, name, compile_backend, compile_mode)
             if graphs and name in GRAPHED_OPS:
-                fn = CudaGraphCall(fn, name)
+                fn = self.graphs[name] = graph_factory(fn, name)
             setattr(self, name, fn)
+
+    def release(self) -> None:
+        """Drop every captured CUDA graph (the stream's resolution changed)."""
+        for graph in self.graphs.values():
+            graph.release()
 
     # Declared for type checkers; bound in __init__.
     reference_features: Callable[[torch.Tensor], torch.Tensor]
@@ -214,8 +321,8 @@ class FlowJob:
 
 def flow_can_overlap(estimator: FlowEstimator) -> bool:
     """True for CPU (OpenCV) estimators, which release the GIL and so gain from a thread.
-    Learned or torch flow would only compete with the update branch for the same device."""
-    return not estimator.learnable and estimator.name in OVERLAPPABLE_FLOWS
+    The torch flow would only compete with the update branch for the same device."""
+    return estimator.name in OVERLAPPABLE_FLOWS
 
 
 class FlowWorker:
@@ -249,98 +356,3 @@ def _flow_job(estimator: FlowEstimator, previous: Any, image: torch.Tensor) -> F
         prepared = estimator.prepare(image)
         flow = estimator.estimate(previous, prepared).float()
         return FlowJob(prepared, flow, (time.perf_counter() - start) * 1000.0)
-
-
-def _spatial_gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Central differences of (N, 1, h, w), replicate-padded: (d/dx, d/dy), each (N, 1, h, w)."""
-    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
-    gx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
-    gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
-    return gx, gy
-
-
-class TorchFlow(FlowEstimator):
-    """Dense coarse-to-fine Lucas-Kanade flow in torch: runs wherever the frames are (CUDA
-    frames never visit the host), needs no weights, and is deterministic.
-
-    Frames are converted to grey at `scale` of their size; a pyramid of `levels` halvings
-    (stopping above 8 px) is solved coarse to fine with `iterations` Gauss-Newton steps per level
-    over a (2 * radius + 1)^2 window. `regularization` damps the 2x2 normal equations so
-    textureless regions keep the coarser estimate instead of amplifying noise. Output: backward
-    flow (N, 2, h, w) in pixels of the scaled map, like every `FlowEstimator`.
-    """
-
-    name = "torch"
-
-    def __init__(
-        self,
-        scale: float = 0.5,
-        levels: int = 5,
-        iterations: int = 3,
-        radius: int = 3,
-        regularization: float = 1e-4,
-    ) -> None:
-        if not 0.0 < scale <= 1.0:
-            raise ValueError(f"flow scale must be in (0, 1], got {scale}")
-        if levels < 1 or iterations < 1 or radius < 1:
-            raise ValueError("levels, iterations and radius must all be >= 1")
-        self.scale = scale
-        self.levels = levels
-        self.iterations = iterations
-        self.radius = radius
-        self.regularization = regularization
-
-    def prepare(self, frame: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float RGB in [0, 1] -> grey (N, 1, h, w) float32 on the same device."""
-        small = downscale_frame(frame, self.scale)
-        weights = small.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (small * weights).sum(dim=1, keepdim=True).contiguous()
-
-    def estimate(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        if previous.shape != current.shape:
-            raise ValueError(
-                f"flow needs frames of one size: {tuple(previous.shape)} vs {tuple(current.shape)}"
-            )
-        prev_pyramid, cur_pyramid = [previous.float()], [current.float()]
-        while len(prev_pyramid) < self.levels and min(prev_pyramid[-1].shape[-2:]) >= 16:
-            prev_pyramid.append(F.avg_pool2d(prev_pyramid[-1], 2, ceil_mode=True))
-            cur_pyramid.append(F.avg_pool2d(cur_pyramid[-1], 2, ceil_mode=True))
-        flow: torch.Tensor | None = None
-        for prev, cur in zip(reversed(prev_pyramid), reversed(cur_pyramid), strict=True):
-            if flow is None:
-                flow = prev.new_zeros(prev.shape[0], 2, *prev.shape[-2:])
-            else:
-                flow = resize_flow(flow, tuple(prev.shape[-2:]))
-            for _ in range(self.iterations):
-                flow = flow + self._step(prev, cur, flow)
-        assert flow is not None
-        return flow
-
-    def _step(self, prev: torch.Tensor, cur: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        """One Gauss-Newton update (N, 2, h, w) of backward flow, prev(p + flow) ~= cur(p)."""
-        warped = F.grid_sample(
-            prev, flow_to_grid(flow), mode="bilinear", padding_mode="border", align_corners=True
-        )
-        # Gradients of the mean image are symmetric in the two frames: converges in fewer steps.
-        gx, gy = _spatial_gradients(0.5 * (warped + cur))
-        error = warped - cur
-        size = 2 * self.radius + 1
-        terms = torch.cat((gx * gx, gx * gy, gy * gy, gx * error, gy * error), dim=1)
-        sums = F.avg_pool2d(terms, size, stride=1, padding=self.radius, count_include_pad=False)
-        a11, a12, a22, b1, b2 = sums.unbind(dim=1)
-        a11 = a11 + self.regularization
-        a22 = a22 + self.regularization
-        det = a11 * a22 - a12 * a12
-        du = -(a22 * b1 - a12 * b2) / det
-        dv = -(a11 * b2 - a12 * b1) / det
-        # Linearisation holds within about a pixel per level; larger steps overshoot.
-        return torch.stack((du, dv), dim=1).clamp(-1.0, 1.0)
-
-
-def build_flow(
-    method: str, scale: float = 0.5, network: FlowNetLite | None = None
-) -> FlowEstimator:
-    """`build_flow_estimator` plus the "torch" method defined here."""
-    if method == "torch":
-        return TorchFlow(scale)
-    return build_flow_estimator(method, scale, network)

@@ -8,24 +8,34 @@ resolution correctly.
 Streaming use: `prepare(frame)` turns a frame into the estimator's own representation (grey
 uint8 images for OpenCV, the tensor for the network), so a pipeline prepares each frame once
 and keeps the previous one; `estimate(prev_prepared, cur_prepared)` computes the flow.
+
+Every estimator lives here, behind one registry (`FLOW_ESTIMATORS`, the values of
+`PipelineConfig.flow_method`):
+- `dis` (default): OpenCV DIS on the CPU. On a CUDA pipeline this costs a device->host copy of
+  the grey frame, a host->device copy of the flow and a wait for both, every frame.
+- `torch`: coarse-to-fine Lucas-Kanade in torch; runs wherever the frames are, so a CUDA
+  pipeline never leaves the device for flow. No weights.
+- `farneback`: OpenCV Farneback (slower, smoother). `zero`: static camera.
+End-point errors on the synthetic generator's exact flow: README, "Optical flow".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .warp import flow_to_grid, resize_flow
 
 
 class FlowEstimator:
     """Base class. `__call__(previous, current)` with (N, 3, H, W) float RGB in [0, 1]."""
 
     name = "base"
-    learnable = False
 
     def prepare(self, frame: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -85,8 +95,14 @@ class _OpenCVFlow(FlowEstimator):
         prev_images, _ = previous
         cur_images, device = current
         flows = [self._flow(cur, prev) for prev, cur in zip(prev_images, cur_images, strict=True)]
-        stacked = np.stack(flows).transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(stacked)).to(device)
+        stacked = np.ascontiguousarray(np.stack(flows).transpose(0, 3, 1, 2))
+        # Checked here, on the host, where it is free: on a GPU it would cost a sync.
+        if not np.isfinite(stacked).all():
+            raise ValueError("flow contains NaN or infinite values")
+        flow = torch.from_numpy(stacked)
+        if device.type == "cuda":
+            return flow.pin_memory().to(device, non_blocking=True)
+        return flow.to(device)
 
     def _flow(self, current: np.ndarray, previous: np.ndarray) -> np.ndarray:
         """(h, w, 2) float32 flow with current(p) ~= previous(p + flow(p))."""
@@ -122,80 +138,112 @@ class FarnebackFlow(_OpenCVFlow):
         return cv2.calcOpticalFlowFarneback(current, previous, None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
-        nn.LeakyReLU(0.1, inplace=True),
-    )
+def _spatial_gradients(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Central differences of (N, 1, h, w), replicate-padded: (d/dx, d/dy), each (N, 1, h, w)."""
+    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    gx = 0.5 * (padded[..., 1:-1, 2:] - padded[..., 1:-1, :-2])
+    gy = 0.5 * (padded[..., 2:, 1:-1] - padded[..., :-2, 1:-1])
+    return gx, gy
 
 
-class FlowNetLite(nn.Module):
-    """A small FlowNet-S style network, trainable end to end with the rest of Accel.
+class TorchFlow(FlowEstimator):
+    """Dense coarse-to-fine Lucas-Kanade flow in torch: runs wherever the frames are (CUDA
+    frames never visit the host), needs no weights, and is deterministic.
 
-    Input: previous, current (N, 3, H, W) float RGB in [0, 1]. Output: backward flow
-    (N, 2, ceil(H/4), ceil(W/4)) in pixels of that 1/4-resolution map. The last layer starts at
-    zero, so an untrained FlowNetLite predicts zero flow (DFF then reuses keyframe features)
-    rather than random displacements.
+    Frames are converted to grey at `scale` of their size; a pyramid of `levels` halvings
+    (stopping above 8 px) is solved coarse to fine with `iterations` Gauss-Newton steps per level
+    over a (2 * radius + 1)^2 window. `regularization` damps the 2x2 normal equations so
+    textureless regions keep the coarser estimate instead of amplifying noise. Output: backward
+    flow (N, 2, h, w) float32 in pixels of the scaled map, like every `FlowEstimator`. It always
+    computes in float32 (autocast off): gradients of 8-bit images need the precision.
     """
 
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        w = width
-        self.enc1 = nn.Sequential(_conv(6, w, 2), _conv(w, w))  # 1/2
-        self.enc2 = nn.Sequential(_conv(w, 2 * w, 2), _conv(2 * w, 2 * w))  # 1/4
-        self.enc3 = nn.Sequential(_conv(2 * w, 3 * w, 2), _conv(3 * w, 3 * w))  # 1/8
-        self.enc4 = nn.Sequential(_conv(3 * w, 4 * w, 2), _conv(4 * w, 4 * w))  # 1/16
-        self.dec3 = _conv(4 * w + 3 * w, 2 * w)
-        self.dec2 = _conv(2 * w + 2 * w, 2 * w)
-        self.predict = nn.Conv2d(2 * w, 2, 3, padding=1)
-        nn.init.zeros_(self.predict.weight)
-        nn.init.zeros_(self.predict.bias)
+    name = "torch"
 
-    def forward(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        x = torch.cat((current - 0.5, previous - 0.5), dim=1)
-        e1 = self.enc1(x)
-        e2 = self.enc2(e1)
-        e3 = self.enc3(e2)
-        e4 = self.enc4(e3)
-        d3 = self.dec3(torch.cat((F.interpolate(e4, size=e3.shape[-2:], mode="bilinear",
-                                                align_corners=False), e3), dim=1))
-        d2 = self.dec2(torch.cat((F.interpolate(d3, size=e2.shape[-2:], mode="bilinear",
-                                                align_corners=False), e2), dim=1))
-        # Predicting in 1/4-resolution pixels keeps the regression target small.
-        return self.predict(d2)
+    def __init__(
+        self,
+        scale: float = 0.5,
+        levels: int = 5,
+        iterations: int = 3,
+        radius: int = 3,
+        regularization: float = 1e-4,
+    ) -> None:
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"flow scale must be in (0, 1], got {scale}")
+        if levels < 1 or iterations < 1 or radius < 1:
+            raise ValueError("levels, iterations and radius must all be >= 1")
+        self.scale = scale
+        self.levels = levels
+        self.iterations = iterations
+        self.radius = radius
+        self.regularization = regularization
 
+    def prepare(self, frame: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float RGB in [0, 1] -> grey (N, 1, h, w) float32 on the same device."""
+        with torch.autocast(frame.device.type, enabled=False):
+            small = downscale_frame(frame, self.scale)
+            weights = small.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            return (small * weights).sum(dim=1, keepdim=True).contiguous()
 
-class LearnedFlow(FlowEstimator):
-    """Adapter that runs a `FlowNetLite` (usually the one inside `AccelNet`) as an estimator."""
-
-    name = "flownet"
-    learnable = True
-
-    def __init__(self, network: FlowNetLite) -> None:
-        self.network = network
-
-    def prepare(self, frame: torch.Tensor) -> Any:
-        return frame
-
-    def estimate(self, previous: Any, current: Any) -> torch.Tensor:
-        return self.network(previous, current)
-
-
-def build_flow_estimator(
-    method: str, scale: float = 0.5, network: FlowNetLite | None = None
-) -> FlowEstimator:
-    """Make the estimator a `PipelineConfig.flow_method` names."""
-    if method == "dis":
-        return DISFlow(scale)
-    if method == "farneback":
-        return FarnebackFlow(scale)
-    if method == "zero":
-        return ZeroFlow()
-    if method == "flownet":
-        if network is None:
+    def estimate(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        if previous.shape != current.shape:
             raise ValueError(
-                "flow_method 'flownet' needs a model built with flow_net=True "
-                "(its checkpoint holds the trained flow network)"
+                f"flow needs frames of one size: {tuple(previous.shape)} vs {tuple(current.shape)}"
             )
-        return LearnedFlow(network)
-    raise ValueError(f"unknown flow method {method!r}")
+        with torch.autocast(current.device.type, enabled=False):
+            return self._solve(previous.float(), current.float())
+
+    def _solve(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        prev_pyramid, cur_pyramid = [previous], [current]
+        while len(prev_pyramid) < self.levels and min(prev_pyramid[-1].shape[-2:]) >= 16:
+            prev_pyramid.append(F.avg_pool2d(prev_pyramid[-1], 2, ceil_mode=True))
+            cur_pyramid.append(F.avg_pool2d(cur_pyramid[-1], 2, ceil_mode=True))
+        flow: torch.Tensor | None = None
+        for prev, cur in zip(reversed(prev_pyramid), reversed(cur_pyramid), strict=True):
+            if flow is None:
+                flow = prev.new_zeros(prev.shape[0], 2, *prev.shape[-2:])
+            else:
+                flow = resize_flow(flow, tuple(prev.shape[-2:]))
+            for _ in range(self.iterations):
+                flow = flow + self._step(prev, cur, flow)
+        assert flow is not None
+        return flow
+
+    def _step(self, prev: torch.Tensor, cur: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        """One Gauss-Newton update (N, 2, h, w) of backward flow, prev(p + flow) ~= cur(p)."""
+        warped = F.grid_sample(
+            prev, flow_to_grid(flow), mode="bilinear", padding_mode="border", align_corners=True
+        )
+        # Gradients of the mean image are symmetric in the two frames: converges in fewer steps.
+        gx, gy = _spatial_gradients(0.5 * (warped + cur))
+        error = warped - cur
+        size = 2 * self.radius + 1
+        terms = torch.cat((gx * gx, gx * gy, gy * gy, gx * error, gy * error), dim=1)
+        sums = F.avg_pool2d(terms, size, stride=1, padding=self.radius, count_include_pad=False)
+        a11, a12, a22, b1, b2 = sums.unbind(dim=1)
+        a11 = a11 + self.regularization
+        a22 = a22 + self.regularization
+        det = a11 * a22 - a12 * a12
+        du = -(a22 * b1 - a12 * b2) / det
+        dv = -(a11 * b2 - a12 * b1) / det
+        # Linearisation holds within about a pixel per level; larger steps overshoot.
+        return torch.stack((du, dv), dim=1).clamp(-1.0, 1.0)
+
+
+# flow_method -> factory(scale). config.FLOW_METHODS lists the same names (a test checks).
+FLOW_ESTIMATORS: dict[str, Callable[[float], FlowEstimator]] = {
+    "dis": DISFlow,
+    "farneback": FarnebackFlow,
+    "torch": TorchFlow,
+    "zero": lambda scale: ZeroFlow(),
+}
+
+
+def build_flow(method: str, scale: float = 0.5) -> FlowEstimator:
+    """Make the estimator a `PipelineConfig.flow_method` names."""
+    if method not in FLOW_ESTIMATORS:
+        raise ValueError(f"unknown flow method {method!r}; choose from {sorted(FLOW_ESTIMATORS)}")
+    return FLOW_ESTIMATORS[method](scale)
+
+
+build_flow_estimator = build_flow  # the name earlier releases exported
