@@ -1,10 +1,11 @@
 """The node's custom message, without ROS: definition text, rosbags registration and the
 per-frame field values built from a SegmentationResult.
 
-ament_python packages cannot generate rosidl interfaces, so `msg/SegmentationStats.msg` is only
-compiled when a sibling ament_cmake package (``accel_ros_msgs``) builds it. Everything here works
-without it: rosbags can register the type from `STATS_MSG_TEXT` to write stats into bags, and the
-node falls back to publishing `stats_to_json` on a std_msgs/String.
+ament_python packages cannot generate rosidl interfaces, so the message is defined and built by
+the companion ament_cmake package ``accel_ros_msgs`` (accel_ros_msgs/msg/SegmentationStats.msg,
+built by `colcon build`). Everything here works without it: rosbags registers the same type name
+from `STATS_MSG_TEXT` to write stats into bags, and the node falls back to publishing
+`stats_to_json` on a std_msgs/String when accel_ros_msgs is not installed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import json
 import math
 from typing import Any
 
-STATS_TYPE_NAME = "accel_ros/msg/SegmentationStats"
+STATS_TYPE_NAME = "accel_ros_msgs/msg/SegmentationStats"
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output", "total")
 
-# Byte-for-byte copy of msg/SegmentationStats.msg (a test keeps them equal).
+# Byte-for-byte copy of accel_ros_msgs/msg/SegmentationStats.msg (a test keeps them equal).
 STATS_MSG_TEXT = """\
 # Per-frame statistics of the accel_ros segmentation node, published on ~/stats.
 
@@ -56,7 +57,7 @@ string reset_reason
 
 
 def register_stats_type(typestore: Any) -> type:
-    """Register accel_ros/msg/SegmentationStats in a rosbags typestore; returns its class.
+    """Register accel_ros_msgs/msg/SegmentationStats in a rosbags typestore; returns its class.
 
     Idempotent: registering twice is a no-op. The typestore must already know
     std_msgs/msg/Header (every ROS 2 store does).
@@ -91,7 +92,8 @@ def stats_fields(
     """SegmentationStats fields (all but ``header``) for one SegmentationResult.
 
     `stamp` is the input header stamp and `now` the publish time, both in seconds on the same
-    clock; a missing or zero stamp gives a NaN end-to-end latency rather than a huge number.
+    clock; a missing or zero stamp, or one in the future (a clock offset between machines),
+    gives a NaN end-to-end latency rather than a huge or negative number.
     `reset_reason` overrides the result's own (e.g. the node reset on a resolution change).
     """
     timings = dict(result.timings)
@@ -103,19 +105,22 @@ def stats_fields(
     }
     for stage in STAGES:
         fields[f"{stage}_ms"] = float(timings.get(stage, 0.0))
-    fields["end_to_end_ms"] = (now - stamp) * 1000.0 if stamp else math.nan
+    fields["end_to_end_ms"] = (now - stamp) * 1000.0 if stamp and now >= stamp else math.nan
     fields["confidence"] = float(result.confidence)
     fields["dropped_frames"] = int(dropped_frames)
     fields["reset_reason"] = reset_reason or result.reset_reason or ""
     return fields
 
 
-def stats_to_json(fields: dict[str, Any], stamp: float | None, frame_id: str) -> str:
+def stats_to_json(fields: dict[str, Any], stamp: tuple[int, int] | None, frame_id: str) -> str:
     """The std_msgs/String fallback payload: the same fields plus the header, as JSON.
 
-    NaN is written as null so that strict JSON parsers accept it.
+    `stamp` is the input header's (sec, nanosec), copied exactly so the stats can be matched
+    to the image they describe. NaN is written as null so that strict JSON parsers accept it.
     """
-    payload: dict[str, Any] = {"header": {"stamp": stamp or 0.0, "frame_id": frame_id}}
+    sec, nanosec = stamp or (0, 0)
+    header = {"stamp": {"sec": int(sec), "nanosec": int(nanosec)}, "frame_id": frame_id}
+    payload: dict[str, Any] = {"header": header}
     for key, value in fields.items():
         payload[key] = None if isinstance(value, float) and math.isnan(value) else value
     return json.dumps(payload, sort_keys=False)

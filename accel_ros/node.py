@@ -5,18 +5,22 @@ do with parameters, frames, statistics and errors is decided in `accel_ros.node_
 without ROS); this file wires those decisions to subscriptions, publishers and timers.
 
 Topics (relative names, remappable):
-  in   image (sensor_msgs/Image), or image/compressed (sensor_msgs/CompressedImage) when
-       input_transport is "compressed"; sensor-data QoS, depth 1.
+  in   image (sensor_msgs/Image), or <image after remapping>/compressed
+       (sensor_msgs/CompressedImage) when input_transport is "compressed"; sensor-data QoS
+       (best effort, depth 5).
   out  ~/labels  sensor_msgs/Image mono8 class ids, same header as the input
        ~/color   sensor_msgs/Image rgb8 colourised labels          (publish_color)
        ~/overlay sensor_msgs/Image rgb8 labels blended on the input (publish_overlay)
        ~/scores  sensor_msgs/Image 32FC1 per-pixel max probability (publish_scores)
        ~/stats   accel_ros_msgs/SegmentationStats, or std_msgs/String JSON (see below)
        /diagnostics diagnostic_msgs/DiagnosticArray, every diagnostics_period seconds
+  Outputs are reliable keep-last `output_qos_depth` (10) unless output_qos is best_effort.
 
-Threading: the subscription callback only drops the message into a newest-frame slot; one
-worker thread converts, segments and publishes, so callbacks never block and frames that
-arrive while the worker is busy replace each other (counted as dropped).
+Threading: the subscription callback judges the time gap to the previous arrival and drops the
+message into a newest-frame slot; one worker thread converts, segments and publishes, so
+callbacks never block and frames that arrive while the worker is busy replace each other
+(counted as dropped). SIGINT / SIGTERM stop the worker (the frame in flight is finished and
+published) before the node and the context are shut down.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import array
 import dataclasses
 import json
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,9 +40,12 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -44,6 +53,7 @@ from .bridge import from_array, message_to_rgb8
 from .messages import stamp_to_seconds, stats_fields, stats_to_json
 from .node_logic import (
     NODE_NAME,
+    PARAMETER_SPECS,
     PARAMETERS,
     SOURCE_PARAMS_FILE,
     DiagnosticReport,
@@ -51,6 +61,7 @@ from .node_logic import (
     FrameProcessor,
     FrameSlot,
     NodeSettings,
+    StampGapMonitor,
     StreamStatistics,
     Throttle,
     apply_live_pipeline,
@@ -58,6 +69,7 @@ from .node_logic import (
     diagnostic_report,
     parse_parameters,
     plan_parameter_update,
+    unknown_parameters,
 )
 
 try:
@@ -68,9 +80,9 @@ except ImportError:  # rclpy before Humble
         pass
 
 
-# ament_python cannot generate rosidl messages, so msg/SegmentationStats.msg only becomes a
-# Python class when a companion ament_cmake package (accel_ros_msgs) builds it. Without it,
-# ~/stats carries the same fields as JSON in a std_msgs/String.
+# ament_python cannot generate rosidl messages: SegmentationStats comes from the companion
+# ament_cmake package accel_ros_msgs (built by `colcon build`). Without it, ~/stats carries the
+# same fields as JSON in a std_msgs/String.
 try:
     from accel_ros_msgs.msg import SegmentationStats
 except ImportError:
@@ -85,6 +97,15 @@ _PARAMETER_TYPES = {
 }
 _LEVELS = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
            DiagnosticStatus.STALE)
+# What a bad parameter value, a missing checkpoint or an unavailable device raise at start-up:
+# reported in one line, without a traceback.
+_STARTUP_ERRORS = (ValueError, OSError, RuntimeError)
+# Longest wait for the frame in flight when the node stops (a keyframe on a slow CPU).
+_WORKER_STOP_TIMEOUT = 30.0
+
+
+class StartupError(Exception):
+    """The node cannot start with these parameters (the message says which and why)."""
 
 
 def find_params_file() -> Path | None:
@@ -127,11 +148,22 @@ def make_converter(use_cv_bridge: bool, logger: Any) -> Callable[[Any], np.ndarr
 
 
 def _sensor_qos() -> QoSProfile:
-    # Sensor-data QoS (best effort, volatile) with depth 1: only the newest frame matters.
+    # rclpy's sensor-data QoS (best effort, volatile, depth 5): the newest-frame slot does the
+    # dropping, and counts it, rather than the DDS history.
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
-        depth=1,
+        depth=5,
         reliability=ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.VOLATILE,
+    )
+
+
+def _output_qos(reliability: str, depth: int) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=(ReliabilityPolicy.RELIABLE if reliability == "reliable"
+                     else ReliabilityPolicy.BEST_EFFORT),
         durability=DurabilityPolicy.VOLATILE,
     )
 
@@ -158,11 +190,20 @@ class AccelSegmentationNode(Node):
 
     def __init__(self, segmenter: Any = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self._declare_parameters()
-        values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
-        self.settings: NodeSettings = parse_parameters(values)  # bad config: fail at startup
-        options = self.settings.options
         log = self.get_logger()
+        try:
+            self._declare_parameters()
+            values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
+            self.settings: NodeSettings = parse_parameters(values)
+        except _STARTUP_ERRORS as error:  # bad config: fail at start-up, naming the parameter
+            raise StartupError(str(error)) from error
+        options = self.settings.options
+        unknown = unknown_parameters(getattr(self, "_parameter_overrides", {}))
+        if unknown:  # rclpy ignores overrides nobody declares: a typo would go unnoticed
+            log.warning(
+                f"ignoring unknown parameters (command line or params file): "
+                f"{', '.join(unknown)}"
+            )
 
         if segmenter is None:
             if options.random_weights:
@@ -173,9 +214,12 @@ class AccelSegmentationNode(Node):
             from .model import build_segmenter  # torch import deferred until parameters pass
 
             pipeline = dataclasses.replace(self.settings.pipeline)
-            segmenter = build_segmenter(
-                model=options.preset, pipeline=pipeline, checkpoint=options.checkpoint
-            )
+            try:
+                segmenter = build_segmenter(
+                    model=options.preset, pipeline=pipeline, checkpoint=options.checkpoint
+                )
+            except _STARTUP_ERRORS as error:  # missing checkpoint, no CUDA, ...
+                raise StartupError(f"cannot build the segmenter: {error}") from error
         self.segmenter = segmenter
         self.segmenter.reset()  # an injected segmenter may hold another stream's keyframe
         apply_live_pipeline(self.segmenter.pipeline_config, self.settings)
@@ -185,7 +229,8 @@ class AccelSegmentationNode(Node):
             f"{self.settings.pipeline.keyframe_interval}"
         )
 
-        self._slot = FrameSlot()
+        self._slot = FrameSlot(options.stats_window)
+        self._gaps = StampGapMonitor()
         self._stats = StreamStatistics(options.stats_window)
         self._stats_lock = threading.Lock()
         self._throttle = Throttle(options.log_throttle)
@@ -196,24 +241,26 @@ class AccelSegmentationNode(Node):
             logger=log,
         )
 
-        image_qos = QoSProfile(depth=1)
-        self._labels_pub = self.create_publisher(Image, "~/labels", image_qos)
-        self._color_pub = self.create_publisher(Image, "~/color", image_qos)
-        self._overlay_pub = self.create_publisher(Image, "~/overlay", image_qos)
-        self._scores_pub = self.create_publisher(Image, "~/scores", image_qos)
+        output_qos = _output_qos(options.output_qos, options.output_qos_depth)
+        self._labels_pub = self.create_publisher(Image, "~/labels", output_qos)
+        self._color_pub = self.create_publisher(Image, "~/color", output_qos)
+        self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
+        self._scores_pub = self.create_publisher(Image, "~/scores", output_qos)
         if SegmentationStats is not None:
-            self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", 10)
+            self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", output_qos)
         else:
-            self._stats_pub = self.create_publisher(String, "~/stats", 10)
+            self._stats_pub = self.create_publisher(String, "~/stats", output_qos)
             log.info(
-                "accel_ros_msgs is not built (ament_python packages cannot generate "
-                "messages): publishing ~/stats as std_msgs/String JSON with the fields of "
-                "msg/SegmentationStats.msg"
+                "accel_ros_msgs is not installed (colcon build it and source "
+                "install/setup.bash): publishing ~/stats as std_msgs/String JSON with the "
+                "fields of accel_ros_msgs/msg/SegmentationStats.msg"
             )
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         if options.input_transport == "compressed":
-            topic, msg_type = f"{options.image_topic}/compressed", CompressedImage
+            # Remap first, then append: `-r image:=/cam` subscribes to /cam/compressed.
+            topic = f"{self.resolve_topic_name(options.image_topic)}/compressed"
+            msg_type = CompressedImage
         else:
             topic, msg_type = options.image_topic, Image
         self._subscription = self.create_subscription(
@@ -234,16 +281,22 @@ class AccelSegmentationNode(Node):
         defaults = default_parameters(find_params_file())
         for spec in PARAMETERS:
             constraints = f"one of {list(spec.choices)}" if spec.choices else ""
+            # dynamic_typing: rclpy would reject `overlay_alpha: 1` (an int for a double) with
+            # a traceback; parse_parameters / plan_parameter_update check types and say why.
+            # Restart-only parameters are read-only: set them at start-up, not at run time.
             descriptor = ParameterDescriptor(
                 name=spec.name,
                 type=_PARAMETER_TYPES[spec.kind],
                 description=spec.description + (" (live)" if spec.live else " (restart)"),
                 additional_constraints=constraints,
+                read_only=not spec.live,
+                dynamic_typing=True,
             )
             self.declare_parameter(spec.name, defaults[spec.name], descriptor)
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in parameters}
+        # Parameters rclpy declares itself (use_sim_time, ...) are rclpy's business.
+        changes = {p.name: p.value for p in parameters if p.name in PARAMETER_SPECS}
         plan = plan_parameter_update(self.settings, changes)
         if not plan.successful or plan.settings is None:
             self.get_logger().warning(f"rejected parameter change: {plan.reason}")
@@ -260,22 +313,26 @@ class AccelSegmentationNode(Node):
     # --- frames -------------------------------------------------------------------------
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
-        self._slot.put(msg)  # never blocks; an unprocessed older frame is dropped
+        # Gaps are judged here, on every arrival, so that dropped frames never look like gaps.
+        reset = self._gaps.observe(
+            stamp_to_seconds(msg.header.stamp), self.segmenter.pipeline_config.max_time_gap
+        )
+        self._slot.put(msg, reset)  # never blocks; an unprocessed older frame is dropped
 
     def _work(self) -> None:
         while not self._slot.closed:
-            msg = self._slot.take(timeout=0.2)
-            if msg is None:
+            entry = self._slot.take_entry(timeout=0.2)
+            if entry is None:
                 continue
             try:
-                self._handle(msg)
+                self._handle(*entry)
             except Exception as error:  # keep the worker alive whatever happens
-                if self._throttle.allow("worker"):
+                if self._throttle.allow("worker") and self.context.ok():
                     self.get_logger().error(f"frame failed: {type(error).__name__}: {error}")
 
-    def _handle(self, msg: Image | CompressedImage) -> None:
+    def _handle(self, msg: Image | CompressedImage, reset_reason: str | None = None) -> None:
         stamp = stamp_to_seconds(msg.header.stamp)
-        outputs = self._processor.process(msg, stamp)
+        outputs = self._processor.process(msg, stamp, reset_reason)
         if outputs is None:
             return
         self._publish_images(outputs, msg.header)
@@ -295,7 +352,8 @@ class AccelSegmentationNode(Node):
         if SegmentationStats is not None:
             self._stats_pub.publish(SegmentationStats(header=msg.header, **fields))
         else:
-            text = stats_to_json(fields, outputs.stamp, msg.header.frame_id)
+            stamp_pair = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+            text = stats_to_json(fields, stamp_pair, msg.header.frame_id)
             self._stats_pub.publish(String(data=text))
 
     def _publish_images(self, outputs: FrameOutputs, header: Any) -> None:
@@ -341,28 +399,55 @@ class AccelSegmentationNode(Node):
         return json.dumps({"level": report.level, "message": report.message,
                            "values": dict(report.values)})
 
-    def destroy_node(self) -> None:
+    def stop_worker(self, timeout: float = _WORKER_STOP_TIMEOUT) -> bool:
+        """Stop taking frames and wait for the frame in flight (it is still published).
+        Returns False if the worker did not finish within `timeout` seconds."""
         self._slot.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=timeout)
+        return not self._worker.is_alive()
+
+    def destroy_node(self) -> None:
+        self.stop_worker()
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of `ros2 run accel_ros accel_segmentation_node`."""
-    rclpy.init(args=args)
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `ros2 run accel_ros accel_segmentation_node`.
+
+    Exit status 0 after SIGINT / SIGTERM (the worker is stopped before the node and the
+    context, so nothing is published on a dead context); 1 when the node cannot start (bad
+    parameter value, missing checkpoint, unavailable device), with a one-line reason.
+    """
+    # Our own signal handling: rclpy's would shut the context down under the worker thread.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     node = None
+    status = 0
+    executor = SingleThreadedExecutor()
     try:
         node = AccelSegmentationNode()
-        rclpy.spin(node)
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+    except StartupError as error:
+        get_logger(NODE_NAME).fatal(f"cannot start: {error}")
+        status = 1
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C, or `ros2 launch` stopping the node
+        pass  # stopped from outside
     finally:
         if node is not None:
+            if not node.stop_worker():
+                node.get_logger().warning("the frame in flight did not finish; exiting anyway")
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        executor.shutdown()
+        rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,6 +4,8 @@
   it may change at run time). Pipeline parameters map 1:1 onto `PipelineConfig` fields; the
   rest are node options (`NodeOptions`). `parse_parameters` validates a full set,
   `plan_parameter_update` accepts live-safe changes and rejects the others with a reason.
+- `StampGapMonitor`: the time-gap rule, judged on the arrival of every frame (dropped ones
+  included), so drops never look like gaps.
 - `FrameSlot`: newest-frame hand-off between the subscription callback and the worker thread,
   counting the frames that were overwritten before the worker got to them.
 - `StreamStatistics`: per-stage latency mean/p50/p99, fps and keyframe ratio over a window.
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import difflib
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,10 @@ from .palette import PALETTES, colorize, overlay
 
 NODE_NAME = "accel_segmentation"
 TRANSPORTS = ("raw", "compressed")
+OUTPUT_QOS = ("reliable", "best_effort")
+# Parameters every rclpy node declares itself; a `ros2 param dump` of the node contains them.
+ROS_BUILTIN_PARAMETERS = ("use_sim_time", "start_type_description_service")
+ROS_BUILTIN_PREFIXES = ("qos_overrides.",)
 # Source-tree location; an installed node prefers share/accel_ros/config/accel.yaml.
 SOURCE_PARAMS_FILE = Path(__file__).resolve().parents[1] / "config" / "accel.yaml"
 
@@ -46,6 +53,10 @@ class NodeOptions:
     checkpoint: str = "default"
     image_topic: str = "image"
     input_transport: str = "raw"
+    # Output images and stats: reliable keep-last with this depth (a depth of 1 lost 10-25% of
+    # 360x480 images to a subscriber at 2 Hz), or best_effort.
+    output_qos: str = "reliable"
+    output_qos_depth: int = 10
     palette: str = "camvid_cityscapes"
     overlay_alpha: float = 0.5
     publish_color: bool = True
@@ -64,6 +75,10 @@ class NodeOptions:
             raise ValueError(
                 f"input_transport {self.input_transport!r} is not one of {TRANSPORTS}"
             )
+        if self.output_qos not in OUTPUT_QOS:
+            raise ValueError(f"output_qos {self.output_qos!r} is not one of {OUTPUT_QOS}")
+        if self.output_qos_depth < 1:
+            raise ValueError(f"output_qos_depth must be >= 1, got {self.output_qos_depth}")
         if not self.image_topic.strip():
             raise ValueError("image_topic must not be empty")
         if self.palette not in PALETTES:
@@ -132,7 +147,8 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
         (),
     ),
     "max_time_gap": (
-        "a gap between header stamps longer than this (s) resets the keyframe cache",
+        "a gap between the header stamps of consecutive arriving frames longer than this (s) "
+        "and than twice the stream's median frame period resets the keyframe cache",
         True,
         (),
     ),
@@ -157,10 +173,12 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "image_topic": ("input image topic (or remap 'image')", False, ()),
     "input_transport": (
         "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/CompressedImage on "
-        "<image_topic>/compressed",
+        "<image_topic>/compressed (after remapping)",
         False,
         TRANSPORTS,
     ),
+    "output_qos": ("reliability of the output topics", False, OUTPUT_QOS),
+    "output_qos_depth": ("keep-last depth of the output topics", False, ()),
     "palette": ("colours of ~/color and ~/overlay", True, tuple(PALETTES)),
     "overlay_alpha": ("label opacity in ~/overlay, in [0, 1]", True, ()),
     "publish_color": ("publish ~/color (rgb8 colourised labels)", True, ()),
@@ -213,18 +231,36 @@ PARAMETERS: tuple[ParamSpec, ...] = _build_specs()
 PARAMETER_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
 
 
+def is_ros_builtin(name: str) -> bool:
+    """True for the parameters rclpy declares on every node (use_sim_time, ...)."""
+    return name in ROS_BUILTIN_PARAMETERS or name.startswith(ROS_BUILTIN_PREFIXES)
+
+
+def unknown_parameters(names: Iterable[str]) -> list[str]:
+    """The names that are neither this node's parameters nor rclpy's own, each with a
+    suggestion when one is close ("keyframe_intervall (did you mean keyframe_interval?)")."""
+    report = []
+    for name in sorted(set(names)):
+        if name in PARAMETER_SPECS or is_ros_builtin(name):
+            continue
+        close = difflib.get_close_matches(name, list(PARAMETER_SPECS), n=1)
+        report.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return report
+
+
 def default_parameters(params_file: str | Path | None = None) -> dict[str, Any]:
     """ROS parameter defaults: the code defaults, overridden by `params_file` when given.
 
-    Raises ValueError for unknown names in the file (a typo would otherwise be ignored).
+    Raises ValueError for unknown names in the file (a typo would otherwise be ignored);
+    rclpy's own parameters (use_sim_time, ...) are allowed there and left out of the result.
     """
     values = {spec.name: spec.default for spec in PARAMETERS}
     if params_file is not None:
         loaded = load_yaml(params_file)
-        unknown = sorted(set(loaded) - set(values))
+        unknown = unknown_parameters(loaded)
         if unknown:
             raise ValueError(f"{params_file}: unknown parameters {unknown}")
-        values.update(loaded)
+        values.update({k: v for k, v in loaded.items() if k in values})
     return values
 
 
@@ -340,41 +376,97 @@ def apply_live_pipeline(target: PipelineConfig, settings: NodeSettings) -> None:
     )
 
 
+class StampGapMonitor:
+    """The time-gap rule of the node, judged on the arrival of every frame.
+
+    A stream is discontinuous (bag loop, camera restart, paused simulation) when the header
+    stamp of a frame is older than the previous *arriving* frame's, or newer by more than
+    `max_time_gap` and by more than `period_factor` times the median of the recent frame
+    periods. Judging arrivals, not processed frames, means frames dropped by the newest-frame
+    policy never widen a gap; the period term keeps a 1 Hz camera from resetting on jitter.
+    """
+
+    def __init__(self, history: int = 15, period_factor: float = 2.0) -> None:
+        self.period_factor = float(period_factor)
+        self._periods: deque[float] = deque(maxlen=history)
+        self.last_stamp: float | None = None
+
+    def observe(self, stamp: float | None, max_time_gap: float) -> str | None:
+        """Record one arrival (`stamp` in seconds; None or 0 = unstamped, ignored). Returns why
+        the keyframe cache must be reset before this frame, or None."""
+        if not stamp:
+            return None
+        previous, self.last_stamp = self.last_stamp, stamp
+        if previous is None:
+            return None
+        gap = stamp - previous
+        if gap < 0:
+            self._periods.clear()
+            return f"time went backwards by {-gap:.3f} s"
+        typical = float(np.median(self._periods)) if self._periods else 0.0
+        if gap > max_time_gap and gap > self.period_factor * typical:
+            return f"time gap of {gap:.3f} s > max_time_gap {max_time_gap:g} s"
+        if gap > 0:
+            self._periods.append(gap)
+        return None
+
+
 class FrameSlot:
     """Newest-frame mailbox between a subscription callback and one worker thread.
 
     `put` never blocks: an item that the worker has not taken yet is replaced, and counted as
     dropped, so the worker always processes the newest frame when inference is slower than
-    the camera.
+    the camera. A reset requested with a frame survives that frame being dropped: the worker
+    gets it with the next frame it takes. `recent_drop_ratio` covers the last `window`
+    arrivals only, so a burst of drops does not mark the node unhealthy forever.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 100) -> None:
         self._condition = threading.Condition()
         self._item: Any = None
         self._full = False
         self._closed = False
+        self._reset: str | None = None
+        self._recent: deque[bool] = deque(maxlen=max(int(window), 1))  # True = dropped
         self.received = 0
         self.dropped = 0
 
-    def put(self, item: Any) -> bool:
-        """Store `item`; returns True if it replaced (dropped) an unprocessed one."""
+    def put(self, item: Any, reset_reason: str | None = None) -> bool:
+        """Store `item` (and a reset to apply before it); returns True if it replaced (dropped)
+        an unprocessed one."""
         with self._condition:
             replaced = self._full
+            if replaced and self._recent:
+                self._recent[-1] = True
+            self._recent.append(False)
             self._item, self._full = item, True
+            self._reset = self._reset or reset_reason
             self.received += 1
             self.dropped += int(replaced)
             self._condition.notify()
             return replaced
 
-    def take(self, timeout: float | None = None) -> Any:
-        """The newest item, waiting up to `timeout` s; None on timeout or after close()."""
+    def take_entry(self, timeout: float | None = None) -> tuple[Any, str | None] | None:
+        """(newest item, pending reset reason or None), waiting up to `timeout` s; None on
+        timeout or after close()."""
         with self._condition:
             if not self._full and not self._closed:
                 self._condition.wait(timeout)
             if not self._full:
                 return None
-            item, self._item, self._full = self._item, None, False
-            return item
+            entry = (self._item, self._reset)
+            self._item, self._full, self._reset = None, False, None
+            return entry
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest item, waiting up to `timeout` s; None on timeout or after close()."""
+        entry = self.take_entry(timeout)
+        return None if entry is None else entry[0]
+
+    def recent_drop_ratio(self) -> float:
+        """Fraction of the last `window` arrivals that were dropped (0 when none arrived)."""
+        with self._condition:
+            return sum(self._recent) / len(self._recent) if self._recent else 0.0
 
     def close(self) -> None:
         """Wake a waiting `take` so the worker thread can exit."""
@@ -481,10 +573,26 @@ class FrameOutputs:
 
 @dataclass
 class ErrorCounters:
+    """Cumulative failure counts plus the outcome of the last `window` frames, which is what
+    the diagnostics level is judged on (so it recovers once frames are good again)."""
+
     conversion: int = 0  # unreadable images (encoding, size, data)
     inference: int = 0  # the segmenter raised
     last: str = ""
     by_kind: dict[str, int] = field(default_factory=dict)
+    resets: int = 0  # keyframe cache resets (time gaps, resolution changes): not errors
+    last_reset: str = ""
+    window: int = 100
+    recent: deque[bool] = field(default_factory=deque)  # True = the frame failed
+
+    def outcome(self, failed: bool) -> None:
+        self.recent.append(bool(failed))
+        while len(self.recent) > max(self.window, 1):
+            self.recent.popleft()
+
+    @property
+    def recent_failures(self) -> int:
+        return sum(self.recent)
 
 
 class FrameProcessor:
@@ -492,8 +600,9 @@ class FrameProcessor:
 
     Bad input never raises: unreadable frames and segmenter failures are counted, logged
     (throttled per kind) and give None; the next frame is processed normally. A resolution
-    change or a stamp jump resets the segmenter's keyframe cache (the segmenter decides and
-    reports `reset_reason`, which is logged here).
+    change (judged by the segmenter) or a time gap (judged on arrival by `StampGapMonitor`
+    and passed in as `reset_reason`) resets the keyframe cache; resets are logged at info
+    level and counted, they are not errors.
     """
 
     def __init__(
@@ -509,7 +618,7 @@ class FrameProcessor:
         self.converter = converter
         self.logger = logger or logging.getLogger(__name__)
         self.throttle = Throttle(self.options.log_throttle, clock)
-        self.errors = ErrorCounters()
+        self.errors = ErrorCounters(window=self.options.stats_window)
 
     def _warn(self, kind: str, message: str) -> None:
         self.errors.last = message
@@ -520,18 +629,36 @@ class FrameProcessor:
             suffix = f" ({skipped} similar messages suppressed)" if skipped else ""
             self.logger.warning(message + suffix)
 
-    def process(self, msg: Any, stamp: float | None = None) -> FrameOutputs | None:
-        """Segment one message. `stamp` is its header time in seconds (None or 0 = unknown,
-        which disables the time-gap reset). Returns None for a frame that was skipped."""
+    def _info(self, kind: str, message: str) -> None:
+        self.throttle.period = self.options.log_throttle
+        if self.throttle.allow(kind):
+            skipped = self.throttle.suppressed.pop(kind, 0)
+            suffix = f" ({skipped} similar messages suppressed)" if skipped else ""
+            self.logger.info(message + suffix)
+
+    def process(
+        self, msg: Any, stamp: float | None = None, reset_reason: str | None = None
+    ) -> FrameOutputs | None:
+        """Segment one message. `stamp` is its header time in seconds (None or 0 = unknown);
+        `reset_reason` asks for a keyframe-cache reset before this frame (a time gap seen on
+        arrival). Returns None for a frame that was skipped."""
+        if reset_reason:
+            self.segmenter.reset(reset_reason)  # also when this frame turns out unreadable
+        outputs = self._process(msg, stamp or None)
+        self.errors.outcome(outputs is None)
+        return outputs
+
+    def _process(self, msg: Any, stamp: float | None) -> FrameOutputs | None:
         try:
             rgb = self.converter(msg)
         except ValueError as error:  # ImageConversionError is a ValueError
             self.errors.conversion += 1
             self._warn("conversion", f"skipping frame: {error}")
             return None
-        stamp = stamp or None
         try:
-            result = self.segmenter.process(rgb, stamp=stamp)
+            # No stamp: the segmenter's own gap rule compares *processed* frames, which the
+            # node must not use (drops would look like gaps); StampGapMonitor decides instead.
+            result = self.segmenter.process(rgb, stamp=None)
         except ValueError as error:
             self.errors.conversion += 1
             self._warn("input", f"skipping frame the segmenter refused: {error}")
@@ -542,7 +669,9 @@ class FrameProcessor:
             self.segmenter.reset()  # the cache may be half-updated
             return None
         if result.reset_reason:
-            self._warn("reset", f"keyframe cache reset: {result.reset_reason}")
+            self.errors.resets += 1
+            self.errors.last_reset = result.reset_reason
+            self._info("reset", f"keyframe cache reset: {result.reset_reason}")
         try:
             return self.render(rgb, result, stamp)
         except ValueError as error:
@@ -601,7 +730,8 @@ def diagnostic_report(
     keyframe_interval: int,
 ) -> DiagnosticReport:
     """Summarise the node's health. STALE before the first frame, WARN with random weights,
-    failed frames or more than half of the input dropped, ERROR when every frame failed."""
+    failed frames or more than half of the input dropped among the recent frames (the last
+    `stats_window`), ERROR when every recent frame failed. Counters are cumulative."""
     latency = stats.latency()
     values: list[tuple[str, str]] = []
     for stage in sorted(latency):
@@ -621,19 +751,24 @@ def diagnostic_report(
         ("conversion_errors", str(errors.conversion)),
         ("inference_errors", str(errors.inference)),
         ("last_error", errors.last),
+        ("resets", str(errors.resets)),
+        ("last_reset", errors.last_reset),
     ]
-    failed = errors.conversion + errors.inference
-    if stats.processed == 0 and failed:
-        return DiagnosticReport(ERROR, f"no frame processed; last error: {errors.last}", values)
+    failed = errors.recent_failures
+    if errors.recent and failed == len(errors.recent):
+        return DiagnosticReport(
+            ERROR, f"the last {failed} frames failed; last error: {errors.last}", values
+        )
     if stats.processed == 0:
         return DiagnosticReport(STALE, "waiting for images", values)
     problems = []
     if options.random_weights:
         problems.append("random weights (checkpoint none)")
     if failed:
-        problems.append(f"{failed} frames failed")
-    if drop_ratio > 0.5:
-        problems.append(f"{100 * drop_ratio:.0f}% of input frames dropped")
+        problems.append(f"{failed} of the last {len(errors.recent)} frames failed")
+    recent_drops = slot.recent_drop_ratio()
+    if recent_drops > 0.5:
+        problems.append(f"{100 * recent_drops:.0f}% of recent input frames dropped")
     summary = f"{stats.fps():.1f} fps, keyframe ratio {stats.keyframe_ratio():.2f}"
     if problems:
         return DiagnosticReport(WARN, f"{summary}; " + "; ".join(problems), values)

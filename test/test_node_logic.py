@@ -36,6 +36,7 @@ from accel_ros.node_logic import (
     FrameProcessor,
     FrameSlot,
     NodeOptions,
+    StampGapMonitor,
     StreamStatistics,
     Throttle,
     apply_live_pipeline,
@@ -43,6 +44,7 @@ from accel_ros.node_logic import (
     diagnostic_report,
     parse_parameters,
     plan_parameter_update,
+    unknown_parameters,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,9 +114,31 @@ def test_params_file_matches_declared_parameters_and_types():
 
 def test_default_parameters_rejects_unknown_names(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("accel_segmentation:\n  ros__parameters:\n    keyframe_intreval: 3\n")
-    with pytest.raises(ValueError, match=r"unknown parameters.*keyframe_intreval"):
+    path.write_text("/**:\n  ros__parameters:\n    keyframe_intreval: 3\n")
+    with pytest.raises(ValueError, match=r"keyframe_intreval \(did you mean keyframe_interval"):
         default_parameters(path)
+    # What `ros2 param dump` writes (rclpy's own parameters included) loads back.
+    path.write_text("/accel_segmentation:\n  ros__parameters:\n    use_sim_time: true\n"
+                    "    start_type_description_service: true\n    keyframe_interval: 3\n")
+    assert default_parameters(path)["keyframe_interval"] == 3
+    assert "use_sim_time" not in default_parameters(path)
+
+
+def test_unknown_parameters_names_typos_and_allows_rclpy_builtins():
+    assert unknown_parameters(["keyframe_interval", "use_sim_time",
+                               "qos_overrides./image.subscription.depth"]) == []
+    assert unknown_parameters(["keyframe_intervall", "zzz"]) == [
+        "keyframe_intervall (did you mean keyframe_interval?)", "zzz"]
+
+
+def test_output_qos_parameters():
+    settings = parse_parameters({"output_qos": "best_effort", "output_qos_depth": 3})
+    assert (settings.options.output_qos, settings.options.output_qos_depth) == ("best_effort", 3)
+    assert parse_parameters({}).options.output_qos_depth == 10
+    with pytest.raises(ValueError, match="output_qos_depth must be >= 1"):
+        parse_parameters({"output_qos_depth": 0})
+    with pytest.raises(ValueError, match="output_qos 'lossy'"):
+        parse_parameters({"output_qos": "lossy"})
 
 
 def test_parse_parameters_maps_onto_pipeline_config():
@@ -143,6 +167,7 @@ def test_parse_parameters_maps_onto_pipeline_config():
         ({"preset": "accel99"}, "preset 'accel99'"),
         ({"input_transport": "theora"}, "input_transport 'theora'"),
         ({"flow_scale": math.nan}, "'flow_scale' must be finite"),
+        ({"overlay_alpha": "1"}, "'overlay_alpha' must be of type float"),
         ({"no_such_thing": 1}, "unknown parameters"),
     ],
 )
@@ -196,7 +221,10 @@ def test_apply_live_pipeline_updates_the_segmenters_config_object():
 
 
 def test_stats_message_text_equals_msg_file_byte_for_byte():
-    assert (ROOT / "msg" / "SegmentationStats.msg").read_bytes() == STATS_MSG_TEXT.encode()
+    msg_file = ROOT / "accel_ros_msgs" / "msg" / "SegmentationStats.msg"
+    assert msg_file.read_bytes() == STATS_MSG_TEXT.encode()
+    # Bags written by the tools carry the type name the ROS package generates.
+    assert STATS_TYPE_NAME == "accel_ros_msgs/msg/SegmentationStats"
 
 
 def _result(**overrides):
@@ -227,6 +255,12 @@ def test_stats_fields_from_a_result():
     payload = json.loads(stats_to_json(unstamped, None, "cam"))
     assert payload["end_to_end_ms"] is None and payload["header"]["frame_id"] == "cam"
     assert payload["update_ms"] == 3.0
+    # A stamp from the future (clock offset) is not a negative latency.
+    future = stats_fields(_result(), mode="accel", stamp=20.0, now=10.0)
+    assert math.isnan(future["end_to_end_ms"])
+    # The JSON fallback copies the header stamp exactly (float seconds would round it).
+    exact = json.loads(stats_to_json(fields, (1_795_000_000, 123_456_789), "cam"))
+    assert exact["header"]["stamp"] == {"sec": 1_795_000_000, "nanosec": 123_456_789}
 
 
 def test_stamp_conversions():
@@ -282,6 +316,37 @@ def test_frame_slot_keeps_the_newest_frame_and_counts_drops():
     assert (slot.received, slot.dropped) == (4, 2)
 
 
+def test_frame_slot_keeps_a_reset_requested_by_a_dropped_frame():
+    slot = FrameSlot(window=4)
+    slot.put("a")
+    slot.put("b", reset_reason="time gap of 5.000 s")  # b is dropped below, its reset is not
+    slot.put("c")
+    assert slot.take_entry(timeout=0) == ("c", "time gap of 5.000 s")
+    slot.put("d")
+    assert slot.take_entry(timeout=0) == ("d", None)
+    assert slot.recent_drop_ratio() == pytest.approx(2 / 4)
+    for item in "efgh":  # four arrivals taken in time: the window forgets the drops
+        slot.put(item)
+        slot.take(timeout=0)
+    assert slot.recent_drop_ratio() == 0.0 and slot.dropped == 2
+
+
+def test_stamp_gap_monitor_judges_arrivals_not_processed_frames():
+    gaps = StampGapMonitor()
+    # A 2 Hz camera: every arrival is 0.5 s after the previous one, however many the worker
+    # drops, so nothing resets (the old rule compared processed frames: 1.0-1.5 s gaps).
+    assert [gaps.observe(100.0 + 0.5 * i, max_time_gap=1.0) for i in range(20)] == [None] * 20
+    assert "time gap of 5.000 s" in gaps.observe(109.5 + 5.0, max_time_gap=1.0)
+    assert gaps.observe(115.0, max_time_gap=1.0) is None
+    assert "time went backwards by 10.000 s" in gaps.observe(105.0, max_time_gap=1.0)
+    assert gaps.observe(0.0, max_time_gap=1.0) is None  # unstamped: ignored
+    # A 1 Hz camera with jitter: gaps of 1.05 s exceed max_time_gap but not twice its period.
+    slow = StampGapMonitor()
+    stamps = np.cumsum([1.0, 0.95, 1.05, 0.98, 1.05, 1.02, 0.97, 1.05])
+    assert [slow.observe(float(t), max_time_gap=1.0) for t in stamps] == [None] * len(stamps)
+    assert "time gap" in slow.observe(float(stamps[-1]) + 3.0, max_time_gap=1.0)
+
+
 def test_frame_slot_close_wakes_a_waiting_worker():
     slot = FrameSlot()
     taken = []
@@ -331,6 +396,8 @@ def test_diagnostic_levels_and_values():
     assert report.level == STALE and "waiting" in report.message
 
     errors.conversion, errors.last = 3, "unsupported image encoding 'rgb9'"
+    for _ in range(3):
+        errors.outcome(failed=True)
     report = diagnostic_report(stats, slot, errors, "cpu", options, 5)
     assert report.level == ERROR and "rgb9" in report.message
 
@@ -353,6 +420,26 @@ def test_diagnostic_levels_and_values():
     assert report.level == WARN and "random weights" in report.message
     assert dict(report.values)["frames_dropped"] == "2"
     assert dict(report.values)["weights"] == "random"
+
+
+def test_diagnostics_recover_after_bad_frames():
+    options = NodeOptions(stats_window=4)
+    slot, stats, errors = FrameSlot(window=4), StreamStatistics(4), ErrorCounters(window=4)
+    errors.outcome(failed=True)
+    errors.conversion, errors.last = 1, "unsupported image encoding 'rgb9'"
+    slot.put(0)
+    slot.take(timeout=0)
+    for i in range(3):
+        slot.put(i)
+        slot.take(timeout=0)
+        errors.outcome(failed=False)
+        stats.record({"total": 10.0}, is_keyframe=False, now=i * 0.1)
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5)
+    assert report.level == WARN and "1 of the last 4 frames failed" in report.message
+    errors.outcome(failed=False)  # the bad frame leaves the window
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5)
+    assert report.level == OK, report.message
+    assert dict(report.values)["conversion_errors"] == "1"  # counters stay cumulative
 
 
 # --- frame processor -------------------------------------------------------------------------
@@ -442,7 +529,26 @@ def test_processor_resolution_change_resets_the_cache(store, fresh):
     assert outputs is not None and outputs.labels.shape == (48, 64)
     assert outputs.result.is_keyframe
     assert "resolution changed" in outputs.result.reset_reason
-    assert any("keyframe cache reset: resolution changed" in m for _, m in logger.records)
+    # A reset is information, not a problem: logged at info level, not as the last error.
+    assert ("info", "keyframe cache reset: resolution changed from (64, 96) to (48, 64)") in (
+        logger.records)
+    assert processor.errors.resets == 1 and processor.errors.last == ""
+
+
+def test_processor_applies_a_reset_judged_on_arrival(store, fresh):
+    logger = ListLogger()
+    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    frames = smooth_frames(3)
+    # Stamps 1.5 s apart do not reset by themselves: the node judges gaps on arrival.
+    first = processor.process(image_msg(store, frames[0], stamp=1.0), 1.0)
+    second = processor.process(image_msg(store, frames[1], stamp=2.5), 2.5)
+    assert first.result.is_keyframe and not second.result.is_keyframe
+    assert second.result.reset_reason is None
+    third = processor.process(image_msg(store, frames[2], stamp=9.0), 9.0,
+                              reset_reason="time gap of 6.500 s > max_time_gap 1 s")
+    assert third.result.is_keyframe and third.result.reset_reason.startswith("time gap")
+    assert [level for level, _ in logger.records] == ["info"]
+    assert processor.errors.last == "" and processor.errors.resets == 1
 
 
 def test_processor_compressed_input_and_scores(store, fresh):
