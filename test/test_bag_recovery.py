@@ -500,3 +500,20 @@ def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, hard):
     stamps = [START_NS + round(i * 1e9 / 30) for i in range(done)]
     for topic in (f"{CAMERA}/labels", f"{CAMERA}/color", f"{CAMERA}/stats"):
         assert topics[topic] == stamps, topic
+
+
+def test_ctrl_c_in_the_cli_exits_130_naming_the_valid_output(
+        tmp_path, capsys, monkeypatch, tiny_checkpoint):
+    import accel_ros.model as model_package
+
+    real = model_package.build_segmenter
+    monkeypatch.setattr(model_package, "build_segmenter",
+                        lambda *a, **k: InterruptingSegmenter(real(*a, **k), at=1))
+    bagio.write_camera_bag(tmp_path / "in.mcap", frames(5), start_ns=START_NS)
+    assert segment_cli(tmp_path / "in", tmp_path / "out.db3", tiny_checkpoint) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (f"accel-ros segment: interrupted by Ctrl-C after 2 frames; "
+                           f"{tmp_path / 'out'} (bag) holds them")
+    assert (tmp_path / "out" / "out_0.db3").is_file()
+    # the camera copy stops with the frames: the output is the recording up to there
+    assert [len(v) for v in read_topics(tmp_path / "out").values()] == [2, 2, 2, 2]

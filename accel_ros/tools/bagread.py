@@ -243,7 +243,7 @@ class _McapFile(_StorageFile):
                 if problem:
                     self.cut = not data_ended
                     problem += (" in the summary section, after all message data: no message "
-                                "lost" if data_ended else f" (file size {self.size})")
+                                "lost" if data_ended else f"; file size {self.size}")
                     self._damaged(record_damage, offset, problem)
                     if opcode == Opcode.CHUNK and not data_ended and length > available:
                         partial = stream.read(min(available, MAX_SALVAGE_BYTES))

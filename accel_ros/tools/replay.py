@@ -400,7 +400,8 @@ def segment(
         source.close()
     summary.stop()
     summary.extra["input"] = f"{input_path}" + (f" [{source.topic}]" if source.topic else "")
-    summary.extra["output"] = f"{output_path} ({kind})"
+    written = bagio.bag_output(output_path, storage)[0] if kind == "bag" else output_path
+    summary.extra["output"] = f"{written} ({kind})"
     return summary
 
 
@@ -604,7 +605,7 @@ def main_segment(args: argparse.Namespace) -> int:
     print(summary.format())
     if "interrupted" in summary.extra:
         print(f"accel-ros segment: interrupted by Ctrl-C after {summary.frames} frames; "
-              f"{args.out} holds them", file=sys.stderr)
+              f"{summary.extra['output']} holds them", file=sys.stderr)
         return 130
     if summary.frames == 0:
         print(f"accel-ros segment: error: no frame of {args.input} could be segmented "
