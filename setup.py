@@ -31,6 +31,7 @@ setup(
         "numpy",
         "opencv-python-headless",
         "rosbags>=0.10",
+        "mcap>=1.1",  # streams MCAP records without the summary: recovers truncated bags
         "tqdm",
         "pyyaml",
         "matplotlib",
