@@ -18,6 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULT_KEYS = {
     "variant", "mode", "fastpath", "keyframe_interval", "frames", "keyframes", "latency_ms",
     "fps", "stages_ms", "peak_memory_mb", "peak_extra_mb", "notes", "ratio_to_reference",
+    "ratio_range", "repeats", "stages_synchronised",
 }
 
 
@@ -31,7 +32,8 @@ def _run_cli(argv: list[str]) -> int:
 def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> None:
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     code = _run_cli([
-        "--variants", "reference,dff,accel18", "--intervals", "2",
+        "--variants", "reference,dff,accel18,tv_lraspp_mobilenet_v3_large", "--intervals", "2",
+        "--repeats", "2",
         "--height", "32", "--width", "64", "--frames", "2", "--warmup", "1",
         "--reference-backbone", "resnet18", "--overlap-flow", "--fast-variants", "accel18",
         "--fast-intervals", "2", "--clip-frames", "4", "--device", "cpu",
@@ -49,8 +51,9 @@ def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> N
     rows = [(r["fastpath"], r["variant"], r["keyframe_interval"]) for r in report["results"]]
     assert rows == [
         ("plain", "reference", None), ("plain", "dff", 2), ("plain", "accel18", 2),
-        ("overlap_flow", "accel18", 2),
+        ("plain", "tv_lraspp_mobilenet_v3_large", None), ("overlap_flow", "accel18", 2),
     ]
+    assert meta["repeats"] == 2
     for result in report["results"]:
         assert set(result) == RESULT_KEYS
         latency = result["latency_ms"]
@@ -58,8 +61,16 @@ def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> N
         assert result["fps"] == pytest.approx(1000.0 / latency["mean"])
         assert set(result["stages_ms"]) == {*STAGES, "total"}
         assert result["frames"] == 2 and result["peak_memory_mb"] > 0
+        # Two interleaved runs: the row's mean is their median, the ratio a median of ratios.
+        assert result["repeats"] == 2 and len(latency["runs"]) == 2
+        assert latency["mean"] == pytest.approx(float(np.median(latency["runs"])))
+        low, high = result["ratio_range"]
+        assert low <= result["ratio_to_reference"] <= high
+        assert result["stages_synchronised"]  # CPU: one pass gives both
         # Every measurement starts from a reset cache: one keyframe per whole cycle.
-        assert result["keyframes"] == (2 if result["keyframe_interval"] is None else 1)
+        assert result["keyframes"] == (
+            0 if result["mode"] == "peer" else 2 if result["keyframe_interval"] is None else 1
+        )
     plain = {(r["variant"], r["keyframe_interval"]): r for r in report["results"]
              if r["fastpath"] == "plain"}
     assert plain[("reference", None)]["ratio_to_reference"] == pytest.approx(1.0)
@@ -160,7 +171,8 @@ def test_option_parsing() -> None:
     with pytest.raises(ValueError, match="bad keyframe interval list"):
         bench.parse_intervals("1,x")
     assert bench.parse_variants("Accel-18, DeepLab-101,dff") == ("accel18", "reference", "dff")
-    assert bench.parse_variants("all") == tuple(bench.VARIANTS)
+    assert bench.parse_variants("all") == bench.FAMILY and "accel18" in bench.FAMILY
+    assert bench.parse_variants("peers,dff") == (*bench.PEERS, "dff") and len(bench.PEERS) == 4
     with pytest.raises(ValueError, match="unknown variants"):
         bench.parse_variants("accel19")
     with pytest.raises(ValueError, match="both --height and --width"):
@@ -200,3 +212,45 @@ def test_frames_move_and_play_back_and_forth() -> None:
     assert not np.array_equal(frames[0], frames[1])  # real motion for the flow estimator
     order = [bench.ping_pong(list(range(4)), i) for i in range(8)]  # type: ignore[arg-type]
     assert order == [0, 1, 2, 3, 2, 1, 0, 1]
+
+
+def test_repeats_give_medians_and_per_run_ratios() -> None:
+    def run(mean: float) -> dict:
+        return {"frames": 10, "keyframes": 2, "latency_ms": {
+            "mean": mean, "p50": mean, "p99": 2 * mean, "keyframe": None, "non_keyframe": mean},
+            "stages_ms": {"flow": mean / 10, "total": mean}, "stages_synchronised": True,
+            "peak_memory_mb": mean, "peak_extra_mb": None}
+
+    reference = bench.aggregate_runs([run(100.0), run(300.0), run(200.0)])
+    assert reference["latency_ms"]["mean"] == 200.0 and reference["repeats"] == 3
+    assert reference["latency_ms"]["spread_pct"] == pytest.approx(100.0)
+    assert reference["stages_ms"]["flow"] == 20.0 and reference["peak_memory_mb"] == 300.0
+    assert reference["latency_ms"]["keyframe"] is None
+    accel = bench.aggregate_runs([run(40.0), run(150.0), run(90.0)])
+    rows = [dict(reference, variant="reference", fastpath="plain"),
+            dict(accel, variant="accel18", fastpath="plain")]
+    bench._add_ratios(rows)
+    # Per-run ratios 0.4, 0.5, 0.45: their median, not 90 / 200 of the medians.
+    assert rows[1]["ratio_to_reference"] == pytest.approx(0.45)
+    assert rows[1]["ratio_range"] == pytest.approx([0.4, 0.5])
+
+
+def test_flow_epe_against_exact_flow() -> None:
+    report = bench.flow_epe(("zero", "dis", "torch"), pairs=2, height=48, width=96, seeds=(0,))
+    rows = {row["method"]: row for row in report["methods"]}
+    # Zero flow's error is the mean flow magnitude itself.
+    assert rows["zero"]["epe"] == pytest.approx(report["mean_flow_px"], rel=1e-5)
+    assert report["mean_flow_px"] > 0.1
+    assert rows["dis"]["epe"] < rows["zero"]["epe"]
+    assert rows["torch"]["epe"] < rows["zero"]["epe"]
+    assert all(row["ms_median"] >= 0 for row in rows.values())
+
+
+def test_peer_segmenter_gives_labels_at_frame_size() -> None:
+    from accel_ros.config import PipelineConfig
+
+    peer = bench.PeerSegmenter("lraspp_mobilenet_v3_large", 5, PipelineConfig(device="cpu"))
+    result = peer.process(np.zeros((40, 72, 3), np.uint8))
+    assert result.labels.shape == (40, 72) and result.labels.dtype == np.uint8
+    assert int(result.labels.max()) < 5 and not result.is_keyframe
+    assert result.timings["feature"] > 0 and result.timings["flow"] == 0

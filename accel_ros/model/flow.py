@@ -153,7 +153,10 @@ class TorchFlow(FlowEstimator):
     Frames are converted to grey at `scale` of their size; a pyramid of `levels` halvings
     (stopping above 8 px) is solved coarse to fine with `iterations` Gauss-Newton steps per level
     over a (2 * radius + 1)^2 window. `regularization` damps the 2x2 normal equations so
-    textureless regions keep the coarser estimate instead of amplifying noise. Output: backward
+    textureless regions keep the coarser estimate instead of amplifying noise, and after each
+    step the flow is box-filtered over (2 * smooth + 1)^2 pixels (0: off), which stops flat
+    regions from drifting over the iterations (on the synthetic clips: end-point error 3.5 px
+    without it, 1.9 with it and 6 levels; README, "Optical flow"). Output: backward
     flow (N, 2, h, w) float32 in pixels of the scaled map, like every `FlowEstimator`. It always
     computes in float32 (autocast off): gradients of 8-bit images need the precision.
     """
@@ -163,20 +166,22 @@ class TorchFlow(FlowEstimator):
     def __init__(
         self,
         scale: float = 0.5,
-        levels: int = 5,
+        levels: int = 6,
         iterations: int = 3,
         radius: int = 3,
         regularization: float = 1e-4,
+        smooth: int = 1,
     ) -> None:
         if not 0.0 < scale <= 1.0:
             raise ValueError(f"flow scale must be in (0, 1], got {scale}")
-        if levels < 1 or iterations < 1 or radius < 1:
-            raise ValueError("levels, iterations and radius must all be >= 1")
+        if levels < 1 or iterations < 1 or radius < 1 or smooth < 0:
+            raise ValueError("levels, iterations and radius must all be >= 1, smooth >= 0")
         self.scale = scale
         self.levels = levels
         self.iterations = iterations
         self.radius = radius
         self.regularization = regularization
+        self.smooth = smooth
 
     def prepare(self, frame: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float RGB in [0, 1] -> grey (N, 1, h, w) float32 on the same device."""
@@ -205,9 +210,15 @@ class TorchFlow(FlowEstimator):
             else:
                 flow = resize_flow(flow, tuple(prev.shape[-2:]))
             for _ in range(self.iterations):
-                flow = flow + self._step(prev, cur, flow)
+                flow = self._smoothed(flow + self._step(prev, cur, flow))
         assert flow is not None
         return flow
+
+    def _smoothed(self, flow: torch.Tensor) -> torch.Tensor:
+        if self.smooth == 0:
+            return flow
+        r = self.smooth
+        return F.avg_pool2d(F.pad(flow, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
 
     def _step(self, prev: torch.Tensor, cur: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
         """One Gauss-Newton update (N, 2, h, w) of backward flow, prev(p + flow) ~= cur(p)."""

@@ -6,15 +6,31 @@ Every variant runs in one process on the same frames, so ratios between them are
 - `dff`: N_R on keyframes, warped features + N_R's head elsewhere (no update branch).
 - `deeplab18/34/50`: the update network N_U alone on every frame.
 - `accel18/34/50/101`: the paper's presets (score fusion; feature fusion for Accel-101).
+- `deeplab` / `accel`: the update branch alone / Accel of the `--model` configuration (a preset
+  name such as the shipped one, or a checkpoint: "default" or a path); with `--model`,
+  `reference` and `dff` use that model's reference branch too.
+- peers, what a user would pick instead, every frame (`--variants peers` for all four):
+  torchvision `tv_deeplabv3_resnet101`, `tv_deeplabv3_resnet50`,
+  `tv_deeplabv3_mobilenet_v3_large`, `tv_lraspp_mobilenet_v3_large` (weights=None,
+  weights_backbone=None: timing only).
 
 One N_R is shared by all variants whose reference branch has the same shape; timing does not
 depend on weights, so models are randomly initialised. Per measurement: `--warmup` frames (both
 keyframe and non-key-frame paths), a cache reset, then whole keyframe cycles of at least
 `--frames` frames, so the mean is the true per-frame average (T_key + (k - 1) T_other) / k.
 Latency is wall clock around `AccelSegmenter.process` (frame in, labels on the host out), with
-a CUDA synchronise before each frame; the stage breakdown is the segmenter's own (it
-synchronises around stages on CUDA). Peak memory is CUDA's max allocated on GPU and the
-process peak RSS (VmHWM, reset per measurement where the kernel allows) on CPU.
+a CUDA synchronise before each frame, on the production path (no synchronise between stages).
+The stage breakdown is the segmenter's own: on the CPU it comes from the same frames; on CUDA
+only `--breakdown` gives real per-stage numbers, from an extra pass of the same frames that
+synchronises around every stage (its latency is not reported). Peak memory is CUDA's max
+allocated on GPU and the process peak RSS (VmHWM, reset per measurement where the kernel
+allows) on CPU.
+
+Stable ratios: `--repeats N` runs the whole plan N times, interleaved (so slow drift of a busy
+machine hits every variant alike); each row reports the median over the runs of its mean
+per-frame time, and `x ref` is the median of the per-run ratios to the reference (same run),
+with their min-max range. `--flow-epe` adds the end-point error of each flow method against
+the synthetic generator's exact flow.
 
 Fast paths given on the command line (--channels-last, --precision, --compile, --cuda-graphs,
 --overlap-flow) are measured one by one against the plain fp32 path, plus all of them together
@@ -49,10 +65,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, PipelineConfig, preset
+from ..config import FLOW_METHODS, PRESETS, ModelConfig, PipelineConfig, preset
 from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
+from ..model.fastpath import CompiledCall, CudaGraphCall
+from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
 
-# variant -> (pipeline mode, preset that supplies the update branch or None)
+MODEL_KEY = "--model"
+# variant -> (pipeline mode, preset that supplies the update branch or None; MODEL_KEY: the
+# --model configuration; for mode "peer": the torchvision builder)
 VARIANTS: dict[str, tuple[str, str | None]] = {
     "reference": ("reference", None),
     "dff": ("dff", None),
@@ -63,8 +83,21 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     "accel34": ("accel", "accel34"),
     "accel50": ("accel", "accel50"),
     "accel101": ("accel", "accel101"),
+    # The --model configuration (default accel18's update branch).
+    "deeplab": ("deeplab", MODEL_KEY),
+    "accel": ("accel", MODEL_KEY),
+    # Peers: torchvision single-frame segmentation networks, random init (timing only).
+    "tv_deeplabv3_resnet101": ("peer", "deeplabv3_resnet101"),
+    "tv_deeplabv3_resnet50": ("peer", "deeplabv3_resnet50"),
+    "tv_deeplabv3_mobilenet_v3_large": ("peer", "deeplabv3_mobilenet_v3_large"),
+    "tv_lraspp_mobilenet_v3_large": ("peer", "lraspp_mobilenet_v3_large"),
 }
-EVERY_FRAME_MODES = ("reference", "deeplab")  # no keyframes: the interval does not apply
+PEERS = tuple(v for v, (mode, _) in VARIANTS.items() if mode == "peer")
+# "--variants all": the paper's family (the --model variants and the peers are named apart).
+FAMILY = tuple(
+    v for v, (mode, source) in VARIANTS.items() if mode != "peer" and source != MODEL_KEY
+)
+EVERY_FRAME_MODES = ("reference", "deeplab", "peer")  # no keyframes: the interval does not apply
 FAST_PATHS = ("channels_last", "precision", "compile", "cuda_graphs", "overlap_flow")
 # Issue #5 targets (paper: Accel-18 0.170 s vs DeepLab-101 0.287 s per frame): reported only.
 TARGETS = (("accel18", 5, 0.45), ("dff", 5, 0.40))
@@ -77,7 +110,7 @@ MAX_RENDER = (256, 512)
 class BenchSettings:
     """Everything a benchmark run depends on (the CLI's options, validated)."""
 
-    variants: tuple[str, ...] = tuple(VARIANTS)
+    variants: tuple[str, ...] = FAMILY
     intervals: tuple[int, ...] = tuple(range(1, 11))
     height: int | None = None  # None: 512x1024 on CPU, 1024x2048 on CUDA
     width: int | None = None
@@ -91,12 +124,16 @@ class BenchSettings:
     overlap_flow: bool = False
     flow: str = "dis"
     flow_scale: float = 0.5
-    reference_backbone: str = "resnet101"
+    reference_backbone: str | None = "resnet101"  # None: the --model's own
     num_classes: int = 11
     fast_variants: tuple[str, ...] | None = None  # None: same as variants
     fast_intervals: tuple[int, ...] | None = None  # None: same as intervals
     clip_frames: int = 24
     seed: int = 0
+    repeats: int = 1
+    breakdown: bool = False
+    model: str | None = None  # preset name or checkpoint ("default", a path) for deeplab/accel
+    flow_epe: bool = False
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants + (self.fast_variants or ()) if v not in VARIANTS]
@@ -106,14 +143,17 @@ class BenchSettings:
             raise ValueError("no variants to benchmark")
         if not self.intervals or min(self.intervals + (self.fast_intervals or (1,))) < 1:
             raise ValueError(f"keyframe intervals must be >= 1, got {self.intervals}")
-        if self.frames < 1 or self.warmup < 0 or self.clip_frames < 2:
-            raise ValueError("--frames must be >= 1, --warmup >= 0 and --clip-frames >= 2")
+        if self.frames < 1 or self.warmup < 0 or self.clip_frames < 2 or self.repeats < 1:
+            raise ValueError(
+                "--frames and --repeats must be >= 1, --warmup >= 0 and --clip-frames >= 2"
+            )
         if (self.height is None) != (self.width is None):
             raise ValueError("give both --height and --width, or neither")
         if self.height is not None and min(self.height, self.width or 0) < 32:
             raise ValueError(f"resolution must be at least 32x32, got {self.height}x{self.width}")
         PipelineConfig(precision=self.precision, flow_method=self.flow, flow_scale=self.flow_scale)
-        ModelConfig(reference_backbone=self.reference_backbone, num_classes=self.num_classes)
+        if self.reference_backbone is not None:
+            ModelConfig(reference_backbone=self.reference_backbone, num_classes=self.num_classes)
 
     def resolution(self, device: torch.device) -> tuple[int, int]:
         if self.height is not None and self.width is not None:
@@ -198,34 +238,127 @@ def _structure(module: torch.nn.Module) -> tuple:
     return tuple((name, tuple(t.shape)) for name, t in module.state_dict().items())
 
 
+def model_config(settings: BenchSettings) -> ModelConfig | None:
+    """The --model configuration: a preset's, or the one a checkpoint stores (None without
+    --model)."""
+    if settings.model is None:
+        return None
+    if settings.model in PRESETS:
+        return preset(settings.model)
+    from ..model import load_checkpoint, resolve_checkpoint
+
+    path = resolve_checkpoint(settings.model)
+    if path is None:
+        raise ValueError(f"--model {settings.model!r} is neither a preset nor a checkpoint")
+    net, _ = load_checkpoint(path)
+    return net.config
+
+
 def build_models(settings: BenchSettings) -> dict[str, AccelNet]:
-    """One AccelNet per preset the variants need ("reference-only" for reference/dff), all
-    sharing a single N_R when their reference branches have the same shape."""
-    names = {VARIANTS[v][1] or "reference-only" for v in _all_variants(settings)}
+    """One AccelNet per configuration the variants need ("reference-only" for reference/dff,
+    MODEL_KEY for deeplab/accel), all sharing a single N_R when their reference branches have
+    the same shape. Random weights: timing does not depend on them."""
+    base = model_config(settings) or preset("accel18")
+    overrides: dict[str, Any] = {"num_classes": settings.num_classes}
+    if settings.reference_backbone is not None:
+        overrides["reference_backbone"] = settings.reference_backbone
+    if settings.model is not None and settings.num_classes == BenchSettings.num_classes:
+        overrides.pop("num_classes")  # the model's own classes
+    names = {
+        VARIANTS[v][1] or "reference-only"
+        for v in _all_variants(settings)
+        if VARIANTS[v][0] != "peer"
+    }
     models: dict[str, AccelNet] = {}
     shared: dict[tuple, torch.nn.Module] = {}
     for name in sorted(names):
-        reference_only = name == "reference-only"
-        config = ModelConfig(update_backbone=None) if reference_only else preset(name)
-        config = dataclasses.replace(
-            config,
-            reference_backbone=settings.reference_backbone,
-            num_classes=settings.num_classes,
-            flow_net=settings.flow == "flownet",
-        )
+        if name == "reference-only":
+            config = dataclasses.replace(base, update_backbone=None)
+        elif name == MODEL_KEY:
+            config = base
+        else:
+            config = preset(name)
+        config = dataclasses.replace(config, **overrides)
         model = AccelNet(config).eval()
         key = _structure(model.reference)
         if key in shared:
             model.reference = shared[key]  # type: ignore[assignment]
         else:
             shared[key] = model.reference
-        if model.flow_net is not None:
-            # One flow network too: it is part of the per-frame cost, not of a variant.
-            model.flow_net = next(
-                (m.flow_net for m in models.values() if m.flow_net is not None), model.flow_net
-            )
         models[name] = model
     return models
+
+
+class PeerSegmenter:
+    """A torchvision single-frame segmentation network behind `AccelSegmenter`'s interface
+    (process / reset / close / device / fast_path_notes), every frame a "keyframe" of its own.
+
+    Same frame path as Accel: uint8 upload, float on the device, ImageNet normalisation,
+    network, argmax, labels to the host. Precision, channels_last, torch.compile and CUDA
+    graphs follow the PipelineConfig; flow and keyframe options do not apply. Network time is
+    billed to "feature", argmax and the copy to "output"."""
+
+    def __init__(
+        self, builder: str, num_classes: int, pipeline: PipelineConfig, sync_stages: bool = False
+    ) -> None:
+        from torchvision.models import segmentation
+
+        self.pipeline_config = pipeline
+        self.device = resolve_device(pipeline.device)
+        kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None,
+                                  "num_classes": num_classes}
+        if builder.startswith("deeplabv3"):
+            kwargs["aux_loss"] = False
+        network = getattr(segmentation, builder)(**kwargs).eval().to(self.device)
+        if pipeline.channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        self.network = network
+        self.sync_stages = sync_stages
+        self._upload = FrameUploader(self.device)
+        self._mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(pipeline.precision)
+        self.fast_path_notes: list[str] = [f"torchvision {builder}, random weights"]
+        call: Any = self._forward
+        if pipeline.torch_compile:
+            call = CompiledCall(call, builder)
+        if pipeline.cuda_graphs and self.device.type == "cuda":
+            call = CudaGraphCall(call, builder, self.device)
+        self._call = call
+
+    def _forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network((image - self._mean) / self._std)["out"]
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @torch.inference_mode()
+    def process(self, frame: np.ndarray, stamp: float | None = None) -> Any:
+        host = frame_to_tensor(frame)
+        timer = StageTimer(self.device, self.sync_stages)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self._dtype, cache_enabled=False)
+            if self._dtype is not None else contextlib.nullcontext()
+        )
+        with cuda_device_context(self.device), autocast:
+            image = self._upload(host)
+            if self.pipeline_config.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with timer.stage("feature"):
+                logits = self._call(image)
+            with timer.stage("output"):
+                labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+        return _PeerResult(labels, timer.finish())
+
+
+@dataclass
+class _PeerResult:
+    labels: np.ndarray
+    timings: dict[str, float]
+    is_keyframe: bool = False
 
 
 def _all_variants(settings: BenchSettings) -> tuple[str, ...]:
@@ -289,13 +422,18 @@ def cycle_frames(frames: int, interval: int | None) -> int:
 
 
 def measure(
-    segmenter: AccelSegmenter,
+    segmenter: AccelSegmenter | PeerSegmenter,
     frames: list[np.ndarray],
     timed: int,
     warmup: int,
     memory: MemoryProbe,
+    breakdown: bool = False,
 ) -> dict[str, Any]:
-    """Warm up, reset the cache, then time `timed` frames. Returns the numbers of one result."""
+    """Warm up, reset the cache, then time `timed` frames. Returns the numbers of one result.
+
+    Latency is the production path's (no per-stage synchronise). On CUDA the stage times of
+    that pass count launches only, so with `breakdown` the same frames run once more with
+    `sync_stages` and the stage columns come from that pass; on the CPU one pass gives both."""
     device = segmenter.device
     index = 0
     # Warm-up must see a non-key frame too (flow, warp, N_U paths; graph capture; compile).
@@ -304,6 +442,7 @@ def measure(
         index += 1
     segmenter.reset()
     memory.start()
+    start_index = index
     latencies, timings, keyframe_flags = [], [], []
     for _ in range(timed):
         frame = ping_pong(frames, index)
@@ -316,6 +455,16 @@ def measure(
         timings.append(result.timings)
         keyframe_flags.append(result.is_keyframe)
     peak, extra = memory.peak()
+    synchronised = device.type != "cuda"
+    if breakdown and device.type == "cuda":
+        segmenter.reset()
+        segmenter.sync_stages = True
+        try:
+            timings = [segmenter.process(ping_pong(frames, start_index + i)).timings
+                       for i in range(timed)]
+        finally:
+            segmenter.sync_stages = False
+        synchronised = True
     values = np.asarray(latencies)
     flags = np.asarray(keyframe_flags)
     mean = float(values.mean())
@@ -334,15 +483,82 @@ def measure(
             stage: float(np.mean([t.get(stage, 0.0) for t in timings]))
             for stage in (*STAGES, "total")
         },
+        "stages_synchronised": synchronised,
         "peak_memory_mb": peak,
         "peak_extra_mb": extra,
     }
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from `measure`'s numbers of repeated runs: medians over runs (latency
+    statistics, stage times), the per-run means (`latency_ms.runs`) and their spread
+    (`latency_ms.spread_pct` = (max - min) / median in %), the largest peak memory."""
+    means = [r["latency_ms"]["mean"] for r in runs]
+    latency: dict[str, Any] = {}
+    for key in ("mean", "p50", "p99", "keyframe", "non_keyframe"):
+        values = [r["latency_ms"][key] for r in runs if r["latency_ms"][key] is not None]
+        latency[key] = _median(values) if values else None
+    latency["runs"] = means
+    latency["spread_pct"] = (
+        100.0 * (max(means) - min(means)) / latency["mean"] if latency["mean"] else 0.0
+    )
+    peaks = [r["peak_memory_mb"] for r in runs if r["peak_memory_mb"] is not None]
+    extras = [r["peak_extra_mb"] for r in runs if r["peak_extra_mb"] is not None]
+    stages = runs[0]["stages_ms"].keys()
+    return {
+        "frames": runs[0]["frames"],
+        "keyframes": runs[0]["keyframes"],
+        "repeats": len(runs),
+        "latency_ms": latency,
+        "fps": 1000.0 / latency["mean"] if latency["mean"] else 0.0,
+        "stages_ms": {s: _median([r["stages_ms"][s] for r in runs]) for s in stages},
+        "stages_synchronised": all(r["stages_synchronised"] for r in runs),
+        "peak_memory_mb": max(peaks) if peaks else None,
+        "peak_extra_mb": max(extras) if extras else None,
+    }
+
+
+def make_segmenter(
+    settings: BenchSettings,
+    models: dict[str, AccelNet],
+    fast: FastPath,
+    variant: str,
+    interval: int | None,
+    device: torch.device,
+) -> AccelSegmenter | PeerSegmenter:
+    """The segmenter one measurement times (a fresh one per measurement)."""
+    mode, source = VARIANTS[variant]
+    pipeline = PipelineConfig(
+        mode="reference" if mode == "peer" else mode,
+        keyframe_interval=interval or 1,
+        device=str(device),
+        flow_method=settings.flow,
+        flow_scale=settings.flow_scale,
+        **fast.fields,
+    )
+    if mode == "peer":
+        classes = next(iter(models.values())).config.num_classes if models else (
+            settings.num_classes
+        )
+        assert source is not None
+        return PeerSegmenter(source, classes, pipeline)
+    model = models[source or "reference-only"]
+    # channels_last converts the (shared) model in place; undo it for other configs.
+    model.to(memory_format=torch.channels_last if fast.fields.get("channels_last") else (
+        torch.contiguous_format
+    ))
+    return AccelSegmenter(model, pipeline)
+
+
 def run_benchmark(
     settings: BenchSettings, log: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Measure every (fast path, variant, interval); returns the JSON-ready report."""
+    """Measure every (fast path, variant, interval), `settings.repeats` times interleaved;
+    returns the JSON-ready report."""
     log = log or (lambda message: None)
     device = resolve_device(settings.device)
     height, width = settings.resolution(device)
@@ -351,47 +567,38 @@ def run_benchmark(
     longest = settings.warmup + 2 + max(cycle_frames(settings.frames, k) for _, _, k in plan)
     clip, source = make_frames(min(longest, settings.clip_frames), height, width, settings.seed)
     memory = MemoryProbe(device)
-    results: list[dict[str, Any]] = []
+    runs: list[list[dict[str, Any]]] = [[] for _ in plan]
+    notes: list[list[str]] = [[] for _ in plan]
     started = time.perf_counter()
-    for number, (fast, variant, interval) in enumerate(plan, 1):
-        mode, preset_name = VARIANTS[variant]
-        model = models[preset_name or "reference-only"]
-        # channels_last converts the (shared) model in place; undo it for other configs.
-        memory_format = torch.channels_last if fast.fields.get("channels_last") else (
-            torch.contiguous_format
-        )
-        model.to(memory_format=memory_format)
-        pipeline = PipelineConfig(
-            mode=mode,
-            keyframe_interval=interval or 1,
-            device=str(device),
-            flow_method=settings.flow,
-            flow_scale=settings.flow_scale,
-            **fast.fields,
-        )
-        segmenter = AccelSegmenter(model, pipeline)
-        try:
-            numbers = measure(
-                segmenter, clip, cycle_frames(settings.frames, interval), settings.warmup, memory
+    for repeat in range(settings.repeats):
+        for number, (fast, variant, interval) in enumerate(plan):
+            segmenter = make_segmenter(settings, models, fast, variant, interval, device)
+            try:
+                runs[number].append(measure(
+                    segmenter, clip, cycle_frames(settings.frames, interval), settings.warmup,
+                    memory, settings.breakdown,
+                ))
+            finally:
+                segmenter.close()
+            notes[number] = list(segmenter.fast_path_notes)
+            shown = "every frame" if interval is None else f"k={interval}"
+            log(
+                f"[run {repeat + 1}/{settings.repeats}, {number + 1}/{len(plan)}] "
+                f"{fast.name:<13} {variant:<10} {shown:<11} "
+                f"{runs[number][-1]['latency_ms']['mean']:9.1f} ms/frame"
             )
-        finally:
-            segmenter.close()
-        result = {
+    results: list[dict[str, Any]] = []
+    for (fast, variant, interval), measured, note in zip(plan, runs, notes, strict=True):
+        results.append({
             "variant": variant,
-            "mode": mode,
+            "mode": VARIANTS[variant][0],
             "fastpath": fast.name,
             "keyframe_interval": interval,
-            **numbers,
-            "notes": segmenter.fast_path_notes,
-        }
-        results.append(result)
-        shown = "every frame" if interval is None else f"k={interval}"
-        log(
-            f"[{number}/{len(plan)}] {fast.name:<13} {variant:<10} {shown:<11} "
-            f"{result['latency_ms']['mean']:9.1f} ms/frame"
-        )
+            **aggregate_runs(measured),
+            "notes": note,
+        })
     _add_ratios(results)
-    return {
+    report: dict[str, Any] = {
         "meta": {
             "device": str(device),
             "device_name": _device_name(device),
@@ -401,9 +608,15 @@ def run_benchmark(
             "width": width,
             "frames": settings.frames,
             "warmup": settings.warmup,
+            "repeats": settings.repeats,
             "flow": settings.flow,
             "flow_scale": settings.flow_scale,
-            "reference_backbone": settings.reference_backbone,
+            "model": settings.model,
+            "reference_backbone": (
+                settings.reference_backbone
+                or (models[MODEL_KEY].config.reference_backbone if MODEL_KEY in models
+                    else "resnet101")
+            ),
             "num_classes": settings.num_classes,
             "frame_source": source + f", {len(clip)} frames played back and forth",
             "memory": memory.kind,
@@ -414,6 +627,9 @@ def run_benchmark(
         "results": results,
         "targets": check_targets(results),
     }
+    if settings.flow_epe:
+        report["flow_epe"] = flow_epe(device=device, scale=settings.flow_scale)
+    return report
 
 
 def _plan(settings: BenchSettings) -> Iterator[tuple[FastPath, str, int | None]]:
@@ -432,16 +648,24 @@ def _plan(settings: BenchSettings) -> Iterator[tuple[FastPath, str, int | None]]
 
 
 def _add_ratios(results: list[dict[str, Any]]) -> None:
-    """ratio_to_reference: mean per-frame time / `reference`'s within the same fast path, or
-    the plain path's `reference` where that fast path did not time it."""
+    """ratio_to_reference: the median over runs of (this run's mean / `reference`'s mean in
+    the same run), within the same fast path, or against the plain path's `reference` where
+    that fast path did not time it; ratio_range: (min, max) of those per-run ratios."""
     reference = {
-        r["fastpath"]: r["latency_ms"]["mean"] for r in results if r["variant"] == "reference"
+        r["fastpath"]: r["latency_ms"].get("runs", [r["latency_ms"]["mean"]])
+        for r in results
+        if r["variant"] == "reference"
     }
     for result in results:
         base = reference.get(result["fastpath"], reference.get("plain"))
-        result["ratio_to_reference"] = (
-            result["latency_ms"]["mean"] / base if base else None
-        )
+        own = result["latency_ms"].get("runs", [result["latency_ms"]["mean"]])
+        if not base or len(base) != len(own) or min(base) <= 0:
+            result["ratio_to_reference"] = None
+            result["ratio_range"] = None
+            continue
+        ratios = [mine / ref for mine, ref in zip(own, base, strict=True)]
+        result["ratio_to_reference"] = _median(ratios)
+        result["ratio_range"] = [min(ratios), max(ratios)]
 
 
 def check_targets(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -479,32 +703,44 @@ def _device_name(device: torch.device) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """Fixed-width text table, one row per result (stage columns are mean ms per frame)."""
     stages = [s for s in STAGES if s != "output"] + ["output"]
+    width = max([10] + [len(r["variant"]) for r in report["results"]])
     header = (
-        f"{'fastpath':<13} {'variant':<10} {'k':>3} {'mean':>8} {'p50':>8} {'p99':>8} "
-        f"{'fps':>7} {'x ref':>6} " + " ".join(f"{s[:7]:>7}" for s in stages)
+        f"{'fastpath':<13} {'variant':<{width}} {'k':>3} {'mean':>8} {'p50':>8} {'p99':>8} "
+        f"{'fps':>7} {'x ref':>6} {'x ref range':>11} {'spread':>6} "
+        + " ".join(f"{s[:7]:>7}" for s in stages)
         + f" {'peak MB':>8} {'+MB':>6}"
     )
     meta = report["meta"]
+    repeats = meta.get("repeats", 1)
     lines = [
         f"accel-ros bench: {meta['height']}x{meta['width']} on {meta['device']} "
         f"({meta['device_name']}), {meta['threads']} threads, flow {meta['flow']} at "
-        f"{meta['flow_scale']}x, times in ms per frame",
-        "x ref = mean / reference's mean; +MB = peak above the memory in use at the start",
+        f"{meta['flow_scale']}x, times in ms per frame, median of {repeats} run(s) of "
+        f">= {meta['frames']} frames",
+        "x ref = median over runs of mean / reference's mean in the same run (range: min-max); "
+        "spread = (max - min) / median of the run means; +MB = peak above the memory in use "
+        "at the start",
         header,
         "-" * len(header),
     ]
     for r in report["results"]:
         k = "-" if r["keyframe_interval"] is None else str(r["keyframe_interval"])
         ratio = "" if r["ratio_to_reference"] is None else f"{r['ratio_to_reference']:.3f}"
+        span = r.get("ratio_range")
+        span_text = "" if not span else f"{span[0]:.3f}-{span[1]:.3f}"
         peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         extra = "" if r["peak_extra_mb"] is None else f"{r['peak_extra_mb']:.0f}"
         lat = r["latency_ms"]
+        spread = f"{lat.get('spread_pct', 0.0):5.1f}%"
         lines.append(
-            f"{r['fastpath']:<13} {r['variant']:<10} {k:>3} {lat['mean']:8.1f} {lat['p50']:8.1f} "
-            f"{lat['p99']:8.1f} {r['fps']:7.2f} {ratio:>6} "
+            f"{r['fastpath']:<13} {r['variant']:<{width}} {k:>3} {lat['mean']:8.1f} "
+            f"{lat['p50']:8.1f} {lat['p99']:8.1f} {r['fps']:7.2f} {ratio:>6} {span_text:>11} "
+            f"{spread:>6} "
             + " ".join(f"{r['stages_ms'][s]:7.1f}" for s in stages)
             + f" {peak:>8} {extra:>6}"
         )
+    if not all(r.get("stages_synchronised", True) for r in report["results"]):
+        lines.append("note: stage columns on CUDA count launches only; rerun with --breakdown")
     for target in report["targets"]:
         verdict = "met" if target["met"] else "NOT met"
         lines.append(
@@ -513,7 +749,66 @@ def format_table(report: dict[str, Any]) -> str:
         )
     notes = sorted({note for r in report["results"] for note in r["notes"]})
     lines.extend(f"note: {note}" for note in notes)
+    for row in report.get("flow_epe", {}).get("methods", []):
+        lines.append(
+            f"flow {row['method']:<10} end-point error {row['epe']:.3f} px "
+            f"(non-occluded {row['epe_visible']:.3f}), {row['ms_median']:.1f} ms per pair"
+        )
     return "\n".join(lines)
+
+
+def flow_epe(
+    methods: tuple[str, ...] = ("zero", "dis", "torch"),
+    pairs: int = 10,
+    height: int = 256,
+    width: int = 512,
+    scale: float = 0.5,
+    seeds: tuple[int, ...] = (0, 1),
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """End-point error (px at the frame size, mean over pixels and pairs) of each flow method
+    against the synthetic generator's exact backward flow, also over non-occluded pixels only,
+    and the median cost per frame pair (prepare both frames + estimate, on `device`)."""
+    from ..data.synthetic import generate_clip
+    from ..model.flow import build_flow
+    from ..model.warp import resize_flow
+
+    device = torch.device(device)
+    clips = [generate_clip(pairs + 1, height, width, seed=seed) for seed in seeds]
+    rows = []
+    for method in methods:
+        estimator = build_flow(method, scale)
+        errors, visible, costs = [], [], []
+        for clip in clips:
+            for t in range(1, len(clip)):
+                previous, current = (
+                    torch.from_numpy(clip[i].image).permute(2, 0, 1)[None].float().div(255.0)
+                    .to(device) for i in (t - 1, t)
+                )
+                _sync(device)
+                start = time.perf_counter()
+                with torch.inference_mode():
+                    flow = estimator(previous, current)
+                _sync(device)
+                costs.append((time.perf_counter() - start) * 1000.0)
+                full = resize_flow(flow.float().cpu(), (height, width))[0].permute(1, 2, 0)
+                error = np.linalg.norm(full.numpy() - clip[t].flow, axis=-1)
+                errors.append(float(error.mean()))
+                visible.append(float(error[~clip[t].occluded].mean()))
+        rows.append({
+            "method": method,
+            "epe": float(np.mean(errors)),
+            "epe_visible": float(np.mean(visible)),
+            "ms_median": _median(costs),
+        })
+    magnitude = float(np.mean([
+        np.linalg.norm(frame.flow, axis=-1).mean() for clip in clips for frame in clip[1:]
+    ]))
+    return {
+        "height": height, "width": width, "scale": scale, "pairs": pairs * len(seeds),
+        "seeds": list(seeds), "mean_flow_px": magnitude, "device": str(device),
+        "methods": rows,
+    }
 
 
 def canonical_variant(name: str, reference_backbone: str = "resnet101") -> str:
@@ -701,14 +996,25 @@ def parse_intervals(text: str) -> tuple[int, ...]:
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
-    """'all' or a comma list of variant names (loose spelling accepted)."""
-    if text.strip().lower() == "all":
-        return tuple(VARIANTS)
-    names = tuple(dict.fromkeys(canonical_variant(v) for v in text.split(",") if v.strip()))
+    """A comma list of variant names (loose spelling accepted), where 'all' stands for every
+    Accel-family variant (not the peers) and 'peers' for the four torchvision networks."""
+    names: list[str] = []
+    for raw in (v.strip() for v in text.split(",")):
+        if not raw:
+            continue
+        if raw.lower() == "all":
+            names.extend(FAMILY)
+        elif raw.lower() == "peers":
+            names.extend(PEERS)
+        elif raw.lower() in VARIANTS:
+            names.append(raw.lower())
+        else:
+            names.append(canonical_variant(raw))
+    names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
         raise ValueError(f"unknown variants {unknown or text!r}; choose from {list(VARIANTS)}")
-    return names
+    return tuple(names)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -719,7 +1025,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--variants", default="all",
-                        help=f"'all' or a comma list of {', '.join(VARIANTS)}")
+                        help="comma list of: all (the paper's family), peers (torchvision), "
+                        f"{', '.join(VARIANTS)}")
     parser.add_argument("--intervals", default="1-10",
                         help="keyframe intervals, e.g. 1-10 or 1,2,3,5,10")
     parser.add_argument("--height", type=int, default=None,
@@ -740,12 +1047,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="measure CUDA graphs of the non-key-frame path (CUDA only)")
     parser.add_argument("--overlap-flow", action="store_true",
                         help="measure CPU flow computed beside the update branch")
-    parser.add_argument("--flow", choices=("dis", "farneback", "flownet", "torch", "zero"),
-                        default="dis", help="flow estimator (torch/flownet stay on the device)")
+    parser.add_argument("--flow", choices=FLOW_METHODS, default="dis",
+                        help="flow estimator (torch stays on the device)")
     parser.add_argument("--flow-scale", type=float, default=0.5)
-    parser.add_argument("--reference-backbone", default="resnet101",
-                        help="N_R of every variant (resnet34 times the shipped camvid34 model "
-                        "as accel18)")
+    parser.add_argument("--reference-backbone", default=None,
+                        help="N_R of every variant (default resnet101, or the --model's own)")
+    parser.add_argument("--model", default=None,
+                        help="configuration of the deeplab/accel variants (and of N_R for "
+                        "reference/dff): a preset name or a checkpoint ('default', a path)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole plan this many times, interleaved; report medians "
+                        "and the spread")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="CUDA: an extra synchronised pass per measurement for real stage "
+                        "times (latency always comes from the unsynchronised pass)")
+    parser.add_argument("--flow-epe", action="store_true",
+                        help="also measure each flow method's end-point error on synthetic "
+                        "clips with exact flow")
     parser.add_argument("--fast-variants", default=None,
                         help="variants for the fast-path runs (default: --variants)")
     parser.add_argument("--fast-intervals", default=None,
@@ -779,7 +1097,15 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         overlap_flow=args.overlap_flow,
         flow=args.flow,
         flow_scale=args.flow_scale,
-        reference_backbone=args.reference_backbone,
+        reference_backbone=(
+            args.reference_backbone
+            if args.reference_backbone is not None or args.model is not None
+            else "resnet101"
+        ),
+        model=args.model,
+        repeats=args.repeats,
+        breakdown=args.breakdown,
+        flow_epe=args.flow_epe,
         fast_variants=parse_variants(args.fast_variants) if args.fast_variants else None,
         fast_intervals=parse_intervals(args.fast_intervals) if args.fast_intervals else None,
         clip_frames=args.clip_frames,
