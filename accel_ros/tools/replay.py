@@ -357,10 +357,13 @@ def segment(
     frame_id: str = "camera",
     palette: str | None = None,
     quiet: bool = False,
+    source: BagSource | FileSource | None = None,
 ) -> RunSummary:
     """Segment every frame of `input_path` with `segmenter` (an AccelSegmenter) and write
     `output_path` (see `output_kind`). Returns the run summary; skipped frames are listed in
-    ``summary.skipped`` with the reason."""
+    ``summary.skipped`` with the reason. `source` is `input_path` opened already (the CLI opens
+    it before loading the model to fail fast; a bag is then scanned only once); it is closed
+    here."""
     kind = output_kind(output_path, output_format)
     if kind == "bag":
         bagio.bag_output(output_path, storage)  # a contradicting suffix fails before any work
@@ -368,7 +371,8 @@ def segment(
     palette = palette or segmenter.model_config.palette
     get_palette(palette)  # an unknown name fails here, not after the first frame
     mode = segmenter.pipeline_config.mode
-    source = open_source(input_path, topic, fps, typestore)
+    if source is None:
+        source = open_source(input_path, topic, fps, typestore)
     summary = RunSummary(name=f"segment ({mode})")
     report = getattr(source, "report", None)
     if report is not None and (report.damaged or report.notes):
@@ -587,20 +591,24 @@ def main_segment(args: argparse.Namespace) -> int:
     # Check paths, storage and topic before the (slow) model load.
     if output_kind(args.out, args.output_format) == "bag":
         bagio.bag_output(args.out, args.storage)
-    open_source(args.input, args.topic, args.fps, bagio.make_typestore()).close()
-    set_threads(args.threads)
-    pipeline = PipelineConfig(
-        mode=args.mode,
-        keyframe_interval=args.keyframe_interval,
-        flow_method=args.flow,
-        device=args.device,
-        input_size=tuple(args.input_size) if args.input_size else None,
-    )
-    segmenter = build_segmenter(args.preset, pipeline, args.checkpoint)
+    source = open_source(args.input, args.topic, args.fps, bagio.make_typestore())
+    try:
+        set_threads(args.threads)
+        pipeline = PipelineConfig(
+            mode=args.mode,
+            keyframe_interval=args.keyframe_interval,
+            flow_method=args.flow,
+            device=args.device,
+            input_size=tuple(args.input_size) if args.input_size else None,
+        )
+        segmenter = build_segmenter(args.preset, pipeline, args.checkpoint)
+    except BaseException:
+        source.close()
+        raise
     summary = segment(
         args.input, args.out, segmenter, topic=args.topic, storage=args.storage,
         output_format=args.output_format, overlay_alpha=args.overlay_alpha, fps=args.fps,
-        frame_id=args.frame_id, palette=args.palette, quiet=args.quiet,
+        frame_id=args.frame_id, palette=args.palette, quiet=args.quiet, source=source,
     )
     print(summary.format())
     if "interrupted" in summary.extra:
