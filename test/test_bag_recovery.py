@@ -213,6 +213,36 @@ def test_mcap_bad_chunk_crc_costs_only_that_chunk(tmp_path, plain_mcap):
                       if not first_ns <= START_NS + i * PERIOD_NS <= last_ns]
 
 
+def test_power_loss_zero_tail_and_undecodable_chunk(tmp_path, plain_mcap):
+    """A power loss often leaves the file's last blocks zero-filled; a zstd chunk whose bytes
+    were overwritten does not decompress. Both keep every message before the damage."""
+    path, payloads = plain_mcap
+    data = path.read_bytes()
+    spans = chunk_spans(path)
+    cut = (spans[4][0] + spans[4][1]) // 2
+    zeroed = tmp_path / "zeroed.mcap"
+    zeroed.write_bytes(data[:cut] + bytes(8192))
+    count, report = recovered_camera(zeroed)
+    assert count == complete_before(data, payloads, cut)
+    assert "file ends inside a Chunk record" in str(report.damage[0])
+
+    compressed = tmp_path / "zstd.mcap"
+    write_ros2_mcap(compressed, payloads, chunk_size=16 * 1024,
+                    compression=CompressionType.ZSTD)
+    zspans = chunk_spans(compressed)
+    broken = bytearray(compressed.read_bytes())
+    start, _, first_ns, last_ns = zspans[1]
+    broken[start + 80:start + 400] = bytes(320)
+    compressed.write_bytes(bytes(broken))
+    count, report = recovered_camera(compressed)
+    in_chunk = camera_in_time(len(payloads), last_ns) - camera_in_time(len(payloads),
+                                                                      first_ns - 1)
+    assert count == len(payloads) - in_chunk
+    assert [d.offset for d in report.damage] == [start]
+    assert "does not decompress" in str(report.damage[0]) or "fails its check" in str(
+        report.damage[0])
+
+
 def test_truncated_file_inside_a_bag_folder_reports_exact_loss(tmp_path):
     folder = tmp_path / "cam"
     written = bagio.write_camera_bag(folder, frames(12), storage="mcap")

@@ -81,7 +81,8 @@ class Damage:
 class RecoveryReport:
     """What reading a bag found. `recovered` counts messages handed out (all topics);
     `expected` is metadata.yaml's count when that survived; `dropped` counts messages that were
-    seen but could not be trusted (bad chunk CRC, no channel record); `lost_after_ns` is set
+    seen but could not be trusted (bad chunk CRC, no channel record); `uncounted` is set when
+    some loss cannot be counted (a cut file, a chunk that does not decompress); `lost_after_ns`
     when a file was cut: nothing after that time survived in it."""
 
     path: Path
@@ -93,7 +94,7 @@ class RecoveryReport:
     expected: int | None = None
     dropped: int = 0
     lost_after_ns: int | None = None
-    file_cut: bool = False
+    uncounted: bool = False
 
     @property
     def damaged(self) -> bool:
@@ -105,7 +106,7 @@ class RecoveryReport:
         without metadata.yaml: what was after the cut is gone with its index)."""
         if self.expected is not None:
             return max(self.expected - self.recovered, 0)
-        if self.file_cut:
+        if self.uncounted:
             return None
         return self.dropped
 
@@ -166,6 +167,7 @@ class _StorageFile:
         self.dropped = 0
         self.cut = False
         self.cut_after_ns: int | None = None
+        self.uncounted = False  # a loss whose size cannot be known (see RecoveryReport)
 
     def _count(self, local_id: int, stamp_ns: int) -> None:
         self.counts[local_id] += 1
@@ -178,7 +180,11 @@ class _McapFile(_StorageFile):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.size = path.stat().st_size
+        # A power loss often leaves the last blocks of a file zero-filled. Zeros are never the
+        # end of a valid MCAP (it ends in the magic) nor of a cut record worth keeping: they
+        # would pass as the tail of a message. So the file is read as ending before them.
+        self.zero_tail = _trailing_zeros(path)
+        self.size = path.stat().st_size - self.zero_tail
         self._schemas: dict[int, Schema] = {}
         self._channels: dict[int, Channel] = {}
 
@@ -226,7 +232,7 @@ class _McapFile(_StorageFile):
             offset = len(MCAP_MAGIC)
             data_ended = False  # past Data End only the summary follows: no message data
             while True:
-                head = stream.read(9)
+                head = stream.read(min(9, max(self.size - offset, 0)))
                 opcode, length = struct.unpack("<BQ", head) if len(head) == 9 else (-1, 0)
                 available = self.size - offset - 9
                 if len(head) < 9:
@@ -242,8 +248,12 @@ class _McapFile(_StorageFile):
                     problem = ""
                 if problem:
                     self.cut = not data_ended
+                    if self.zero_tail:
+                        problem += (f"; the {self.zero_tail} bytes after it are zeros (what a "
+                                    f"power loss leaves), ignored")
+                    file_size = self.size + self.zero_tail
                     problem += (" in the summary section, after all message data: no message "
-                                "lost" if data_ended else f"; file size {self.size}")
+                                "lost" if data_ended else f"; file size {file_size}")
                     self._damaged(record_damage, offset, problem)
                     if opcode == Opcode.CHUNK and not data_ended and length > available:
                         partial = stream.read(min(available, MAX_SALVAGE_BYTES))
@@ -282,6 +292,7 @@ class _McapFile(_StorageFile):
         try:
             raw = _decompress(data, compression, size, partial=cut)
         except Exception as error:  # zstd/lz4 raise their own error types on corrupt input
+            self.uncounted = True
             self._damaged(record_damage, offset, (
                 f"chunk ({span}) does not decompress ({compression or 'uncompressed'}: "
                 f"{error}): its messages are lost"))
@@ -304,6 +315,7 @@ class _McapFile(_StorageFile):
                 f"skipped"))
             return
         if bad_at is not None:
+            self.uncounted = True
             self._damaged(record_damage, offset, (
                 f"chunk ({span}) is malformed {bad_at} bytes into its records: the rest "
                 f"of it is lost"))
@@ -315,16 +327,32 @@ class _McapFile(_StorageFile):
             if schema is None:
                 continue
             fmt = _SCHEMA_FORMATS.get(schema.encoding, MessageDefinitionFormat.NONE)
-            text = schema.data.decode("utf-8", "replace") if fmt is not None else ""
+            text = "" if fmt == MessageDefinitionFormat.NONE else schema.data.decode(
+                "utf-8", "replace")
             self.topics[cid] = _Topic(
                 topic=channel.topic,
                 msgtype=schema.name,
                 serialization_format=channel.message_encoding,
                 qos=channel.metadata.get("offered_qos_profiles", ""),
-                msgdef=MessageDefinition(fmt, text if fmt != MessageDefinitionFormat.NONE
-                                         else ""),
+                msgdef=MessageDefinition(fmt, text),
                 digest="",
             )
+
+
+def _trailing_zeros(path: Path, block: int = 65536) -> int:
+    """Number of zero bytes at the end of the file."""
+    size = path.stat().st_size
+    zeros = 0
+    with path.open("rb") as stream:
+        while zeros < size:
+            length = min(block, size - zeros)
+            stream.seek(size - zeros - length)
+            data = stream.read(length)
+            stripped = data.rstrip(b"\0")
+            zeros += length - len(stripped)
+            if stripped:
+                break
+    return zeros
 
 
 def _opcode_name(opcode: int) -> str:
@@ -605,7 +633,7 @@ def open_bag(path: str | Path) -> BagInput:
         storages.append(storage)
         report.damage.extend(storage.damage)
         report.dropped += storage.dropped
-        report.file_cut = report.file_cut or storage.cut
+        report.uncounted = report.uncounted or storage.cut or storage.uncounted
         if storage.cut and storage.cut_after_ns is not None:
             report.lost_after_ns = max(report.lost_after_ns or 0, storage.cut_after_ns)
     bag = BagInput(path, storages, report, metadata_topics)
