@@ -23,7 +23,11 @@ def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "device_check.json").read_text())
     assert code == 0 and report["passed"], report["failures"]
     steps = report["steps"]
-    assert set(steps) == {"parity", "cuda_tests", "flow_epe", "bench", "bench_compile"}
+    assert set(steps) == {
+        "parity", "cuda_tests", "flow_epe", "bench", "bench_torch_flow", "bench_compile"
+    }
+    torch_flow = json.loads((tmp_path / "bench_torch_flow.json").read_text())
+    assert torch_flow["meta"]["flow"] == "torch"
     parity = steps["parity"]["configs"]
     assert set(parity) == set(device_check.TOLERANCES)
     assert parity["fp32"]["vs_cpu_fp32"] == {"labels": 1.0, "max_probability": 0.0}

@@ -17,12 +17,14 @@ fits and says so), in this order, each step writing its JSON before the next sta
    flow on the device.
 4. benchmark at 1024x2048 (`--height/--width`): reference, DFF, DeepLab-x and Accel of the
    `--checkpoint`'s configuration at k = 1, 5, 10 and the four torchvision peers; plain fp32,
-   fp16, CUDA graphs, both; then torch.compile for Accel k=5 (and the reference for the ratio)
-   if time is left. JSON + PNG.
+   fp16, CUDA graphs, both (latency unsynchronised, stage columns from a synchronised pass);
+   then DFF / Accel k=5 with the on-device torch flow; then torch.compile for Accel k=5 (and
+   the reference for the ratio) if time is left. JSON + PNG.
 
 Outputs under --out: device_check.json (everything, rewritten after every step),
-bench.json, bench.png, bench_compile.json, pytest.txt. On the CPU (`--device cpu --tiny`)
-every step runs at toy size with CUDA-only parts falling back, which is what CI checks.
+bench.json, bench.png, bench_torch_flow.json, bench_compile.json, pytest.txt. On the CPU
+(`--device cpu --tiny`) every step runs at toy size with CUDA-only parts falling back, which
+is what CI checks.
 """
 
 from __future__ import annotations
@@ -229,23 +231,31 @@ def flow(check: Check) -> dict[str, Any]:
 
 
 # -- 4. benchmark ------------------------------------------------------------------------------
-def benchmark(check: Check, compile_only: bool = False) -> dict[str, Any]:
-    from .bench import BenchSettings, run_benchmark, write_plot
+def benchmark(check: Check, kind: str = "main") -> dict[str, Any]:
+    """kind "main": every variant and peer, plain / half / CUDA graphs / both; "compile":
+    torch.compile of Accel k=5 against the plain reference; "torch_flow": DFF and Accel at
+    k=5 with the on-device torch flow instead of DIS, plain and half."""
+    from .bench import BenchSettings, format_table, run_benchmark, write_plot
 
     tiny = check.tiny
+    on_cuda = check.device != "cpu"
+    half = "fp16" if on_cuda else "bf16"
     common: dict[str, Any] = {
         "height": check.height, "width": check.width, "device": check.device,
         "model": check.checkpoint, "reference_backbone": None,
         "frames": 2 if tiny else 30, "warmup": 1 if tiny else 3,
-        "clip_frames": 4 if tiny else 24,
+        "clip_frames": 4 if tiny else 24, "breakdown": on_cuda,
     }
-    on_cuda = check.device != "cpu"
-    if compile_only:
+    if kind == "compile":
         settings = BenchSettings(
             variants=("reference", "accel"), intervals=(5,), compile=True,
             fast_variants=("accel",), **common,
         )
-        name = "bench_compile"
+    elif kind == "torch_flow":
+        settings = BenchSettings(
+            variants=("reference", "dff", "accel"), intervals=(5,), flow="torch",
+            precision=half, **common,
+        )
     else:
         peers = ("tv_lraspp_mobilenet_v3_large",) if tiny else (
             "tv_deeplabv3_resnet101", "tv_deeplabv3_resnet50",
@@ -254,18 +264,16 @@ def benchmark(check: Check, compile_only: bool = False) -> dict[str, Any]:
         settings = BenchSettings(
             variants=("reference", "dff", "deeplab", "accel", *peers),
             intervals=(1, 2) if tiny else (1, 5, 10),
-            precision="fp16" if on_cuda else "bf16",
-            cuda_graphs=on_cuda, breakdown=on_cuda, **common,
+            precision=half, cuda_graphs=on_cuda, **common,
         )
-        name = "bench"
+    name = "bench" if kind == "main" else f"bench_{kind}"
     report = run_benchmark(settings, lambda message: print(message, flush=True))
     (check.out / f"{name}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    if not compile_only:
+    if kind == "main":
         write_plot(report, check.out / "bench.png")
-    from .bench import format_table
-
-    print(format_table(report), flush=True)
-    return {"table": format_table(report).splitlines(), "json": f"{name}.json"}
+    table = format_table(report)
+    print(table, flush=True)
+    return {"table": table.splitlines(), "json": f"{name}.json"}
 
 
 def run(check: Check) -> int:
@@ -285,10 +293,11 @@ def run(check: Check) -> int:
     runner.step("cuda_tests", 60, lambda: cuda_tests(check, max(30.0, min(120.0, runner.left()))))
     runner.step("flow_epe", 15, lambda: flow(check))
     runner.step("bench", 60, lambda: benchmark(check))
+    runner.step("bench_torch_flow", 20, lambda: benchmark(check, "torch_flow"))
     if check.tiny:
         runner.report["steps"]["bench_compile"] = {"skipped": "tiny run (inductor is slow)"}
     else:
-        runner.step("bench_compile", 120, lambda: benchmark(check, compile_only=True))
+        runner.step("bench_compile", 120, lambda: benchmark(check, "compile"))
     steps = runner.report["steps"]
     failed = list(runner.report["failures"])
     failed += [name for name, step in steps.items() if step.get("passed") is False]
