@@ -547,3 +547,38 @@ def test_ctrl_c_in_the_cli_exits_130_naming_the_valid_output(
     assert (tmp_path / "out" / "out_0.db3").is_file()
     # the camera copy stops with the frames: the output is the recording up to there
     assert [len(v) for v in read_topics(tmp_path / "out").values()] == [2, 2, 2, 2]
+
+
+def test_custom_message_types_of_a_recovered_bag_are_copied(tmp_path):
+    """A cut MCAP has no metadata and no type hashes: a custom type is learnt from the
+    definition the file carries, so segment's bag output can still copy its topic."""
+    path = tmp_path / "custom.mcap"
+    definition = "string note\nuint32[] values\n"
+    with path.open("wb") as stream:
+        writer = McapWriter(stream, chunk_size=1024, compression=CompressionType.NONE)
+        writer.start(profile="ros2", library="test")
+        schema = writer.register_schema("vendor_msgs/msg/Note", "ros2msg", definition.encode())
+        channel = writer.register_channel("/vendor/note", "cdr", schema,
+                                          {"offered_qos_profiles": ""})
+        raw = bytes.fromhex("000100000600000068656c6c6f000000020000000100000002000000")
+        for index in range(3):
+            writer.add_message(channel, START_NS + index, raw, START_NS + index)
+        writer.finish()
+    data = path.read_bytes()
+    cut_copy(path, tmp_path / "cut.mcap", len(data) - 40)  # the summary is gone
+    bag = bagread.open_bag(tmp_path / "cut.mcap")
+    (connection,) = bag.connections
+    assert (connection.msgtype, connection.msgcount, connection.digest) == (
+        "vendor_msgs/msg/Note", 3, "")
+    typestore = bagio.make_typestore()
+    out = bagio.open_writer(tmp_path / "copy.mcap")
+    copied = bagio.copy_connection(out, connection, typestore)
+    for conn, stamp, payload in bag.messages():
+        assert conn is connection
+        out.write(copied, stamp, payload)
+    out.close()
+    with Reader(tmp_path / "copy") as reader:
+        (read,) = reader.connections
+        assert read.digest.startswith("RIHS01_") and read.msgcount == 3
+        msgs = [typestore.deserialize_cdr(p, read.msgtype) for _, _, p in reader.messages()]
+    assert [(m.note, m.values.tolist()) for m in msgs] == [("hello", [1, 2])] * 3

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import yaml
-from rosbags.interfaces import Connection
+from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from .. import bridge
 from ..messages import STATS_TYPE_NAME, register_stats_type
@@ -157,11 +157,15 @@ def open_writer(path: str | Path, storage: str | None = None) -> Writer:
 def copy_connection(writer: Writer, connection: Connection, typestore: Any) -> Connection:
     """Add a connection with the same topic, type, definition, hash and QoS as `connection`.
 
-    Bags from older rosbag2 versions carry no definition/hash; those are taken from the
-    typestore, which raises for a type it does not know (custom messages).
+    Bags from older rosbag2 versions, and MCAP files read without their metadata, carry no
+    hash; it is then computed by the typestore, which first learns a type it does not know
+    (custom messages) from the .msg definition the bag carries. A type with neither raises.
     """
     qos = getattr(connection.ext, "offered_qos_profiles", ()) or ()
     msgdef = connection.msgdef.data if connection.msgdef is not None else ""
+    if (msgdef and connection.msgtype not in typestore.types
+            and connection.msgdef.format == MessageDefinitionFormat.MSG):
+        typestore.register(get_types_from_msg(msgdef, connection.msgtype))
     if msgdef and connection.digest and connection.digest.startswith("RIHS01_"):
         return writer.add_connection(
             connection.topic,
