@@ -364,11 +364,15 @@ def test_make_bag_refuses_contradicting_storage_and_existing_output(tmp_path, ca
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
+def tiny_model() -> AccelNet:
     config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
                          head_channels=16)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    return save_checkpoint(path, AccelNet(config).eval())
+    return AccelNet(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", tiny_model)
 
 
 def segment_cli(source: Path, out: Path, checkpoint: Path, *extra: str) -> int:
@@ -509,12 +513,10 @@ class InterruptingSegmenter:
 
 
 @pytest.mark.parametrize("hard", [False, True])
-def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, hard):
+def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, tiny_model, hard):
     source = tmp_path / "in"
     bagio.write_camera_bag(source, frames(8), storage="mcap", start_ns=START_NS)
-    model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
-                                 head_channels=16)).eval()
-    segmenter = AccelSegmenter(model, PipelineConfig(mode="deeplab", device="cpu"))
+    segmenter = AccelSegmenter(tiny_model, PipelineConfig(mode="deeplab", device="cpu"))
     out = tmp_path / "out"
     if hard:
         with pytest.raises(KeyboardInterrupt):
