@@ -282,3 +282,20 @@ def test_adaptive_motion_is_read_after_the_labels_without_threshold(tiny_config)
     for _ in range(3):
         seg.process(frame)
     assert seg.cache.accumulated_flow == pytest.approx(12.0)
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "deconv"])
+def test_fast_output_labels_equal_the_plain_argmax(tiny_config, upsample) -> None:
+    """Channels-last upsampling + max(dim=1) gives exactly the contiguous argmax's labels."""
+    import dataclasses
+
+    from accel_ros.model.pipeline import upsample_labels
+
+    model = AccelNet(dataclasses.replace(tiny_config, upsample=upsample)).eval()
+    scores = torch.randn(1, 5, 12, 15) * 3
+    with torch.inference_mode():
+        labels, logits = upsample_labels(model, scores, (180, 240))
+        expected = model.upsample(scores, (180, 240)).argmax(dim=1)[0]
+    assert labels.dtype == torch.uint8 and labels.shape == (180, 240)
+    torch.testing.assert_close(labels.long(), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits, model.upsample(scores, (180, 240)))

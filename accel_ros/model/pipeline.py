@@ -176,6 +176,20 @@ class FlowStep:
     early_update: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
 
+def upsample_labels(
+    model: AccelNet, scores: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores (1, K, h, w) float -> (labels (H, W) uint8, logits (1, K, H, W)) on the device.
+
+    The logits are computed channels-last and reduced with `max(dim=1).indices`: the same
+    labels as `upsample(...).argmax(dim=1)` (both keep the first maximum), but on a CPU the
+    contiguous-format argmax over channels is a strided reduction that took ~22 ms of ~26 ms for
+    11 classes at 256x512; channels-last upsampling + max takes ~5 ms."""
+    logits = model.upsample(scores.contiguous(memory_format=torch.channels_last), size)
+    labels = logits.max(dim=1).indices[0].to(torch.uint8)
+    return labels, logits
+
+
 class AccelSegmenter:
     """Runs Accel on one video stream, frame by frame.
 
@@ -463,15 +477,14 @@ class AccelSegmenter:
         with timer.stage("output"):
             scores = scores.float()
             confidence = scores.softmax(dim=1).amax(dim=1).mean()
-            logits = self.model.upsample(scores, size)
-            labels = logits.argmax(dim=1)[0].to(torch.uint8)
+            labels, logits = upsample_labels(self.model, scores, size)
             probabilities = max_probability = None
             if cfg.return_probabilities or self.return_max_probability:
                 full = logits.softmax(dim=1)[0]
                 if self.return_max_probability:
                     max_probability = full.amax(dim=0).cpu().numpy()
                 if cfg.return_probabilities:
-                    probabilities = full.cpu().numpy()
+                    probabilities = full.contiguous().cpu().numpy()
             labels_host = labels.cpu().numpy()  # the one wait for the device
         return {
             "labels": labels_host,
