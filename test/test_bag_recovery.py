@@ -584,3 +584,22 @@ def test_custom_message_types_of_a_recovered_bag_are_copied(tmp_path):
         assert read.digest.startswith("RIHS01_") and read.msgcount == 3
         msgs = [typestore.deserialize_cdr(p, read.msgtype) for _, _, p in reader.messages()]
     assert [(m.note, m.values.tolist()) for m in msgs] == [("hello", [1, 2])] * 3
+
+
+def test_message_compressed_bag_is_decompressed(tmp_path):
+    from rosbags.rosbag2 import Writer as RosbagsWriter
+    from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
+    payloads = camera_payloads([np.full((HEIGHT, WIDTH, 3), i, np.uint8) for i in range(3)])
+    path = tmp_path / "zmsg"
+    writer = RosbagsWriter(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
+    with writer:
+        connection = writer.add_connection(CAMERA, bagio.IMAGE_TYPE,
+                                           typestore=bagio.make_typestore())
+        for index, raw in enumerate(payloads):
+            writer.write(connection, START_NS + index, raw)
+    stored = next(path.glob("*.mcap")).read_bytes()
+    assert payloads[0] not in stored  # really compressed on disk
+    bag = bagread.open_bag(path)
+    assert [bytes(raw) for _, _, raw in bag.messages()] == payloads

@@ -540,9 +540,11 @@ class BagInput:
     storage files, msgcount = recovered messages), `messages()` and `report`."""
 
     def __init__(self, path: Path, files: list[_McapFile | _Sqlite3File],
-                 report: RecoveryReport, metadata_topics: dict[str, dict[str, Any]]) -> None:
+                 report: RecoveryReport, metadata_topics: dict[str, dict[str, Any]],
+                 message_compression: bool = False) -> None:
         self.path = path
         self.report = report
+        self.message_compression = message_compression
         self._files = files
         self._maps: list[dict[int, Connection]] = []
         connections: dict[tuple[str, str, str, str], Connection] = {}
@@ -576,14 +578,31 @@ class BagInput:
     def messages(self) -> Iterator[tuple[Connection, int, bytes]]:
         """(connection, bag time ns, raw CDR) of every recovered message, file by file in
         recording order."""
+        decompress = _message_decompressor() if self.message_compression else None
         for storage, mapping in zip(self._files, self._maps, strict=True):
             for local_id, stamp, data in storage.messages():
                 connection = mapping.get(local_id)
                 if connection is not None:
-                    yield connection, stamp, data
+                    yield connection, stamp, decompress(data) if decompress else data
 
     def close(self) -> None:
         """Nothing stays open between reads; kept for symmetry with the other sources."""
+
+
+def _message_decompressor() -> Any:
+    """zstd per message (rosbag2's compression_mode MESSAGE). Bytes that do not decompress
+    are handed on as they are: the CDR decoder then reports that one message as corrupt."""
+    import zstandard
+
+    decompressor = zstandard.ZstdDecompressor()
+
+    def decompress(data: bytes) -> bytes:
+        try:
+            return decompressor.decompress(data)
+        except zstandard.ZstdError:
+            return data
+
+    return decompress
 
 
 def storage_files(folder: Path) -> list[Path]:
@@ -616,8 +635,9 @@ def open_bag(path: str | Path) -> BagInput:
         raise FileNotFoundError(f"input not found: {path}")
     report = RecoveryReport(path)
     metadata_topics: dict[str, dict[str, Any]] = {}
+    compression = ""
     if path.is_dir():
-        files, metadata_topics = _folder_files(path, report)
+        files, metadata_topics, compression = _folder_files(path, report)
     else:
         if path.suffix.lower() not in STORAGE_SUFFIXES:
             raise BagError(f"{path}: unknown bag format {path.suffix or '(no suffix)'!r}; "
@@ -636,7 +656,8 @@ def open_bag(path: str | Path) -> BagInput:
         report.uncounted = report.uncounted or storage.cut or storage.uncounted
         if storage.cut and storage.cut_after_ns is not None:
             report.lost_after_ns = max(report.lost_after_ns or 0, storage.cut_after_ns)
-    bag = BagInput(path, storages, report, metadata_topics)
+    bag = BagInput(path, storages, report, metadata_topics,
+                   message_compression=compression == "message")
     report.recovered = sum(c.msgcount for c in bag.connections)
     if metadata_topics and report.damaged:
         report.expected = sum(int(t.get("message_count", 0)) for t in metadata_topics.values())
@@ -648,10 +669,12 @@ def open_bag(path: str | Path) -> BagInput:
     return bag
 
 
-def _folder_files(folder: Path, report: RecoveryReport) -> tuple[list[Path],
-                                                                 dict[str, dict[str, Any]]]:
-    """Storage files of a bag folder: those metadata.yaml lists, or, without a usable
-    metadata.yaml, every .mcap/.db3 inside (what `ros2 bag reindex` would index)."""
+def _folder_files(
+    folder: Path, report: RecoveryReport
+) -> tuple[list[Path], dict[str, dict[str, Any]], str]:
+    """(storage files, metadata.yaml topics by name, compression mode) of a bag folder: the
+    files metadata.yaml lists, or, without a usable metadata.yaml, every .mcap/.db3 inside
+    (what `ros2 bag reindex` would index)."""
     found = storage_files(folder)
     meta_path = folder / "metadata.yaml"
     if not meta_path.is_file():
@@ -663,7 +686,7 @@ def _folder_files(folder: Path, report: RecoveryReport) -> tuple[list[Path],
             f"{folder} has no metadata.yaml (rosbag2 writes it only on a clean close): read "
             f"its storage files {names} directly, as `ros2 bag reindex` would; run "
             f"`ros2 bag reindex {folder}` to restore it for other tools")
-        return found, {}
+        return found, {}, ""
     try:
         info = yaml.safe_load(meta_path.read_text(encoding="utf-8"))["rosbag2_bagfile_information"]
         listed = [folder / Path(str(name)).name for name in info["relative_file_paths"]]
@@ -677,7 +700,7 @@ def _folder_files(folder: Path, report: RecoveryReport) -> tuple[list[Path],
                            f".mcap/.db3 file beside it") from error
         report.notes.append(f"{meta_path} is unreadable ({type(error).__name__}): read the "
                             f"storage files {', '.join(p.name for p in found)} directly")
-        return found, {}
+        return found, {}, ""
     if compression == "file":
         raise BagError(f"{folder}: file-compressed bags (.zstd storage files) are not "
                        f"supported; decompress them first (`ros2 bag convert`)")
@@ -691,7 +714,7 @@ def _folder_files(folder: Path, report: RecoveryReport) -> tuple[list[Path],
             present = found
         report.notes.append(f"{folder}: metadata.yaml lists {', '.join(missing)}, missing: "
                             f"reading {', '.join(p.name for p in present)}")
-    return present, topics
+    return present, topics, compression
 
 
 def _parse_qos(text: str) -> list[Any]:
