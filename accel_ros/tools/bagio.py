@@ -21,16 +21,15 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from .. import bridge
 from ..messages import STATS_TYPE_NAME, register_stats_type
-from .bagread import is_bag_folder
+from .bagread import STORAGE_SUFFIXES, is_bag_folder
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STATS_TYPE = STATS_TYPE_NAME
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
-STORAGE_OF_SUFFIX = {".mcap": "mcap", ".db3": "sqlite3"}
 COMPRESSED_FORMATS = ("jpeg", "png")
-BAG_FILE_SUFFIXES = (".mcap", ".db3")
+BAG_FILE_SUFFIXES = tuple(STORAGE_SUFFIXES)
 WRITER_VERSION = 9  # rosbag2 metadata version of Humble and later (rosbags writes 8 or 9)
 
 
@@ -60,7 +59,7 @@ def bag_output(path: str | Path, storage: str | None = None) -> tuple[Path, str]
     rather than silently writing the other format.
     """
     path = Path(path)
-    implied = STORAGE_OF_SUFFIX.get(path.suffix.lower())
+    implied = STORAGE_SUFFIXES.get(path.suffix.lower())
     if storage is not None and storage not in STORAGES:
         raise ValueError(f"storage {storage!r} is not one of {sorted(STORAGES)}")
     if implied is None:

@@ -45,6 +45,7 @@ from rosbags.interfaces import (
 )
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
+# Storage file suffix -> rosbag2 storage plugin; the one list both reading and writing use.
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 # Longest stretch of a record cut by the end of the file that is read to salvage messages:
 # a corrupt length field must not make us load the rest of a huge file into memory.
