@@ -1,486 +1,774 @@
-"""The rclpy layer (accel_ros/node.py), the launch file and the rviz config.
+"""The node over real DDS: rclpy Jazzy from the PyPI wheels, Fast DDS on loopback.
 
-- `test_node_with_rclpy_*` run the node for real and are skipped (with the reason shown by
-  `pytest -rs`) where rclpy is not installed.
-- `test_node_wiring_*` run the same node module against a minimal stand-in for the parts of
-  rclpy and the ROS message packages it touches, so its wiring (parameters, worker thread,
-  publishers, parameter callback, diagnostics) is exercised on machines without ROS too.
-- The launch file and rviz config are checked statically (syntax, arguments, topics).
+The node runs as a separate process started from its console script with config/accel.yaml
+(and once from a `colcon build` install), exactly as a user starts it; this process talks to it
+only through topics and the parameter services. The DDS graph is isolated per session
+(`ROS_DOMAIN_ID` from the pid, `ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`). Frames are real
+CamVid frames when ../shared/camvid is there, synthetic ones otherwise. Every wait is a
+deadline (generous: the CPU may be shared), never a count of spins.
+
+Where rclpy is not installed these tests are skipped with the reason; under CI=true a missing
+rclpy or colcon is a failure (.ci/run installs `.[ros]`).
 """
 
 from __future__ import annotations
 
 import array
-import ast
-import copy
-import importlib
+import ctypes
+import importlib.util
+import itertools
 import json
+import math
 import os
+import signal
+import subprocess
 import sys
+import threading
 import time
-import types
+from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 
-from accel_ros.bridge import from_rgb8, image_to_array
-from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.messages import STATS_MSG_TEXT
-from accel_ros.node_logic import PARAMETERS
+from accel_ros.bridge import from_rgb8, image_to_array, rgb8_to_compressed
 
 ROOT = Path(__file__).resolve().parents[1]
-H, W = 64, 96
+CAMVID = ROOT.parent / "shared" / "camvid"
+PARAMS_FILE = ROOT / "config" / "accel.yaml"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+H, W = 180, 240  # CamVid frames are resized to this (a quarter of their pixels)
+STARTUP_TIMEOUT = 300.0  # a node importing torch and building a model on a loaded CPU
+FRAME_TIMEOUT = 120.0
+NODE = "/accel_segmentation"
+OUTPUTS = ("labels", "color", "overlay", "stats")
 
 
-@pytest.fixture(scope="module")
-def tiny_segmenter():
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        if IN_CI:
+            pytest.fail(f"CI=true but {module} is not installed: .ci/run installs '.[ros]'")
+        pytest.skip(f"{module} (ROS 2 Jazzy) is not installed: pip install -e '.[ros]'")
+
+
+# --- fixtures: DDS graph, colcon build, frames, tiny checkpoint -----------------------------
+
+
+@pytest.fixture(scope="session")
+def rclpy_module():
+    """rclpy on an isolated DDS graph (these variables reach the node processes too)."""
+    _require("rclpy")
+    os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 90)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    import rclpy
+
+    return rclpy
+
+
+@pytest.fixture(scope="session")
+def colcon_install(rclpy_module, tmp_path_factory) -> Path:
+    """`colcon build` of the whole repository (accel_ros + accel_ros_msgs) into a temporary
+    workspace, as the README's ROS section does in the checkout. Returns its install/."""
+    colcon = Path(sys.executable).parent / "colcon"
+    if not colcon.exists():
+        _require("colcon")  # skips or fails with the reason
+    fix = subprocess.run([sys.executable, str(ROOT / "scripts" / "fix_ros_wheels.py")],
+                         capture_output=True, text=True, timeout=300)
+    assert fix.returncode == 0, fix.stdout + fix.stderr
+    base = tmp_path_factory.mktemp("colcon")
+    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, CMAKE_PREFIX_PATH=sys.prefix,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    command = [str(colcon), "--log-base", str(base / "log"), "build",
+               "--base-paths", str(ROOT), str(ROOT / "accel_ros_msgs"),
+               "--build-base", str(base / "build"), "--install-base", str(base / "install")]
+    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    assert "2 packages finished" in result.stdout, result.stdout[-3000:]
+    return base / "install"
+
+
+def msgs_env(install: Path) -> dict[str, str]:
+    """This environment plus the built accel_ros_msgs (what sourcing install/setup.bash adds
+    for it), leaving accel_ros itself to the editable install of the venv."""
+    package = install / "accel_ros_msgs"
+    site = package / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    env = dict(os.environ)
+    for key, value in (("PYTHONPATH", site / "site-packages"), ("LD_LIBRARY_PATH",
+                       package / "lib"), ("AMENT_PREFIX_PATH", package)):
+        env[key] = os.pathsep.join(p for p in (str(value), env.get(key, "")) if p)
+    return env
+
+
+def sourced_env(install: Path) -> dict[str, str]:
+    """The environment after `. install/setup.bash`, as a user has it."""
+    out = subprocess.run(["bash", "-c", f". '{install}/setup.bash' && env -0"],
+                         capture_output=True, check=True, timeout=60).stdout
+    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
+
+
+@pytest.fixture(scope="session")
+def stats_class(colcon_install) -> type:
+    """accel_ros_msgs.msg.SegmentationStats in this process. The loader of the built libraries
+    is preloaded, since LD_LIBRARY_PATH cannot change in a running process."""
+    package = colcon_install / "accel_ros_msgs"
+    for kind in ("rosidl_generator_c", "rosidl_typesupport_c", "rosidl_typesupport_cpp",
+                 "rosidl_typesupport_introspection_c", "rosidl_typesupport_fastrtps_c",
+                 "rosidl_typesupport_fastrtps_cpp", "rosidl_typesupport_introspection_cpp",
+                 "rosidl_generator_py"):
+        ctypes.CDLL(str(package / "lib" / f"libaccel_ros_msgs__{kind}.so"), ctypes.RTLD_GLOBAL)
+    site = package / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    sys.path.insert(0, str(site / "site-packages"))
+    from accel_ros_msgs.msg import SegmentationStats
+
+    return SegmentationStats
+
+
+@pytest.fixture(scope="session")
+def frames() -> list[np.ndarray]:
+    """(H, W, 3) uint8 RGB: consecutive CamVid val frames, or a synthetic moving texture."""
+    import cv2
+
+    files = sorted((CAMVID / "val").glob("*.png"))[:40] if (CAMVID / "val").is_dir() else []
+    if files:
+        return [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (W, H), interpolation=cv2.INTER_AREA)
+                for p in files]
+    rng = np.random.default_rng(0)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (H, W + 120, 3), np.uint8), (0, 0), 3)
+    return [np.ascontiguousarray(base[:, 3 * t : 3 * t + W]) for t in range(40)]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-weight ResNet-18/18 checkpoint with a narrow head: fast on a CPU, and not
+    'none', so the node reports OK health once frames are good."""
     import torch
 
-    from accel_ros.model import build_segmenter
+    from accel_ros.config import ModelConfig
+    from accel_ros.model import build_model
+    from accel_ros.model.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
-                         head_channels=32)
-    return build_segmenter(config, PipelineConfig(device="cpu", keyframe_interval=5))
+                         head_channels=16)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", build_model(config))
 
 
-def frame(seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+# --- helpers: a node process and a probe node in this process --------------------------------
 
 
-def wait_until(predicate, attempts: int = 3000) -> bool:
-    """Poll a condition set by the node's worker thread (bounded, not a timing assertion)."""
-    for _ in range(attempts):
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+class NodeProcess:
+    """The node as a separate process; its stdout and stderr go to `log`."""
+
+    def __init__(self, executable: Path, ros_args: list[str], env: dict[str, str],
+                 log: Path) -> None:
+        env = dict(env, OMP_NUM_THREADS="1", RCUTILS_COLORIZED_OUTPUT="0",
+                   PYTHONUNBUFFERED="1")
+        self.log = log
+        self._file = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([str(executable), "--ros-args", *ros_args], cwd=ROOT,
+                                     env=env, stdout=self._file, stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"node did not exit within {timeout} s:\n{self.output()}") from None
+        finally:
+            self._file.close()
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 120.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.wait_exit(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._file.close()
 
 
-# --- real rclpy ----------------------------------------------------------------------------
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until `predicate()` is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    value = predicate()
+    assert value, f"timed out after {timeout:.0f} s waiting for {what}"
+    return value
 
 
-@pytest.fixture
-def ros_context():
-    rclpy = pytest.importorskip(
-        "rclpy", reason="rclpy (ROS 2) is not installed; the node is exercised with a stand-in"
-    )
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    yield rclpy, context
-    rclpy.try_shutdown(context=context)
+def stamp_of(msg: Any) -> tuple[int, int]:
+    if hasattr(msg, "header"):
+        return (msg.header.stamp.sec, msg.header.stamp.nanosec)
+    stamp = json.loads(msg.data)["header"]["stamp"]  # the std_msgs/String JSON fallback
+    return (stamp["sec"], stamp["nanosec"])
 
 
-def test_node_with_rclpy_publishes_labels_and_handles_parameters(ros_context, tiny_segmenter):
-    rclpy, context = ros_context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.parameter import Parameter
+class Probe:
+    """A node in this process: publishes frames, records every output, calls services."""
+
+    def __init__(self, rclpy: Any) -> None:
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.rclpy = rclpy
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f"accel_test_probe_{os.getpid()}", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._received: dict[str, list[Any]] = defaultdict(list)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def listen(self, topic: str, msg_type: type) -> None:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        def record(msg: Any) -> None:
+            with self._lock:
+                self._received[topic].append(msg)
+
+        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(msg_type, topic, record, qos)
+
+    def messages(self, topic: str) -> list[Any]:
+        with self._lock:
+            return list(self._received[topic])
+
+    def find(self, topic: str, stamp: tuple[int, int]) -> Any:
+        return next((m for m in self.messages(topic) if stamp_of(m) == stamp), None)
+
+    def publisher(self, msg_type: type, topic: str) -> Any:
+        return self.node.create_publisher(msg_type, topic, 10)
+
+    def call(self, srv_type: type, name: str, request: Any, timeout: float = 60.0) -> Any:
+        client = self.node.create_client(srv_type, name)
+        try:
+            assert client.wait_for_service(timeout_sec=timeout), f"no service {name}"
+            future = client.call_async(request)
+            wait_for(future.done, timeout, f"a reply from {name}")
+            return future.result()
+        finally:
+            self.node.destroy_client(client)
+
+    def set_parameters(self, node: str, **values: Any) -> list[Any]:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        request = SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+        return list(self.call(SetParameters, f"{node}/set_parameters", request).results)
+
+    def get_parameters(self, node: str, *names: str) -> dict[str, Any]:
+        from rcl_interfaces.srv import GetParameters
+        from rclpy.parameter import parameter_value_to_python
+
+        reply = self.call(GetParameters, f"{node}/get_parameters",
+                          GetParameters.Request(names=list(names)))
+        return {n: parameter_value_to_python(v) for n, v in zip(names, reply.values,
+                                                                 strict=True)}
+
+    def describe(self, node: str, *names: str) -> dict[str, Any]:
+        from rcl_interfaces.srv import DescribeParameters
+
+        reply = self.call(DescribeParameters, f"{node}/describe_parameters",
+                          DescribeParameters.Request(names=list(names)))
+        return {d.name: d for d in reply.descriptors}
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self._thread.join(timeout=10)
+        self.node.destroy_node()
+        self.rclpy.try_shutdown(context=self.context)
+
+
+class StreamClock:
+    """Header stamps of a camera at `rate` Hz, in the past (so latencies are positive), with
+    odd nanoseconds (so that a float round trip would show)."""
+
+    def __init__(self, rate: float = 15.0) -> None:
+        self.ns = (time.time_ns() // 10**9 - 1000) * 10**9 + 123_457
+        self.period_ns = round(1e9 / rate)
+
+    def next(self, seconds: float | None = None) -> tuple[int, int]:
+        self.ns += self.period_ns if seconds is None else round(seconds * 1e9)
+        return divmod(self.ns, 10**9)
+
+
+def image_msg(rgb: np.ndarray, encoding: str, stamp: tuple[int, int], **options: Any) -> Any:
     from sensor_msgs.msg import Image
 
-    from accel_ros.node import AccelSegmentationNode
-
-    namespace = f"accel_test_{os.getpid()}"
-    node = AccelSegmentationNode(
-        segmenter=tiny_segmenter,
-        context=context,
-        namespace=namespace,
-        parameter_overrides=[Parameter("checkpoint", value="none")],
-    )
-    helper = rclpy.create_node("accel_test_helper", namespace=namespace, context=context)
-    received: list[Any] = []
-    helper.create_subscription(Image, "accel_segmentation/labels", received.append, 10)
-    publisher = helper.create_publisher(Image, "image", 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    executor.add_node(helper)
-    msg = Image()
-    fields = from_rgb8(frame(), "rgb8")
+    fields = from_rgb8(rgb, encoding, **options)
+    msg = Image(height=fields["height"], width=fields["width"], encoding=fields["encoding"],
+                is_bigendian=fields["is_bigendian"], step=fields["step"])
+    msg.data = array.array("B", fields["data"].tobytes())
     msg.header.frame_id = "camera"
-    msg.height, msg.width, msg.encoding = fields["height"], fields["width"], fields["encoding"]
-    msg.step, msg.data = fields["step"], array.array("B", fields["data"].tobytes())
+    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+    return msg
+
+
+def diagnostics(probe: Probe, topic: str = "/diagnostics", name: str = NODE) -> list[Any]:
+    """The node's statuses so far, oldest first (level, message, values dict)."""
+    statuses = []
+    for array_msg in probe.messages(topic):
+        for status in array_msg.status:
+            if status.name.startswith(name.lstrip("/")):
+                values = {kv.key: kv.value for kv in status.values}
+                statuses.append((status.level, status.message, values))
+    return statuses
+
+
+def diagnostic_where(probe: Probe, condition: Callable[[tuple], bool], timeout: float,
+                     what: str, since: int = 0) -> tuple:
+    """The first status from the `since`-th on that meets `condition`."""
+    return wait_for(lambda: next((d for d in diagnostics(probe)[since:] if condition(d)), None),
+                    timeout, what)
+
+
+def next_diagnostic(probe: Probe, timeout: float = 30.0) -> tuple:
+    """The first status published from now on (it counts everything processed before)."""
+    count = len(diagnostics(probe))
+    wait_for(lambda: len(diagnostics(probe)) > count, timeout, "the next /diagnostics")
+    return diagnostics(probe)[count]
+
+
+class Session:
+    """A running node plus a probe subscribed to all its outputs."""
+
+    def __init__(self, process: NodeProcess, probe: Probe, node: str, input_topic: str,
+                 input_type: type, stats_type: type) -> None:
+        self.process, self.probe, self.node = process, probe, node
+        self.clock = StreamClock()
+        for name in ("labels", "color", "overlay", "scores"):
+            probe.listen(f"{node}/{name}", _image_type())
+        probe.listen(f"{node}/stats", stats_type)
+        probe.listen("/diagnostics", _diagnostic_type())
+        self.publisher = probe.publisher(input_type, input_topic)
+        self.stats_type = stats_type
+
+    def outputs(self, stamp: tuple[int, int]) -> dict[str, Any] | None:
+        found = {name: self.probe.find(f"{self.node}/{name}", stamp) for name in OUTPUTS}
+        return found if all(v is not None for v in found.values()) else None
+
+    def send(self, msg: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        """Publish one frame and wait for all four outputs carrying its stamp."""
+        self.publisher.publish(msg)
+        return wait_for(lambda: self.outputs(stamp_of(msg)), timeout,
+                        f"outputs for the frame stamped {stamp_of(msg)}")
+
+    def warm_up(self, make: Callable[[tuple[int, int]], Any]) -> None:
+        """Wait for discovery, then send frames until one comes back on all four outputs
+        (a reliable subscription that matched late can miss the first messages)."""
+        wait_for(lambda: self.publisher.get_subscription_count() > 0, STARTUP_TIMEOUT,
+                 f"the node to subscribe to {self.publisher.topic_name}:\n"
+                 + self.process.output())
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process.proc.poll() is None, self.process.output()
+            msg = make(self.clock.next())
+            self.publisher.publish(msg)
+            try:
+                wait_for(lambda m=msg: self.outputs(stamp_of(m)), 10.0, "warm-up outputs")
+                return
+            except AssertionError:
+                continue
+        raise AssertionError(f"no outputs from the node:\n{self.process.output()}")
+
+
+def _image_type() -> type:
+    from sensor_msgs.msg import Image
+
+    return Image
+
+
+def _diagnostic_type() -> type:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    return DiagnosticArray
+
+
+def assert_clean_exit(process: NodeProcess, code: int) -> None:
+    output = process.output()
+    assert code == 0, f"exit status {code}:\n{output}"
+    assert "[ERROR]" not in output and "Traceback" not in output, output
+
+
+# --- the node from its console script, raw input, accel_ros_msgs built ----------------------
+
+
+@pytest.fixture(scope="module")
+def raw(rclpy_module, colcon_install, stats_class, tiny_checkpoint, frames, tmp_path_factory):
+    """accel_segmentation_node --ros-args --params-file config/accel.yaml
+    -r image:=/camera/image_raw (+ a tiny checkpoint, stats window 4, keyframe interval 3,
+    and max_time_gap:=1, an int for a float parameter)."""
+    executable = Path(sys.executable).parent / "accel_segmentation_node"
+    log = tmp_path_factory.mktemp("raw") / "node.log"
+    process = NodeProcess(executable, [
+        "--params-file", str(PARAMS_FILE), "-r", "image:=/camera/image_raw",
+        "-p", f"checkpoint:={tiny_checkpoint}", "-p", "stats_window:=4",
+        "-p", "keyframe_interval:=3", "-p", "max_time_gap:=1",
+    ], msgs_env(colcon_install), log)
+    probe = Probe(rclpy_module)
+    session = Session(process, probe, NODE, "/camera/image_raw", _image_type(), stats_class)
     try:
-        for _ in range(400):  # discovery takes a moment: keep publishing until labels arrive
-            publisher.publish(msg)
-            executor.spin_once(timeout_sec=0.05)
-            if received:
-                break
-        assert received, "no labels received from the node"
-        labels = image_to_array(received[0])
-        assert received[0].encoding == "mono8" and labels.shape == (H, W)
-        assert received[0].header.frame_id == "camera" and labels.max() < 11
-
-        ok = node.set_parameters([Parameter("keyframe_interval", value=3)])[0]
-        assert ok.successful and tiny_segmenter.pipeline_config.keyframe_interval == 3
-        refused = node.set_parameters([Parameter("device", value="cuda:7")])[0]
-        assert not refused.successful and "restart" in refused.reason
+        session.warm_up(lambda stamp: image_msg(frames[0], "rgb8", stamp))
+        yield session
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        helper.destroy_node()
+        probe.close()
+        process.kill()
 
 
-# --- stand-in rclpy --------------------------------------------------------------------------
+def test_outputs_in_every_encoding_carry_the_input_header(raw, frames, stats_class):
+    sent = []
+    encodings = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "rgb16", "bgra16",
+                 "yuv422", "yuv422_yuy2", "bayer_rggb8", "bayer_gbrg16", "8UC3"]
+    for i, encoding in enumerate(encodings):
+        msg = image_msg(frames[i % len(frames)], encoding, raw.clock.next())
+        sent.append((encoding, msg, raw.send(msg)))
+    padded = image_msg(frames[1], "bgr8", raw.clock.next(), step=3 * W + 13)  # row padding
+    sent.append(("bgr8 padded", padded, raw.send(padded)))
+
+    ages = []
+    for encoding, msg, out in sent:
+        labels, color, overlay, stats = (out[k] for k in OUTPUTS)
+        for image in (labels, color, overlay):
+            assert image.header == msg.header, encoding  # same stamp and frame_id, exactly
+            assert (image.height, image.width) == (H, W)
+        assert labels.encoding == "mono8" and labels.step == W
+        array_labels = image_to_array(labels)
+        assert array_labels.max() < 11, encoding  # class ids of an 11-class model
+        assert color.encoding == overlay.encoding == "rgb8" and color.step == 3 * W
+        assert isinstance(stats, stats_class) and stats.header == msg.header
+        assert stats.mode == "accel" and stats.total_ms > 0 and stats.reset_reason == ""
+        assert stats.is_keyframe == (stats.keyframe_age == 0)
+        assert stats.end_to_end_ms > 0
+        ages.append(stats.keyframe_age)
+    # Keyframe interval 3 (from -p, over the file's 5): ages cycle 0, 1, 2 without resets.
+    assert all(b == (a + 1) % 3 for a, b in itertools.pairwise(ages)), ages
+    indices = [out["stats"].frame_index for _, _, out in sent]
+    assert indices == list(range(indices[0], indices[0] + len(sent)))
+    assert raw.probe.messages(f"{NODE}/scores") == []  # publish_scores is false
+    # The generated message has exactly the fields the bag tools write.
+    from rosbags.typesys import Stores, get_typestore
+
+    from accel_ros.messages import register_stats_type
+
+    rosbags_cls = register_stats_type(get_typestore(Stores.ROS2_JAZZY))
+    assert list(stats_class.get_fields_and_field_types()) == [
+        f for f in rosbags_cls.__dataclass_fields__ if not f.startswith("__")]
 
 
-def _message(name: str, constants: dict[str, Any] | None = None, /, **defaults: Any) -> type:
-    """A message class like rclpy's: keyword constructor, per-instance copies of defaults."""
+def test_broken_frames_are_skipped_and_diagnostics_recover(raw, frames):
+    good = image_msg(frames[2], "rgb8", (0, 0))
+    broken = []
+    unknown = image_msg(frames[2], "rgb8", raw.clock.next())
+    unknown.encoding = "rgb9"
+    broken.append(unknown)
+    empty = image_msg(frames[2], "rgb8", raw.clock.next())
+    empty.height = empty.width = empty.step = 0
+    empty.data = array.array("B")
+    broken.append(empty)
+    short_step = image_msg(frames[2], "rgb8", raw.clock.next())
+    short_step.step = W  # a third of an rgb8 row
+    broken.append(short_step)
+    truncated = image_msg(frames[2], "rgb8", raw.clock.next())
+    truncated.data = good.data[: len(good.data) // 2]
+    broken.append(truncated)
+    since = len(diagnostics(raw.probe))
+    before = int(next_diagnostic(raw.probe)[2]["conversion_errors"])
+    for msg in broken:
+        raw.publisher.publish(msg)
+        time.sleep(0.3)  # one at a time: the newest-frame slot would drop all but the last
+    level, message, values = diagnostic_where(
+        raw.probe, lambda d: int(d[2]["conversion_errors"]) >= before + 4, FRAME_TIMEOUT,
+        "4 more conversion errors in /diagnostics", since)
+    from diagnostic_msgs.msg import DiagnosticStatus
 
-    def init(self, **kwargs: Any) -> None:
-        unknown = set(kwargs) - set(defaults)
-        if unknown:
-            raise TypeError(f"{name} has no fields {sorted(unknown)}")
-        for key, value in defaults.items():
-            setattr(self, key, kwargs[key] if key in kwargs else copy.deepcopy(value))
-
-    return type(name, (), {"__init__": init, **(constants or {})})
-
-
-class _Logger:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-
-    def info(self, message: str) -> None:
-        self.records.append(("info", message))
-
-    def warning(self, message: str) -> None:
-        self.records.append(("warning", message))
-
-    def error(self, message: str) -> None:
-        self.records.append(("error", message))
-
-
-class _Publisher:
-    def __init__(self, msg_type: type, topic: str) -> None:
-        self.msg_type, self.topic, self.sent = msg_type, topic, []
-
-    def publish(self, msg: Any) -> None:
-        assert isinstance(msg, self.msg_type), f"{self.topic}: wrong message type"
-        self.sent.append(msg)
-
-
-def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
-    """rclpy, rcl_interfaces, sensor_msgs, std_msgs, diagnostic_msgs: the parts node.py uses."""
-    time_cls = _message("Time", sec=0, nanosec=0)
-    header_cls = _message("Header", stamp=time_cls(), frame_id="")
-
-    class Parameter:
-        def __init__(self, name: str, value: Any = None) -> None:
-            self.name, self.value = name, value
-
-    class Clock:
-        def now(self) -> Any:
-            ns = time.time_ns()
-            return types.SimpleNamespace(
-                nanoseconds=ns, to_msg=lambda: time_cls(sec=ns // 10**9, nanosec=ns % 10**9)
-            )
-
-    class Node:
-        def __init__(self, node_name: str, **kwargs: Any) -> None:
-            self._name = node_name
-            self._overrides = {p.name: p.value for p in kwargs.get("parameter_overrides", [])}
-            self.parameters: dict[str, Any] = {}
-            self.descriptors: dict[str, Any] = {}
-            self.publishers: dict[str, _Publisher] = {}
-            self.subscriptions: list[Any] = []
-            self.timers: list[Any] = []
-            self.parameter_callbacks: list[Any] = []
-            self.logger = _Logger()
-            self.destroyed = False
-
-        def declare_parameter(self, name: str, value: Any, descriptor: Any) -> Parameter:
-            assert name not in self.parameters, f"{name} declared twice"
-            self.descriptors[name] = descriptor
-            self.parameters[name] = self._overrides.get(name, value)
-            return Parameter(name, self.parameters[name])
-
-        def get_parameter(self, name: str) -> Parameter:
-            return Parameter(name, self.parameters[name])
-
-        def set_parameters(self, parameters: list[Parameter]) -> list[Any]:
-            results = []
-            for parameter in parameters:
-                result = self.parameter_callbacks[0]([parameter])
-                if result.successful:
-                    self.parameters[parameter.name] = parameter.value
-                results.append(result)
-            return results
-
-        def add_on_set_parameters_callback(self, callback: Any) -> None:
-            self.parameter_callbacks.append(callback)
-
-        def create_publisher(self, msg_type: type, topic: str, qos: Any) -> _Publisher:
-            self.publishers[topic] = _Publisher(msg_type, topic)
-            return self.publishers[topic]
-
-        def create_subscription(self, msg_type, topic, callback, qos) -> Any:
-            subscription = types.SimpleNamespace(
-                msg_type=msg_type, topic_name=topic, callback=callback, qos=qos
-            )
-            self.subscriptions.append(subscription)
-            return subscription
-
-        def create_timer(self, period: float, callback: Any) -> Any:
-            timer = types.SimpleNamespace(period=period, callback=callback)
-            self.timers.append(timer)
-            return timer
-
-        def get_logger(self) -> _Logger:
-            return self.logger
-
-        def get_clock(self) -> Clock:
-            return Clock()
-
-        def get_name(self) -> str:
-            return self._name
-
-        def destroy_node(self) -> None:
-            self.destroyed = True
-
-    def module(name: str, **attributes: Any) -> types.ModuleType:
-        mod = types.ModuleType(name)
-        mod.__dict__.update(attributes)
-        return mod
-
-    enum = types.SimpleNamespace
-    rclpy = module("rclpy", init=lambda args=None: None, spin=lambda node: None,
-                   ok=lambda: False, shutdown=lambda: None)
-    modules = {
-        "rclpy": rclpy,
-        "rclpy.node": module("rclpy.node", Node=Node),
-        "rclpy.parameter": module("rclpy.parameter", Parameter=Parameter),
-        "rclpy.executors": module("rclpy.executors",
-                                  ExternalShutdownException=type("ESE", (Exception,), {})),
-        "rclpy.qos": module(
-            "rclpy.qos",
-            QoSProfile=lambda **kwargs: types.SimpleNamespace(**kwargs),
-            HistoryPolicy=enum(KEEP_LAST="keep_last"),
-            ReliabilityPolicy=enum(BEST_EFFORT="best_effort", RELIABLE="reliable"),
-            DurabilityPolicy=enum(VOLATILE="volatile"),
-        ),
-        "rcl_interfaces": module("rcl_interfaces"),
-        "rcl_interfaces.msg": module(
-            "rcl_interfaces.msg",
-            ParameterDescriptor=_message("ParameterDescriptor", name="", type=0,
-                                         description="", additional_constraints=""),
-            ParameterType=enum(PARAMETER_BOOL=1, PARAMETER_INTEGER=2, PARAMETER_DOUBLE=3,
-                               PARAMETER_STRING=4, PARAMETER_INTEGER_ARRAY=7),
-            SetParametersResult=_message("SetParametersResult", successful=False, reason=""),
-        ),
-        "sensor_msgs": module("sensor_msgs"),
-        "sensor_msgs.msg": module(
-            "sensor_msgs.msg",
-            Image=_message("Image", header=header_cls(), height=0, width=0, encoding="",
-                           is_bigendian=0, step=0, data=array.array("B")),
-            CompressedImage=_message("CompressedImage", header=header_cls(), format="",
-                                     data=array.array("B")),
-        ),
-        "std_msgs": module("std_msgs"),
-        "std_msgs.msg": module("std_msgs.msg", String=_message("String", data=""),
-                               Header=header_cls),
-        "diagnostic_msgs": module("diagnostic_msgs"),
-        "diagnostic_msgs.msg": module(
-            "diagnostic_msgs.msg",
-            DiagnosticArray=_message("DiagnosticArray", header=header_cls(), status=[]),
-            DiagnosticStatus=_message(
-                "DiagnosticStatus",
-                {"OK": b"\x00", "WARN": b"\x01", "ERROR": b"\x02", "STALE": b"\x03"},
-                level=b"\x00", name="", message="", hardware_id="", values=[],
-            ),
-            KeyValue=_message("KeyValue", key="", value=""),
-        ),
-        "builtin_interfaces.msg": module("builtin_interfaces.msg", Time=time_cls),
-    }
-    if stats_class is not None:
-        modules["accel_ros_msgs"] = module("accel_ros_msgs")
-        modules["accel_ros_msgs.msg"] = module("accel_ros_msgs.msg",
-                                               SegmentationStats=stats_class)
-    return modules
+    assert level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR) and "failed" in message
+    for msg in broken:
+        assert raw.probe.find(f"{NODE}/labels", stamp_of(msg)) is None
+    # Good frames again: once the window of 4 frames is clean the node is healthy again.
+    since = len(diagnostics(raw.probe))
+    for i in range(4):
+        raw.send(image_msg(frames[3 + i], "rgb8", raw.clock.next()))
+    level, message, values = diagnostic_where(
+        raw.probe, lambda d: d[0] == DiagnosticStatus.OK, 30.0, "diagnostics back to OK", since)
+    assert int(values["conversion_errors"]) >= before + 4  # counters stay cumulative
+    output = raw.process.output()
+    assert "unsupported image encoding 'rgb9'" in output
+    assert "[ERROR]" not in output
 
 
-def _stats_class() -> type:
-    """A stand-in for the rosidl-generated class, with the fields of the .msg file."""
-    fields = [line.split()[1] for line in STATS_MSG_TEXT.splitlines()
-              if line.strip() and not line.startswith("#")]
-    return _message("SegmentationStats", **dict.fromkeys(fields))
+def test_drops_do_not_reset_and_outputs_are_not_lost(raw, frames):
+    """Defect A (drops widened the time gap) and B (depth-1 outputs lost images)."""
+    before = next_diagnostic(raw.probe)[2]
+    flood = []
+    for i in range(40):  # a 2 Hz camera by its stamps, published faster than the node runs
+        msg = image_msg(frames[i % len(frames)], "rgb8", raw.clock.next(0.5))
+        raw.publisher.publish(msg)
+        flood.append(msg)
+        time.sleep(0.01)
+    last = image_msg(frames[0], "rgb8", raw.clock.next(0.5))
+    raw.send(last)  # the worker takes the newest frame: when this is out, the flood is done
+    stamps = [stamp_of(m) for m in [*flood, last]]
+    time.sleep(1.0)  # outputs still in flight
+    after = next_diagnostic(raw.probe)[2]
+    processed = int(after["frames_processed"]) - int(before["frames_processed"])
+    dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+    received = int(after["frames_received"]) - int(before["frames_received"])
+    assert dropped > 0, "precondition: the flood must outpace the node"
+    assert processed + dropped == received <= len(stamps)
+    stats = [m for m in raw.probe.messages(f"{NODE}/stats") if stamp_of(m) in set(stamps)]
+    # B: every processed frame's outputs arrived (reliable, depth 10), none twice.
+    for name in OUTPUTS:
+        got = [stamp_of(m) for m in raw.probe.messages(f"{NODE}/{name}")
+               if stamp_of(m) in set(stamps)]
+        assert len(got) == len(set(got)) == processed, (name, len(got), processed)
+    # A: gaps are 0.5 s between arrivals; drops do not make them look like 1-20 s gaps.
+    assert [s.reset_reason for s in stats] == [""] * len(stats)
+    assert sum(s.is_keyframe for s in stats) <= math.ceil(len(stats) / 3) + 1
+
+    # A real gap resets once, reported as information, not as an error.
+    gap = image_msg(frames[1], "rgb8", raw.clock.next(5.0))
+    out = raw.send(gap)["stats"]
+    assert out.is_keyframe and out.reset_reason.startswith("time gap of 5.000 s")
+    values = diagnostic_where(raw.probe, lambda d: int(d[2]["resets"]) >= 1, 30.0,
+                              "a reset counted in /diagnostics", len(diagnostics(raw.probe)))[2]
+    assert "time gap" in values["last_reset"] and "time gap" not in values["last_error"]
+    lines = [line for line in raw.process.output().splitlines() if "keyframe cache reset" in line]
+    assert lines and all(line.startswith("[INFO]") for line in lines), lines
 
 
-@pytest.fixture(params=[False, True], ids=["stats-as-json", "stats-message"])
-def node_module(request, monkeypatch):
-    """accel_ros.node imported against the stand-in (sys.modules is restored afterwards)."""
-    stats_class = _stats_class() if request.param else None
-    for name, mod in _stand_in_modules(stats_class).items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    if stats_class is None:
-        monkeypatch.setitem(sys.modules, "accel_ros_msgs", None)  # import fails: JSON fallback
-    monkeypatch.setitem(sys.modules, "cv_bridge", None)  # numpy bridge, deterministically
-    monkeypatch.delitem(sys.modules, "accel_ros.node", raising=False)
-    return importlib.import_module("accel_ros.node")
+def test_parameters_through_the_parameter_service(raw, frames):
+    """Live changes (valid, invalid, read-only), rclpy's own parameters (defect D), an int for
+    a float (F), descriptors."""
+    probe = raw.probe
+    values = probe.get_parameters(NODE, "max_time_gap", "keyframe_interval", "use_sim_time")
+    assert values == {"max_time_gap": 1, "keyframe_interval": 3, "use_sim_time": False}
+    (ok,) = probe.set_parameters(NODE, keyframe_interval=2)
+    assert ok.successful, ok.reason
+    ages = [raw.send(image_msg(frames[i], "rgb8", raw.clock.next()))["stats"].keyframe_age
+            for i in range(4)]
+    assert set(ages) <= {0, 1} and 0 in ages, ages
+    (bad,) = probe.set_parameters(NODE, keyframe_interval=0)
+    assert not bad.successful and "keyframe_interval must be >= 1" in bad.reason
+    (read_only,) = probe.set_parameters(NODE, device="cuda:0")
+    assert not read_only.successful and "read-only" in read_only.reason
+    (typo,) = probe.set_parameters(NODE, keyframe_intervall=3)
+    assert not typo.successful
+    (alpha,) = probe.set_parameters(NODE, overlay_alpha=1)  # an int for a double
+    assert alpha.successful, alpha.reason
+    out = raw.send(image_msg(frames[5], "rgb8", raw.clock.next()))
+    assert bytes(out["overlay"].data) == bytes(out["color"].data)  # fully opaque labels
+    # rclpy's own parameters: use_sim_time on (no /clock: time 0, so no latency), then off.
+    (sim,) = probe.set_parameters(NODE, use_sim_time=True)
+    assert sim.successful, sim.reason
+    assert math.isnan(raw.send(image_msg(frames[6], "rgb8", raw.clock.next()))[
+        "stats"].end_to_end_ms)
+    (real,) = probe.set_parameters(NODE, use_sim_time=False)
+    assert real.successful, real.reason
+    assert raw.send(image_msg(frames[7], "rgb8", raw.clock.next()))["stats"].end_to_end_ms > 0
+    descriptors = probe.describe(NODE, "device", "keyframe_interval", "flow_method")
+    assert descriptors["device"].read_only and descriptors["flow_method"].read_only
+    assert not descriptors["keyframe_interval"].read_only
+    assert "'dis'" in descriptors["flow_method"].additional_constraints
+    assert probe.get_parameters(NODE, "keyframe_interval", "device") == {
+        "keyframe_interval": 2, "device": "auto"}
 
 
-def _stand_in_image(mod: Any, rgb: np.ndarray, encoding: str = "rgb8", sec: int = 100) -> Any:
-    sensor, std = sys.modules["sensor_msgs.msg"], sys.modules["std_msgs.msg"]
-    time_cls = sys.modules["builtin_interfaces.msg"].Time
-    fields = from_rgb8(rgb, encoding)
-    fields["data"] = array.array("B", fields["data"].tobytes())  # what rclpy delivers
-    header = std.Header(stamp=time_cls(sec=sec, nanosec=0), frame_id="camera")
-    return sensor.Image(header=header, **fields)
+def test_future_stamp_gives_no_negative_latency(raw, frames):
+    future_ns = time.time_ns() + 100 * 10**9
+    msg = image_msg(frames[8], "rgb8", divmod(future_ns, 10**9))
+    stats = raw.send(msg)["stats"]
+    assert math.isnan(stats.end_to_end_ms)
+    assert all(not s.end_to_end_ms < 0 for s in raw.probe.messages(f"{NODE}/stats"))
+    values = next_diagnostic(raw.probe)[2]
+    assert not float(values.get("end_to_end_ms_p50", "nan")) < 0
 
 
-def test_node_wiring_declares_parameters_and_topics(node_module, tiny_segmenter):
-    param = sys.modules["rclpy.parameter"].Parameter
-    node = node_module.AccelSegmentationNode(
-        segmenter=tiny_segmenter, parameter_overrides=[param("checkpoint", "none")]
-    )
+def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_path):
+    """accel_ros.ros_replay: a rosbag2 of the frames played at camera rate into the node."""
+    import cv2
+
+    from accel_ros.ros_replay import make_bag
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, rgb in enumerate(frames[:12]):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rgb[:, :, ::-1])
+    bag = tmp_path / "bag"
+    assert make_bag(folder, bag, rate=10.0) == 12
+    result = subprocess.run(
+        [sys.executable, "-m", "accel_ros.ros_replay", "play", str(bag), "--rate", "10",
+         "--json", str(tmp_path / "latency.json")],
+        env=msgs_env(colcon_install), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((tmp_path / "latency.json").read_text())
+    assert summary["frames_published"] == 12 and summary["stats_type"] == "SegmentationStats"
+    assert 1 <= summary["frames_labelled"] <= 12
+    assert summary["drop_rate"] == pytest.approx(1 - summary["frames_labelled"] / 12, abs=1e-3)
+    assert 0 < summary["latency_ms_p50"] <= summary["latency_ms_p99"] < 60_000
+    assert 0 < summary["keyframe_ratio"] <= 1
+
+
+def test_sigint_during_a_frame_exits_cleanly(raw, frames):
+    """Defect E: the context used to be shut down under the worker ('[ERROR] frame failed:
+    publisher's context is invalid')."""
+    raw.publisher.publish(image_msg(frames[9], "rgb8", raw.clock.next()))
+    time.sleep(0.05)  # the frame is being segmented
+    assert_clean_exit(raw.process, raw.process.stop(signal.SIGINT))
+
+
+# --- compressed input under a namespace, user params file, JSON stats fallback ---------------
+
+
+def test_compressed_input_follows_remapping_and_the_params_file(rclpy_module, tiny_checkpoint,
+                                                                frames, tmp_path):
+    """Defect C (compressed ignored remapping), the `/**` key under a namespace, a user's
+    file with a typo, an int for a float and rclpy's own parameters (D, F), SIGTERM (E), and
+    ~/stats as JSON with the exact stamp when accel_ros_msgs is not installed."""
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
+
+    text = PARAMS_FILE.read_text(encoding="utf-8")
+    assert "    keyframe_interval: 5 " in text and "    overlay_alpha: 0.5 " in text
+    text = text.replace("    keyframe_interval: 5 ", "    keyframe_interval: 4 ")
+    text = text.replace("    overlay_alpha: 0.5 ", "    overlay_alpha: 1   ")
+    text += ("    keyframe_intervall: 3\n    use_sim_time: false\n"
+             "    start_type_description_service: true\n")
+    params = tmp_path / "user.yaml"
+    params.write_text(text, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items()}
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
+        "--params-file", str(params), "-r", "__ns:=/robot1", "-r", "image:=cam/image_raw",
+        "-p", "input_transport:=compressed", "-p", f"checkpoint:={tiny_checkpoint}",
+    ], env, tmp_path / "node.log")
+    probe = Probe(rclpy_module)
+    node = "/robot1/accel_segmentation"
     try:
-        assert set(node.parameters) == {spec.name for spec in PARAMETERS}
-        assert node.parameters["input_size"] == [0, 0]
-        descriptor = node.descriptors["keyframe_interval"]
-        assert descriptor.type == 2 and "(live)" in descriptor.description
-        assert "one of ['dis'" in node.descriptors["flow_method"].additional_constraints
-        (subscription,) = node.subscriptions
-        assert subscription.topic_name == "image" and subscription.qos.depth == 1
-        assert subscription.qos.reliability == "best_effort"
-        assert {"~/labels", "~/color", "~/overlay", "~/scores", "~/stats", "/diagnostics"} <= set(
-            node.publishers
-        )
-        assert node.timers[0].period == 1.0
-        # The warning about random weights is for models the node builds, not injected ones.
-        assert not any("RANDOM WEIGHTS" in m for _, m in node.logger.records)
+        session = Session(process, probe, node, "/robot1/cam/image_raw/compressed",
+                          CompressedImage, String)
+
+        def compressed(stamp: tuple[int, int]) -> Any:
+            msg = CompressedImage(**rgb8_to_compressed(frames[0], "jpeg"))
+            msg.header.frame_id = "camera"
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+            return msg
+
+        session.warm_up(compressed)
+        out = session.send(compressed(session.clock.next()))
+        stamp = stamp_of(out["labels"])
+        payload = json.loads(out["stats"].data)
+        assert payload["header"]["stamp"] == {"sec": stamp[0], "nanosec": stamp[1]}
+        assert payload["header"]["frame_id"] == "camera" and payload["mode"] == "accel"
+        assert (out["labels"].height, out["labels"].width) == (H, W)
+        assert bytes(out["overlay"].data) == bytes(out["color"].data)  # overlay_alpha: 1
+        assert probe.get_parameters(node, "keyframe_interval", "overlay_alpha") == {
+            "keyframe_interval": 4, "overlay_alpha": 1}
+        output = process.output()
+        assert "subscribed to /robot1/cam/image_raw/compressed (CompressedImage)" in output
+        assert "keyframe_intervall (did you mean keyframe_interval?)" in output
+        assert "use_sim_time" not in output.split("ignoring unknown parameters")[1].split(
+            "\n")[0]
+        session.publisher.publish(compressed(session.clock.next()))
+        time.sleep(0.05)
+        assert_clean_exit(process, process.stop(signal.SIGTERM))
     finally:
-        node.destroy_node()
-    assert node.destroyed and not node._worker.is_alive()
+        probe.close()
+        process.kill()
 
 
-def test_node_wiring_segments_frames_and_survives_bad_ones(node_module, tiny_segmenter):
-    param = sys.modules["rclpy.parameter"].Parameter
-    node = node_module.AccelSegmentationNode(
-        segmenter=tiny_segmenter,
-        parameter_overrides=[param("checkpoint", "none"), param("publish_scores", True)],
-    )
-    labels_pub, stats_pub = node.publishers["~/labels"], node.publishers["~/stats"]
-    callback = node.subscriptions[0].callback
+# --- start-up errors ---------------------------------------------------------------------------
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("keyframe_interval:=0", "keyframe_interval must be >= 1"),
+        # In the user's params file: rcl would let the file's double win over a `-p` string.
+        ("file: overlay_alpha: high", "'overlay_alpha' must be of type float"),
+        ("device:=cuda:0", "CUDA is not available"),
+    ],
+)
+def test_invalid_start_values_exit_with_one_clear_line(rclpy_module, tiny_checkpoint,
+                                                       override, message, tmp_path):
+    """Defect F: raw tracebacks at start-up."""
+    if override.startswith("device") and _cuda_available():
+        pytest.skip("this machine has CUDA: cuda:0 is a valid device here")
+    params = PARAMS_FILE
+    extra = ["-p", override]
+    if override.startswith("file: "):
+        name, value = override.removeprefix("file: ").split(": ")
+        text = PARAMS_FILE.read_text(encoding="utf-8")
+        old = next(line for line in text.splitlines() if line.startswith(f"    {name}: "))
+        params = tmp_path / "user.yaml"
+        params.write_text(text.replace(old, f"    {name}: {value}"), encoding="utf-8")
+        extra = []
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
+        "--params-file", str(params), "-p", f"checkpoint:={tiny_checkpoint}", *extra,
+        "-r", f"__ns:=/failing_{tmp_path.name}",
+    ], dict(os.environ), tmp_path / "node.log")
+    code = process.wait_exit(180.0)
+    output = process.output()
+    assert code == 1, output
+    assert "Traceback" not in output, output
+    fatal = [line for line in output.splitlines() if line.startswith("[FATAL]")]
+    assert len(fatal) == 1 and message in fatal[0] and "cannot start" in fatal[0], output
+
+
+# --- colcon build of the repository, the installed node ------------------------------------
+
+
+def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stats_class,
+                                              frames, tmp_path):
+    """`colcon build` of accel_ros + accel_ros_msgs, then install/accel_ros/lib/accel_ros/
+    accel_segmentation_node with the installed params file and the shipped checkpoint."""
+    executable = colcon_install / "accel_ros" / "lib" / "accel_ros" / "accel_segmentation_node"
+    share = colcon_install / "accel_ros" / "share" / "accel_ros"
+    assert executable.is_file() and (share / "config" / "accel.yaml").is_file()
+    assert (share / "launch" / "accel.launch.py").is_file()
+    env = sourced_env(colcon_install)
+    process = NodeProcess(executable, [
+        "--params-file", str(share / "config" / "accel.yaml"), "-r", "__ns:=/installed",
+        "-r", "image:=/installed/camera",
+    ], env, tmp_path / "node.log")
+    probe = Probe(rclpy_module)
     try:
-        callback(_stand_in_image(node_module, frame(0), "bgr8", sec=100))
-        assert wait_until(lambda: len(labels_pub.sent) == 1)
-        bad = _stand_in_image(node_module, frame(1), sec=101)
-        bad.encoding = "rgb9"
-        callback(bad)
-        assert wait_until(lambda: node._processor.errors.conversion == 1)
-        callback(_stand_in_image(node_module, frame(2), "yuv422", sec=100))
-        assert wait_until(lambda: len(labels_pub.sent) == 2 and len(stats_pub.sent) == 2)
-
-        labels = labels_pub.sent[0]
-        assert labels.encoding == "mono8" and (labels.height, labels.width) == (H, W)
-        assert labels.header.frame_id == "camera" and labels.header.stamp.sec == 100
-        assert isinstance(labels.data, array.array) and labels.data.typecode == "B"
-        assert image_to_array(labels).max() < 11
-        color = node.publishers["~/color"].sent[0]
-        assert color.encoding == "rgb8" and color.step == 3 * W
-        scores = image_to_array(node.publishers["~/scores"].sent[0])
-        assert scores.dtype == np.float32 and scores.shape == (H, W) and scores.max() <= 1.0
-        assert len(node.publishers["~/overlay"].sent) == 2
-
-        stats = stats_pub.sent[1]
-        if node_module.SegmentationStats is None:
-            stats = json.loads(stats.data)
-            assert stats["header"]["frame_id"] == "camera"
-        else:
-            stats = vars(stats)
-        assert stats["is_keyframe"] is False and stats["keyframe_age"] == 1
-        assert stats["total_ms"] > 0 and stats["mode"] == "accel"
-        assert any("rgb9" in m for level, m in node.logger.records if level == "warning")
-
-        node.timers[0].callback()  # the diagnostics timer
-        (status,) = node.publishers["/diagnostics"].sent[0].status
-        values = {kv.key: kv.value for kv in status.values}
-        assert status.level == b"\x01"  # WARN: random weights and one bad frame
-        assert values["frames_processed"] == "2" and values["conversion_errors"] == "1"
-        assert values["device"] == "cpu" and status.hardware_id == "cpu"
-        assert int(values["frames_received"]) == 3
-        assert json.loads(node.diagnostics_json())["values"]["frames_processed"] == "2"
+        session = Session(process, probe, "/installed/accel_segmentation", "/installed/camera",
+                          _image_type(), stats_class)
+        session.warm_up(lambda stamp: image_msg(frames[0], "bgr8", stamp))
+        out = session.send(image_msg(frames[1], "bgr8", session.clock.next()))
+        labels = image_to_array(out["labels"])
+        assert labels.shape == (H, W) and labels.max() < 11
+        if (CAMVID / "val").is_dir():  # trained weights on a real street: several classes
+            assert len(np.unique(labels)) > 1
+        assert isinstance(out["stats"], stats_class) and out["stats"].header == out[
+            "labels"].header
+        output = process.output()
+        assert "(checkpoint default)" in output and "RANDOM" not in output
+        assert "publishing ~/stats as std_msgs/String" not in output
+        session.publisher.publish(image_msg(frames[2], "bgr8", session.clock.next()))
+        time.sleep(0.05)
+        assert_clean_exit(process, process.stop(signal.SIGINT))
     finally:
-        node.destroy_node()
-    assert not node._worker.is_alive()
-
-
-def test_node_wiring_live_parameters(node_module, tiny_segmenter):
-    param = sys.modules["rclpy.parameter"].Parameter
-    node = node_module.AccelSegmentationNode(segmenter=tiny_segmenter)
-    try:
-        assert tiny_segmenter.pipeline_config.keyframe_interval == 5  # from config/accel.yaml
-        (ok,) = node.set_parameters([param("keyframe_interval", 2)])
-        assert ok.successful and tiny_segmenter.pipeline_config.keyframe_interval == 2
-        (ok,) = node.set_parameters([param("overlay_alpha", 0.9)])
-        assert ok.successful and node._processor.options.overlay_alpha == 0.9
-        (refused,) = node.set_parameters([param("device", "cuda:3")])
-        assert not refused.successful and "restart the node" in refused.reason
-        (refused,) = node.set_parameters([param("keyframe_interval", 0)])
-        assert not refused.successful and "keyframe_interval must be >= 1" in refused.reason
-        assert tiny_segmenter.pipeline_config.keyframe_interval == 2
-        assert node.parameters["device"] == "auto"
-    finally:
-        node.destroy_node()
-        tiny_segmenter.pipeline_config.keyframe_interval = 5
-
-
-def test_node_wiring_compressed_transport(node_module, tiny_segmenter):
-    param = sys.modules["rclpy.parameter"].Parameter
-    node = node_module.AccelSegmentationNode(
-        segmenter=tiny_segmenter,
-        parameter_overrides=[param("input_transport", "compressed"),
-                             param("image_topic", "camera/image_raw")],
-    )
-    try:
-        (subscription,) = node.subscriptions
-        assert subscription.topic_name == "camera/image_raw/compressed"
-        assert subscription.msg_type is sys.modules["sensor_msgs.msg"].CompressedImage
-    finally:
-        node.destroy_node()
-
-
-def test_node_refuses_invalid_startup_parameters(node_module, tiny_segmenter):
-    param = sys.modules["rclpy.parameter"].Parameter
-    with pytest.raises(ValueError, match="palette 'rainbow'"):
-        node_module.AccelSegmentationNode(
-            segmenter=tiny_segmenter, parameter_overrides=[param("palette", "rainbow")]
-        )
-
-
-# --- launch file and rviz config -------------------------------------------------------------
-
-
-def test_launch_file_declares_the_documented_arguments():
-    source = (ROOT / "launch" / "accel.launch.py").read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert "generate_launch_description" in functions
-    declared = {
-        call.args[0].value
-        for call in ast.walk(tree)
-        if isinstance(call, ast.Call)
-        and getattr(call.func, "id", "") == "DeclareLaunchArgument"
-    }
-    assert declared == {"image_topic", "params_file", "preset", "device", "use_rviz"}
-    assert '"accel_segmentation_node"' in source  # the console script of setup.py
-    setup = (ROOT / "setup.py").read_text(encoding="utf-8")
-    assert "accel_segmentation_node = accel_ros.node:main" in setup
-    assert 'name="accel_segmentation"' in source  # must match config/accel.yaml's top key
-    assert "accel_segmentation" in yaml.safe_load((ROOT / "config/accel.yaml").read_text())
-
-
-def test_rviz_config_shows_input_color_and_overlay():
-    config = yaml.safe_load((ROOT / "config" / "accel.rviz").read_text(encoding="utf-8"))
-    displays = config["Visualization Manager"]["Displays"]
-    topics = {d["Name"]: d["Topic"]["Value"] for d in displays}
-    assert all(d["Class"] == "rviz_default_plugins/Image" for d in displays)
-    assert topics == {
-        "Input": "/camera/image_raw",  # the launch file's default image_topic
-        "Segmentation": "/accel_segmentation/color",
-        "Overlay": "/accel_segmentation/overlay",
-    }
-    launch = (ROOT / "launch" / "accel.launch.py").read_text(encoding="utf-8")
-    assert 'default_value="/camera/image_raw"' in launch
-    assert config["Visualization Manager"]["Global Options"]["Frame Rate"] == 30
+        probe.close()
+        process.kill()
