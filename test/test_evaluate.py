@@ -1,5 +1,6 @@
-"""Evaluation: the cached per-offset evaluation equals AccelNet.forward, intervals average the
-offsets, and the CLI writes the JSON, tables and plots on a tiny fake CamVid tree."""
+"""Evaluation: streaming clips through the pipeline equals AccelNet.forward, intervals pool the
+offsets' confusion matrices, and the CLI writes the JSON, tables and plots on a tiny fake
+CamVid tree."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from test_train import PNG_MAGIC, write_fake_camvid
 
-from accel_ros.config import ModelConfig
+from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.data.clips import motion_clips, sequence_clips
 from accel_ros.metrics import ConfusionMeter
 from accel_ros.model import AccelNet, DISFlow, save_checkpoint
 from accel_ros.tools import evaluate
@@ -41,30 +43,55 @@ def sliding_frames(count: int = 5, height: int = 32, width: int = 48) -> FrameSe
     return FrameSet(images, labels, ["clip"] * count)
 
 
-def test_cached_evaluation_equals_forward(tiny_config: ModelConfig) -> None:
+def test_streamed_evaluation_equals_forward(tiny_config: ModelConfig) -> None:
+    """Evaluation streams clips through the node's pipeline; per offset that must equal
+    AccelNet.forward on the clip from its keyframe, with the same DIS flows."""
     model = AccelNet(tiny_config).eval()
     frames = sliding_frames()
-    size = (32, 48)
-    meters = evaluate.evaluate_offsets(model, frames, size, max_offset=2,
-                                       device=torch.device("cpu"))
+    clips = list(sequence_clips(frames.images, frames.labels, frames.sequences, 3, 0.1))
+    assert len(clips) == 3
+    meters = evaluate.evaluate_clips(model, clips, max_offset=2,
+                                     pipeline=PipelineConfig(device="cpu", flow_scale=0.5))
     flow = DISFlow(scale=0.5)
     images = to_tensor(frames.images)  # (5, 3, 32, 48)
-    expected = {mode: [ConfusionMeter(5) for _ in range(3)] for mode in evaluate.EVAL_MODES}
+    expected = {mode: [ConfusionMeter(5) for _ in range(3)] for mode in ("dff", "accel")}
+    single = {mode: ConfusionMeter(5) for mode in ("reference", "deeplab")}
     with torch.no_grad():
-        for current in range(2, 5):
+        for start in range(3):
             for offset in range(3):
-                clip = images[current - offset : current + 1]
+                clip = images[start : start + offset + 1]
                 flows = torch.stack([flow(clip[i : i + 1], clip[i + 1 : i + 2])[0]
                                      for i in range(offset)]) if offset else None
-                for mode in evaluate.EVAL_MODES:
+                target = frames.labels[start + offset][None]
+                for mode in ("dff", "accel"):
                     logits = model(clip[None], None if flows is None else flows[None], mode=mode)
-                    expected[mode][offset].update(logits.argmax(1), frames.labels[current][None])
-    for mode in evaluate.EVAL_MODES:
+                    expected[mode][offset].update(logits.argmax(1), target)
+        for index in range(5):  # single-frame modes: every frame exactly once
+            for mode in single:
+                logits = model(images[index : index + 1, None], mode=mode)
+                single[mode].update(logits.argmax(1), frames.labels[index][None])
+    for mode in ("dff", "accel"):
         for offset in range(3):
             np.testing.assert_array_equal(meters[mode][offset].matrix,
                                           expected[mode][offset].matrix, err_msg=f"{mode} {offset}")
-    # 3 current frames of 32 x 48 pixels, none void
+    for mode, meter in single.items():
+        assert all(m is meters[mode][0] for m in meters[mode])  # one meter for every offset
+        np.testing.assert_array_equal(meters[mode][0].matrix, meter.matrix, err_msg=mode)
+    # 3 current frames of 32 x 48 pixels per offset, none void; 5 frames once each
     assert meters["accel"][1].matrix.sum() == 3 * 32 * 48
+    assert meters["reference"][0].matrix.sum() == 5 * 32 * 48
+
+
+def test_motion_clips_evaluate_with_a_stated_step(tiny_config: ModelConfig) -> None:
+    frames = sliding_frames(2)
+    clips = list(motion_clips(frames.images, frames.labels, 4, seed=3))
+    assert [len(c) for c in clips] == [4, 4]
+    assert clips[0].frame_time_s == pytest.approx(1 / 30)
+    meters = evaluate.evaluate_clips(AccelNet(tiny_config), clips, 3, ("dff", "accel"),
+                                     PipelineConfig(device="cpu"))
+    # Every offset scored once per clip; synthetic borders are void (255), so <= all pixels.
+    for offset in range(4):
+        assert 0 < meters["accel"][offset].matrix.sum() <= 2 * 32 * 48
 
 
 def test_intervals_average_offsets_and_claims() -> None:
@@ -83,14 +110,15 @@ def test_intervals_average_offsets_and_claims() -> None:
     summary = evaluate.summarise(meters)
     assert summary["per_offset"]["dff"]["1"] == pytest.approx(0.5 / 2)  # mean(0.5, 0)
     assert summary["per_offset"]["accel"]["0"] == pytest.approx(0.8 / 2)
-    # interval k = mean of offsets 0..k-1
-    assert summary["per_interval"]["dff"]["3"] == pytest.approx((0.8 + 0.5 + 0.2) / 3 / 2)
-    assert summary["per_interval"]["accel"]["2"] == pytest.approx((0.8 + 0.7) / 2 / 2)
+    # interval k pools one confusion matrix over offsets 0..k-1: tp 15 of 30 for dff k=3
+    assert summary["per_interval"]["dff"]["3"] == pytest.approx(15 / 30 / 2)
+    assert summary["per_interval"]["accel"]["2"] == pytest.approx(15 / 20 / 2)
     assert summary["per_interval"]["reference"]["1"] == summary["per_offset"]["reference"]["0"]
     assert summary["claims"]["accel_beats_dff"] == {"2": True, "3": True}
     assert summary["claims"]["accel_beats_deeplab"] == {"2": True, "3": True}
     table = evaluate.markdown_table(summary)
-    assert "| DFF (warp only) | 40.0 | 25.0 | 10.0 |" in table
+    assert "| DFF (warp only) | 40.0 | 25.0 | 10.0 |" in table  # per offset
+    assert "| DFF (warp only) | 40.0 | 32.5 | 25.0 |" in table  # per interval, pooled
 
 
 def test_eval_cli_writes_json_tables_and_plots(tmp_path: Path, tiny_config: ModelConfig) -> None:
@@ -107,10 +135,12 @@ def test_eval_cli_writes_json_tables_and_plots(tmp_path: Path, tiny_config: Mode
     assert evaluate.main(args) == 0
     result = json.loads((out / "eval.json").read_text())
     for key in ("per_offset", "per_interval", "pixel_accuracy", "per_class_iou", "claims",
-                "resolution", "num_frames", "num_eval_frames", "protocol"):
+                "input_size", "num_frames", "num_clips", "protocol", "offset_step_s"):
         assert key in result, key
-    assert result["resolution"] == [32, 48]  # taken from the checkpoint's training resolution
-    assert result["num_frames"] == 6 and result["num_eval_frames"] == 4
+    assert result["input_size"] == [32, 48]  # taken from the checkpoint's training resolution
+    assert result["num_frames"] == 6 and result["num_clips"] == 4
+    assert result["offset_step_s"] == pytest.approx(2 / 30, abs=1e-4)  # 2 frames, 30 fps
+    assert "one offset step = 0.067 s" in (out / "results.md").read_text()
     assert set(result["per_offset"]) == set(evaluate.EVAL_MODES)
     assert list(result["per_offset"]["accel"]) == ["0", "1", "2"]
     assert list(result["per_interval"]["dff"]) == ["1", "2", "3"]
@@ -124,6 +154,7 @@ def test_eval_cli_writes_json_tables_and_plots(tmp_path: Path, tiny_config: Mode
 
 
 def test_eval_names_an_impossible_offset(tiny_config: ModelConfig) -> None:
+    frames = sliding_frames(3)
+    clips = sequence_clips(frames.images, frames.labels, frames.sequences, 4, 0.1)
     with pytest.raises(ValueError, match="max-offset"):
-        evaluate.evaluate_offsets(AccelNet(tiny_config), sliding_frames(3), (32, 48), 3,
-                                  torch.device("cpu"))
+        evaluate.evaluate_clips(AccelNet(tiny_config), clips, 3)

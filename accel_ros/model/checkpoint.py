@@ -73,10 +73,18 @@ def load_checkpoint(
             f"{path} is not an accel_ros checkpoint (expected format {FORMAT!r}); "
             "torchvision ResNet weights load with AccelNet.load_backbone()"
         )
-    model = AccelNet(ModelConfig.from_dict(payload["model_config"]))
+    config = ModelConfig.from_dict(payload["model_config"])
+    model = AccelNet(config)
     state = {
-        key: value.float() if value.is_floating_point() else value
+        _current_key(key, config): value.float() if value.is_floating_point() else value
         for key, value in payload["state_dict"].items()
     }
     model.load_state_dict(state)
     return model, dict(payload.get("extra", {}))
+
+
+def _current_key(key: str, config: ModelConfig) -> str:
+    """State-dict key of a first-release ("mlp" head) checkpoint under today's module names."""
+    if config.feature_head != "mlp":
+        return key
+    return key.replace(".features.", ".backbone.", 1).replace(".head.reduce.", ".head.reduce.0.", 1)

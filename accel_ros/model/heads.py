@@ -7,23 +7,48 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class TaskHead(nn.Module):
-    """The paper's task network: 1x1 conv (C -> hidden) + ReLU, 1x1 conv (hidden -> classes).
+class DilatedFeatureHead(nn.Module):
+    """The paper's N_feat (DeepLab / DFF): 3x3 conv with dilation 6, then ReLU.
 
-    Input: features (N, C, h, w). Output: class scores (N, K, h, w) at feature resolution;
-    use `ScoreUpsampler` to bring them to image size (fusion is cheaper at 1/16).
+    (N, C_backbone, h, w) -> (N, C, h, w). Its output is what a keyframe caches and every
+    later frame warps, so C (1024 in the paper) sets the cache size.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden_channels: int = 1024) -> None:
+    def __init__(self, in_channels: int, out_channels: int = 1024, dilation: int = 6) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.conv(features))
+
+
+class TaskHead(nn.Module):
+    """N_task: features (N, C, h, w) -> class scores (N, K, h, w) at feature resolution.
+
+    With `hidden_channels` None it is the paper's single 1x1 conv (after N_feat). Checkpoints
+    from before N_feat existed use 1x1 conv -> hidden -> ReLU -> 1x1 conv. Use
+    `ScoreUpsampler` to bring scores to image size (fusion is cheaper at 1/16).
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, hidden_channels: int | None = None
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.reduce = nn.Conv2d(in_channels, hidden_channels, 1)
-        self.relu = nn.ReLU(inplace=True)
-        self.classify = nn.Conv2d(hidden_channels, num_classes, 1)
+        if hidden_channels is None:
+            self.reduce: nn.Module = nn.Identity()
+            self.classify = nn.Conv2d(in_channels, num_classes, 1)
+        else:
+            self.reduce = nn.Sequential(
+                nn.Conv2d(in_channels, hidden_channels, 1), nn.ReLU(inplace=True)
+            )
+            self.classify = nn.Conv2d(hidden_channels, num_classes, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.relu(self.reduce(features)))
+        return self.classify(self.reduce(features))
 
 
 class ScoreUpsampler(nn.Module):

