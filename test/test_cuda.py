@@ -17,6 +17,7 @@ from accel_ros.tools import device_check
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.mark.filterwarnings("ignore:cuda_graphs is on but the device is cpu")
 def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
     """The prepared GPU check, at toy size on the CPU: every step runs and writes its files."""
     code = device_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path)])

@@ -15,6 +15,7 @@ model's methods unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections import OrderedDict
@@ -34,6 +35,16 @@ OP_NAMES = ("reference_features", "reference_scores", "update_features", "update
 GRAPHED_OPS = ("reference_scores", "update_features", "update_scores", "fuse")
 # Estimators that run on the CPU through OpenCV, which releases the GIL: worth a thread.
 OVERLAPPABLE_FLOWS = ("dis", "farneback")
+
+
+def cuda_device_context(device: torch.device) -> contextlib.AbstractContextManager:
+    """`torch.cuda.device(device)` for a CUDA device, else a no-op. Streams, CUDA graphs and
+    synchronise calls use the *current* device: with `device: cuda:1` everything must run
+    inside this, or work lands on (or waits for) cuda:0. The current device is per thread, so
+    the flow worker enters it too."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _warn(message: str) -> None:
@@ -350,8 +361,8 @@ class FlowWorker:
 
 
 def _flow_job(estimator: FlowEstimator, previous: Any, image: torch.Tensor) -> FlowJob:
-    # Grad mode is thread-local: the worker needs its own inference_mode.
-    with torch.inference_mode():
+    # Grad mode and the current CUDA device are thread-local: the worker sets its own.
+    with torch.inference_mode(), cuda_device_context(image.device):
         start = time.perf_counter()
         prepared = estimator.prepare(image)
         flow = estimator.estimate(previous, prepared).float()

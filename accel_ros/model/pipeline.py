@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..config import ModelConfig, PipelineConfig, preset
 from .accel import AccelNet
 from .checkpoint import load_checkpoint, resolve_checkpoint
-from .fastpath import FastOps, FlowWorker, flow_can_overlap
+from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .flow import FlowEstimator, build_flow
 from .warp import check_flow
 
@@ -154,15 +154,6 @@ class FrameUploader:
             hwc = hwc.to(self.device)
         # (1, 3, H, W) with channels-last strides, as the permuted array view always had.
         return hwc.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-
-
-def cuda_device_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """`torch.cuda.device(device)` for a CUDA device, else a no-op. Streams, CUDA graphs and
-    synchronise calls use the *current* device: with `device: cuda:1` everything must run
-    inside this, or work lands on (or waits for) cuda:0."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
 
 
 @dataclass
