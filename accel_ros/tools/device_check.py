@@ -297,7 +297,7 @@ def run(check: Check) -> int:
     if check.tiny:
         runner.report["steps"]["bench_compile"] = {"skipped": "tiny run (inductor is slow)"}
     else:
-        runner.step("bench_compile", 120, lambda: benchmark(check, "compile"))
+        runner.step("bench_compile", 180, lambda: benchmark(check, "compile"))
     steps = runner.report["steps"]
     failed = list(runner.report["failures"])
     failed += [name for name, step in steps.items() if step.get("passed") is False]
