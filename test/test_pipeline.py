@@ -299,3 +299,10 @@ def test_fast_output_labels_equal_the_plain_argmax(tiny_config, upsample) -> Non
     assert labels.dtype == torch.uint8 and labels.shape == (180, 240)
     torch.testing.assert_close(labels.long(), expected, rtol=0, atol=0)
     torch.testing.assert_close(logits, model.upsample(scores, (180, 240)))
+
+
+def test_max_probability_switches_live(tiny_config, moving_frames) -> None:
+    seg = build_segmenter(tiny_config, PipelineConfig(device="cpu"), return_max_probability=True)
+    assert seg.process(moving_frames[0]).max_probability.shape == (64, 96)
+    seg.return_max_probability = False
+    assert seg.process(moving_frames[1]).max_probability is None

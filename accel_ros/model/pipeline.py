@@ -505,6 +505,12 @@ def build_segmenter(
     model: str | ModelConfig = "camvid34",
     pipeline: PipelineConfig | None = None,
     checkpoint: str | None = None,
+    *,
+    return_max_probability: bool = False,
 ) -> AccelSegmenter:
-    """One-call construction used by the node and the tools."""
-    return AccelSegmenter(build_model(model, checkpoint), pipeline)
+    """One-call construction used by the node and the tools. `return_max_probability` is
+    what a scores topic needs (see `AccelSegmenter`); it can also be switched live through the
+    segmenter's attribute of that name."""
+    return AccelSegmenter(
+        build_model(model, checkpoint), pipeline, return_max_probability=return_max_probability
+    )
