@@ -3,9 +3,10 @@
 1. `reference`: N_R + its task head on single labelled frames.
 2. `update`: N_U + its task head on single labelled frames.
 3. `fusion`: the 1x1 fusion conv on (keyframe, current) pairs at keyframe offsets (default
-   1..4) with DIS flow, loss on the current frame. Both branches are frozen, so their outputs
-   (warped reference scores, update scores) are computed once and cached: the stage takes
-   seconds to minutes on a CPU.
+   1..4) of synthetic 30 fps camera-motion clips made from the labelled frames (zoom, pan,
+   roll; exact labels), warped with DIS flow as at inference, loss on the current frame. Both
+   branches are frozen, so their outputs (warped reference scores, update scores) are computed
+   once and cached: the stage takes minutes on a CPU.
 
 Every stage writes `<out>/<stage>/{last.pt, last_state.pt, final.pt, metrics.csv, metrics.json,
 curves.png}`; the run ends with `<out>/accel_camvid.pt` (fp16 weights with `--half`). The
@@ -30,7 +31,7 @@ import torch
 
 from ..config import DEFAULT_PRESET, ModelConfig, preset
 from ..metrics import IGNORE_INDEX, ConfusionMeter
-from ..model import AccelNet, DISFlow, load_checkpoint, resize_flow, save_checkpoint, warp
+from ..model import AccelNet, load_checkpoint, save_checkpoint
 
 STAGE_ORDER = ("reference", "update", "fusion")
 FINAL_NAME = "accel_camvid.pt"
@@ -474,43 +475,42 @@ def build_pair_cache(
     size: tuple[int, int],
     device: torch.device,
     flow_scale: float = 0.5,
-    batch_size: int = 8,
+    seed: int = 0,
+    flip: bool = False,
 ) -> PairCache:
-    """Run the frozen branches once per frame and DIS flow once per consecutive frame pair;
-    warp keyframe features incrementally through the in-between frames (as at inference)."""
+    """Frozen-branch outputs for (keyframe, current) pairs at 30-fps-like offsets.
+
+    Each labelled frame becomes a synthetic camera-motion clip (`data/clips.motion_clips`:
+    zoom, pan, roll; exact labels on every frame). The keyframe's N_R features are warped
+    incrementally through the clip with the pipeline's own flow (DIS) and `AccelNet.propagate`,
+    as at inference; `flip` mirrors half of the clips (augmentation).
+    """
+    from ..data.clips import motion_clips
+    from ..model import build_flow
+
     model.eval()
+    length = max(offsets) + 1
     resized = [resize_pair(frames.images[i], frames.labels[i], size) for i in range(len(frames))]
-    ref_features, upd_scores = [], []
-    for start in range(0, len(frames), batch_size):
-        images = to_tensor([r[0] for r in resized[start : start + batch_size]]).to(device)
-        ref_features.append(model.reference_features(images).cpu())
-        upd_scores.append(model.update_scores(model.update_features(images)).cpu())
-    features = torch.cat(ref_features)
-    update = torch.cat(upd_scores)
-    flow_net = DISFlow(scale=flow_scale)
-    flows: dict[int, torch.Tensor] = {}
-    for index in range(1, len(frames)):
-        if frames.sequences[index] == frames.sequences[index - 1]:
-            pair = to_tensor([resized[index - 1][0], resized[index][0]])
-            flows[index] = resize_flow(flow_net(pair[:1], pair[1:]), features.shape[-2:])
-    pairs = frames.pairs(offsets)
-    if not pairs:
-        raise ValueError(
-            f"no (keyframe, current) pairs at offsets {offsets}: sequences too short"
-        )
-    warped, chosen_update, labels, pair_offsets = [], [], [], []
-    for key, current in pairs:
-        feature = features[key : key + 1].to(device)
-        for step in range(key + 1, current + 1):
-            feature = warp(feature, flows[step].to(device))
-        warped.append(model.reference_scores(feature).cpu())
-        chosen_update.append(update[current : current + 1])
-        labels.append(torch.from_numpy(resized[current][1]))
-        pair_offsets.append(current - key)
-    return PairCache(
-        torch.cat(warped), torch.cat(chosen_update), torch.stack(labels),
-        torch.tensor(pair_offsets),
-    )
+    flow = build_flow("dis", flow_scale)
+    warped, update, labels, pair_offsets = [], [], [], []
+    clips = motion_clips([r[0] for r in resized], [r[1] for r in resized], length, seed,
+                         frames.names, flip=flip)
+    for clip in clips:
+        images = to_tensor(clip.frames).to(device)  # (T, 3, H, W)
+        features = model.reference_features(images[:1])
+        update_scores = model.update_scores(model.update_features(images[1:]))
+        for step in range(1, length):
+            step_flow = flow(images[step - 1 : step], images[step : step + 1])
+            features = model.propagate(features, step_flow, image_size=size)
+            if step in offsets:
+                warped.append(model.reference_scores(features).cpu())
+                update.append(update_scores[step - 1 : step].cpu())
+                labels.append(torch.from_numpy(np.ascontiguousarray(clip.labels[step])))
+                pair_offsets.append(step)
+    if not warped:
+        raise ValueError(f"no (keyframe, current) pairs at offsets {offsets}")
+    return PairCache(torch.cat(warped), torch.cat(update), torch.stack(labels),
+                     torch.tensor(pair_offsets))
 
 
 @torch.no_grad()
@@ -543,10 +543,13 @@ def train_fusion(
     folder.mkdir(parents=True, exist_ok=True)
     size = (args.height, args.width)
     offsets = tuple(args.offsets)
-    _log(folder, f"fusion: caching frozen-branch outputs for offsets {offsets} ...")
-    train_cache = build_pair_cache(model, train, offsets, size, device, args.flow_scale)
+    _log(folder, f"fusion: caching frozen-branch outputs for offsets {offsets} of synthetic "
+         "30 fps camera-motion clips ...")
+    train_cache = build_pair_cache(model, train, offsets, size, device, args.flow_scale,
+                                   seed=args.seed, flip=True)
     val_cache = (
-        build_pair_cache(model, val, offsets, size, device, args.flow_scale) if val else None
+        build_pair_cache(model, val, offsets, size, device, args.flow_scale, seed=args.seed + 1)
+        if val else None
     )
     _log(folder, f"fusion: {len(train_cache.labels)} train pairs, "
          f"{len(val_cache.labels) if val_cache else 0} val pairs")
