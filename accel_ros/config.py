@@ -58,6 +58,9 @@ class ModelConfig:
     head_channels: int = 1024
     # N_feat width of the update branch; None = head_channels.
     update_head_channels: int | None = None
+    # The update branch sees the frame scaled by this (0.5: a quarter of the pixels); its
+    # scores are resampled onto the reference grid for fusion.
+    update_input_scale: float = 1.0
     feature_head: str = "dilated"
     output_stride: int = 16
     input_size: tuple[int, int] | None = None
@@ -80,6 +83,9 @@ class ModelConfig:
             raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
         if self.upsample not in UPSAMPLERS:
             raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLERS}")
+        if not 0.0 < float(self.update_input_scale) <= 1.0:
+            raise ValueError(f"update_input_scale must be in (0, 1], got {self.update_input_scale}")
+        self.update_input_scale = float(self.update_input_scale)
         if self.feature_head not in FEATURE_HEADS:
             raise ValueError(f"feature_head {self.feature_head!r} is not one of {FEATURE_HEADS}")
         if self.output_stride not in OUTPUT_STRIDES:
@@ -204,6 +210,7 @@ PRESETS: dict[str, ModelConfig] = {
         update_backbone="efficientnet_lite0",
         head_channels=1024,
         update_head_channels=256,
+        update_input_scale=0.5,
         input_size=(360, 480),
     ),
 }

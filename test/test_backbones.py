@@ -103,7 +103,8 @@ def test_paper_feature_head_is_cached_and_warped() -> None:
     assert features.shape == (1, 64, 4, 6) and float(features.min()) >= 0.0  # after ReLU
     assert scores.shape == (1, 11, 4, 6)
     assert model.reference.head.classify.kernel_size == (1, 1)  # N_task: one 1x1 conv
-    assert model.update_features(torch.rand(1, 3, 64, 96)).shape == (1, 32, 4, 6)
+    # the lite update branch sees the frame at half size: a 2 x 3 grid
+    assert model.update_features(torch.rand(1, 3, 64, 96)).shape == (1, 32, 2, 3)
 
 
 def test_first_release_checkpoints_still_load(tmp_path: Path) -> None:
@@ -135,3 +136,21 @@ def test_checkpoint_records_its_input_size(tmp_path: Path) -> None:
     loaded, _ = load_checkpoint(path)
     assert loaded.config.input_size == (96, 128)
     assert np.array_equal(loaded.config.to_dict()["input_size"], [96, 128])
+
+
+def test_update_branch_on_a_downscaled_frame_fuses_on_the_reference_grid() -> None:
+    config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                         head_channels=16, update_input_scale=0.5)
+    model = AccelNet(config).eval()
+    image = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        update = model.update_scores(model.update_features(image))
+        reference = model.reference_scores(model.reference_features(image))
+        assert update.shape[-2:] == (2, 3) and reference.shape[-2:] == (4, 6)
+        fused = model.fuse(None, None, reference, update)
+        assert fused.shape == reference.shape
+        clip = torch.rand(1, 2, 3, 64, 96)
+        logits = model(clip, torch.zeros(1, 1, 2, 64, 96), mode="accel")
+        assert logits.shape == (1, 11, 64, 96)
+    with pytest.raises(ValueError, match="update_input_scale"):
+        ModelConfig(update_input_scale=1.5)

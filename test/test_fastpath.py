@@ -170,7 +170,8 @@ def test_compiled_ops_equal_the_model_ops(tiny_config) -> None:
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
         # A bad input is the caller's error, not the compiler's: it propagates, compile stays.
         with pytest.raises(ValueError, match="fusion inputs differ"):
-            ops.fuse(features, update[..., :1])
+            scores = model.reference_scores(features)
+            ops.fuse(features, update, scores, scores[:, :2])  # class counts differ
     assert isinstance(ops.fuse, ScoreFusionCall) and ops.fuse.full.failure is None
 
 

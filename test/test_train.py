@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from accel_ros.config import ModelConfig
+from accel_ros.data import frames as frames_module
 from accel_ros.metrics import IGNORE_INDEX
 from accel_ros.model import AccelNet, load_checkpoint
 from accel_ros.tools import train
@@ -130,17 +131,11 @@ def test_augment_pads_with_ignore_when_zoomed_out() -> None:
     assert (out_labels == 1).sum() == 15 * 20
 
 
-def test_pairs_stay_inside_one_sequence() -> None:
-    frames = train.FrameSet([np.zeros((2, 2, 3), np.uint8)] * 5, [np.zeros((2, 2), np.uint8)] * 5,
-                            ["a", "a", "a", "b", "b"])
-    assert frames.pairs((1, 2)) == [(0, 1), (1, 2), (0, 2), (3, 4)]
-
-
 def test_class_weights_favour_rare_classes() -> None:
     labels = np.zeros((10, 10), np.uint8)
     labels[0, :2] = 1  # class 1 is rare, class 2 absent, 255 ignored
     labels[9] = IGNORE_INDEX
-    frames = train.FrameSet([np.zeros((10, 10, 3), np.uint8)], [labels], ["a"])
+    frames = frames_module.FrameSet([np.zeros((10, 10, 3), np.uint8)], [labels], ["a"])
     weights = train.class_weights(frames, 3, "median")
     assert weights is not None
     assert weights[1] > weights[0]
@@ -156,14 +151,14 @@ def test_poly_lr_schedule() -> None:
 
 
 def test_loads_camvid_with_void_ignored_and_segments(fake_camvid: Path) -> None:
-    frames = train.load_frames("camvid", fake_camvid, "train", num_classes=11)
+    frames = frames_module.load_frames("camvid", fake_camvid, "train", num_classes=11)
     assert len(frames) == 8
     assert frames.images[0].shape == (48, 64, 3) and frames.images[0].dtype == np.uint8
     assert frames.labels[0][0, -1] == IGNORE_INDEX  # void 11 -> 255
     assert frames.labels[0][0, 0] == 0
     assert len(set(frames.sequences)) == 2
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        train.load_frames("camvid", fake_camvid / "nowhere", "train", 11)
+        frames_module.load_frames("camvid", fake_camvid / "nowhere", "train", 11)
 
 
 def test_train_cli_all_stages_end_to_end(fake_camvid: Path, tmp_path: Path) -> None:

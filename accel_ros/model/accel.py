@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
@@ -24,13 +25,22 @@ class SegmentationBranch(nn.Module):
     cached (first-release checkpoints).
     """
 
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: TaskHead) -> None:
+    def __init__(
+        self, backbone: nn.Module, neck: nn.Module, head: TaskHead, input_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.head = head
+        self.input_scale = input_scale
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
+        if self.input_scale != 1.0:
+            # A cheap branch on a downscaled frame: its grid is coarser than the reference's
+            # (fusion brings it onto the reference grid).
+            size = [max(16, round(side * self.input_scale)) for side in image.shape[-2:]]
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)
         return self.neck(self.backbone(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -38,7 +48,11 @@ class SegmentationBranch(nn.Module):
 
 
 def build_branch(
-    config: ModelConfig, backbone_name: str, head_channels: int, project_to: int | None = None
+    config: ModelConfig,
+    backbone_name: str,
+    head_channels: int,
+    project_to: int | None = None,
+    input_scale: float = 1.0,
 ) -> SegmentationBranch:
     """The branch a config describes: the paper's N_feat + 1x1 N_task ("dilated"), or the
     first release's 1x1 head on the (optionally projected) backbone ("mlp")."""
@@ -50,7 +64,7 @@ def build_branch(
         )
     backbone = build_backbone(backbone_name, config.output_stride)
     neck = DilatedFeatureHead(backbone.out_channels, head_channels)
-    return SegmentationBranch(backbone, neck, TaskHead(head_channels, k))
+    return SegmentationBranch(backbone, neck, TaskHead(head_channels, k), input_scale)
 
 
 def _feature_width(branch: SegmentationBranch) -> int:
@@ -88,7 +102,8 @@ class AccelNet(nn.Module):
             if config.fusion == "feature":
                 # Feature fusion needs both maps at one width.
                 update_width, project = config.head_channels, reference_width
-            self.update = build_branch(config, config.update_backbone, update_width, project)
+            self.update = build_branch(config, config.update_backbone, update_width, project,
+                                       config.update_input_scale)
             if config.fusion == "score":
                 self.fusion = ScoreFusion(k)
             else:

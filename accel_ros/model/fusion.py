@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -27,12 +28,17 @@ class Fusion1x1(nn.Module):
             self.conv.bias.zero_()
 
     def forward(self, reference: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        if reference.shape != update.shape:
+        if reference.shape[:2] != update.shape[:2]:
             raise ValueError(
                 f"fusion inputs differ: reference {tuple(reference.shape)} vs "
                 f"update {tuple(update.shape)}"
             )
-        return self.conv(torch.cat((reference, update), dim=1))
+        if update.shape[-2:] != reference.shape[-2:]:
+            # An update branch run on a downscaled frame has a coarser grid: bring it onto the
+            # reference grid, which is where the warped keyframe lives.
+            update = F.interpolate(update, size=reference.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        return self.conv(torch.cat((reference, update.to(reference.dtype)), dim=1))
 
 
 class ScoreFusion(Fusion1x1):

@@ -36,9 +36,9 @@ import torch
 
 from ..config import DEFAULT_PRESET, PipelineConfig, preset
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
+from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
 from ..model import AccelNet, AccelSegmenter, load_checkpoint, resolve_checkpoint
-from .train import FrameSet, load_frames
 
 EVAL_MODES = ("reference", "deeplab", "dff", "accel")
 SINGLE_FRAME_MODES = ("reference", "deeplab")
