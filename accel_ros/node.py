@@ -246,9 +246,14 @@ class AccelSegmentationNode(Node):
         self._color_pub = self.create_publisher(Image, "~/color", output_qos)
         self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
         self._scores_pub = self.create_publisher(Image, "~/scores", output_qos)
+        self._stats_type: type = String
         if SegmentationStats is not None:
-            self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", output_qos)
-        else:
+            try:
+                self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", output_qos)
+                self._stats_type = SegmentationStats
+            except Exception as error:  # Python module found, its type support libraries not
+                log.warning(f"accel_ros_msgs is importable but unusable ({error})")
+        if self._stats_type is String:
             self._stats_pub = self.create_publisher(String, "~/stats", output_qos)
             log.info(
                 "accel_ros_msgs is not installed (colcon build it and source "
@@ -349,8 +354,8 @@ class AccelSegmentationNode(Node):
             self._stats.record(
                 outputs.result.timings, outputs.result.is_keyframe, time.monotonic(), end_to_end
             )
-        if SegmentationStats is not None:
-            self._stats_pub.publish(SegmentationStats(header=msg.header, **fields))
+        if self._stats_type is not String:
+            self._stats_pub.publish(self._stats_type(header=msg.header, **fields))
         else:
             stamp_pair = (msg.header.stamp.sec, msg.header.stamp.nanosec)
             text = stats_to_json(fields, stamp_pair, msg.header.frame_id)

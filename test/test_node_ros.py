@@ -573,6 +573,16 @@ def test_parameters_through_the_parameter_service(raw, frames):
     assert alpha.successful, alpha.reason
     out = raw.send(image_msg(frames[5], "rgb8", raw.clock.next()))
     assert bytes(out["overlay"].data) == bytes(out["color"].data)  # fully opaque labels
+    (scores_on,) = probe.set_parameters(NODE, publish_scores=True)
+    assert scores_on.successful, scores_on.reason
+    msg = image_msg(frames[6], "rgb8", raw.clock.next())
+    raw.send(msg)
+    scores = wait_for(lambda: probe.find(f"{NODE}/scores", stamp_of(msg)), 30.0, "~/scores")
+    assert scores.encoding == "32FC1" and scores.header == msg.header
+    values = image_to_array(scores)
+    assert values.shape == (H, W) and 1 / 11 - 1e-4 <= values.min() <= values.max() <= 1 + 1e-4
+    (scores_off,) = probe.set_parameters(NODE, publish_scores=False)
+    assert scores_off.successful, scores_off.reason
     # rclpy's own parameters: use_sim_time on (no /clock: time 0, so no latency), then off.
     (sim,) = probe.set_parameters(NODE, use_sim_time=True)
     assert sim.successful, sim.reason

@@ -261,7 +261,9 @@ def node_module(request, monkeypatch):
     for name, mod in _stand_in_modules(stats_class).items():
         monkeypatch.setitem(sys.modules, name, mod)
     if stats_class is None:
-        monkeypatch.setitem(sys.modules, "accel_ros_msgs", None)  # import fails: JSON fallback
+        # The import fails: JSON fallback (even if test_node_ros imported the real package).
+        monkeypatch.setitem(sys.modules, "accel_ros_msgs", None)
+        monkeypatch.setitem(sys.modules, "accel_ros_msgs.msg", None)
     monkeypatch.setitem(sys.modules, "cv_bridge", None)  # numpy bridge, deterministically
     monkeypatch.delitem(sys.modules, "accel_ros.node", raising=False)
     return importlib.import_module("accel_ros.node")
