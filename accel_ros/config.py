@@ -136,7 +136,8 @@ class PipelineConfig:
     device: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
-    # Frames are resized to this (height, width) before the network; None keeps input size.
+    # Frames are resized to this (height, width) before the network; None = the size the
+    # checkpoint was trained at (ModelConfig.input_size), or the frame's own size if unknown.
     input_size: tuple[int, int] | None = None
     # A time gap larger than this (seconds, from message stamps) resets the keyframe cache.
     max_time_gap: float = 1.0

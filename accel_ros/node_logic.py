@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .bridge import ImageConversionError, message_to_rgb8
-from .config import PRESETS, PipelineConfig, load_yaml
+from .config import DEFAULT_PRESET, PRESETS, PipelineConfig, load_yaml
 from .palette import PALETTES, colorize, overlay
 
 NODE_NAME = "accel_segmentation"
@@ -48,7 +48,7 @@ SOURCE_PARAMS_FILE = Path(__file__).resolve().parents[1] / "config" / "accel.yam
 class NodeOptions:
     """Node-only parameters (everything that is not a PipelineConfig field)."""
 
-    preset: str = "camvid34"
+    preset: str = DEFAULT_PRESET
     # "default" = the checkpoint shipped in the package, "none" = random weights, or a path.
     checkpoint: str = "default"
     image_topic: str = "image"

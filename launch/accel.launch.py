@@ -23,7 +23,7 @@ PACKAGE = "accel_ros"
 NODE_PARAMETERS = (
     ("image_topic", "/camera/image_raw", "sensor_msgs/Image topic to segment"),
     ("input_transport", "", "raw or compressed (<image_topic>/compressed)"),
-    ("preset", "", "model preset: accel18/34/50/101, camvid34"),
+    ("preset", "", "model preset: lite (shipped), camvid34, accel18/34/50/101"),
     ("checkpoint", "", "default (shipped weights), none, or a .pt path"),
     ("device", "", "auto, cpu or cuda:N"),
 )

@@ -22,7 +22,7 @@ def test_demo_entry_end_to_end(tmp_path, capsys):
     assert args.handler(args) == 0
 
     printed = capsys.readouterr().out
-    for title in ("DFF", "DeepLab-18", "Accel-18"):
+    for title in ("DFF", "DeepLab-Lite0", "Accel-Lite0"):  # the default (lite) preset
         assert title in printed
     assert "mIoU" in printed and "random weights" in printed
 
@@ -37,7 +37,7 @@ def test_demo_entry_end_to_end(tmp_path, capsys):
 
     summary = json.loads((out / demo.SUMMARY_JSON).read_text())
     assert summary["checkpoint"] is None
-    assert summary["model"]["reference_backbone"] == "resnet34"
+    assert summary["model"]["reference_backbone"] == "efficientnet_lite2"
     assert set(summary["modes"]) == {"dff", "deeplab", "accel"}
     for stats in summary["modes"].values():
         assert stats["frames"] == 3

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig, PipelineConfig, preset
+from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig, preset
 from .accel import AccelNet
 from .checkpoint import load_checkpoint, resolve_checkpoint
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
@@ -223,6 +223,12 @@ class AccelSegmenter:
         self.frame_index = -1
 
     @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) frames are resized to: the pipeline's `input_size`, else the size the
+        checkpoint was trained at, else None (frames go in at their own size)."""
+        return self.pipeline_config.input_size or self.model.config.input_size
+
+    @property
     def model_config(self) -> ModelConfig:
         return self.model.config
 
@@ -381,12 +387,13 @@ class AccelSegmenter:
 
     # -- the steps of process() ----------------------------------------------------------------
     def _prepare_image(self, host: torch.Tensor) -> torch.Tensor:
-        """Host frame -> (1, 3, H', W') float on the device, resized to `input_size` and in the
-        requested memory format."""
+        """Host frame -> (1, 3, H', W') float on the device, resized to the network input size
+        and in the requested memory format."""
         cfg = self.pipeline_config
         image = self._upload(host)
-        if cfg.input_size is not None and tuple(cfg.input_size) != tuple(image.shape[-2:]):
-            image = F.interpolate(image, size=cfg.input_size, mode="bilinear", align_corners=False)
+        size = self.input_size
+        if size is not None and tuple(size) != tuple(image.shape[-2:]):
+            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
         if cfg.channels_last:
             return image.contiguous(memory_format=torch.channels_last)
         return image
@@ -502,7 +509,7 @@ def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> Acce
 
 
 def build_segmenter(
-    model: str | ModelConfig = "camvid34",
+    model: str | ModelConfig = DEFAULT_PRESET,
     pipeline: PipelineConfig | None = None,
     checkpoint: str | None = None,
     *,

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..config import FLOW_METHODS, PRESETS, PipelineConfig
+from ..config import DEFAULT_PRESET, FLOW_METHODS, PRESETS, PipelineConfig
 from ..metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from ..palette import CAMVID_CLASSES, colorize, get_palette, overlay
 from .report import RunSummary
@@ -62,8 +62,10 @@ def demo_checkpoint(name: str | None) -> str | None:
 
 
 def mode_title(mode: str, model_config: Any) -> str:
-    """Panel title in the paper's naming: DFF, DeepLab-18 (update net alone), Accel-18."""
-    depth = (model_config.update_backbone or "").removeprefix("resnet")
+    """Panel title in the paper's naming: DFF, DeepLab-18 (update net alone), Accel-18; for
+    EfficientNet-Lite update nets DeepLab-Lite0, Accel-Lite0."""
+    name = model_config.update_backbone or ""
+    depth = name.removeprefix("resnet").replace("efficientnet_lite", "Lite")
     return {"dff": "DFF", "deeplab": f"DeepLab-{depth}", "accel": f"Accel-{depth}",
             "reference": "Reference"}[mode]
 
@@ -226,7 +228,7 @@ def run_demo(
     height: int = 256,
     width: int = 512,
     checkpoint: str | None = "default",
-    preset: str = "camvid34",
+    preset: str = DEFAULT_PRESET,
     keyframe_interval: int = 5,
     device: str = "auto",
     flow: str = "dis",
@@ -359,7 +361,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default="default",
                         help="'default' (shipped; random weights with a warning if missing), "
                         "'none' or a path")
-    parser.add_argument("--preset", default="camvid34", choices=sorted(PRESETS),
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
                         help="architecture when no checkpoint is loaded")
     parser.add_argument("--keyframe-interval", type=int, default=5)
     parser.add_argument("--device", default="auto")

@@ -140,10 +140,11 @@ def compare(truth: list[Any], other: list[Any]) -> dict[str, float]:
 def parity(check: Check) -> dict[str, Any]:
     import copy
 
+    from ..config import DEFAULT_PRESET
     from ..data.synthetic import generate_clip
     from ..model import build_model
 
-    model = build_model("camvid34", check.checkpoint).eval()
+    model = build_model(DEFAULT_PRESET, check.checkpoint).eval()
     size = getattr(model.config, "input_size", None) or (360, 480)
     if check.tiny:
         size = (64, 96)

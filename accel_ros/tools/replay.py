@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..config import FLOW_METHODS, MODES, PRESETS
+from ..config import DEFAULT_PRESET, FLOW_METHODS, MODES, PRESETS
 from ..palette import colorize, get_palette, overlay
 from . import bagio, bagread, video
 from .report import RunSummary
@@ -536,7 +536,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--out", "-o", required=True, type=Path, metavar="OUTPUT")
     seg.add_argument("--topic", default=None,
                      help="camera topic (default: the bag's only Image/CompressedImage topic)")
-    seg.add_argument("--preset", default="camvid34", choices=sorted(PRESETS))
+    seg.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     seg.add_argument("--checkpoint", default="default",
                      help="'default' (shipped), 'none' (random weights) or a path")
     seg.add_argument("--mode", default="accel", choices=MODES)
