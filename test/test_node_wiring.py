@@ -463,3 +463,28 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
     assert "'.[test,ros-build]'" in ci and ci.endswith("python -m pytest -ra")
     assert f"{ci}\n" in readme
+
+
+def test_model_and_tools_import_without_ros():
+    """ROS is an extra (`.[ros]`): `pip install .` must give a working model and CLI."""
+    import subprocess
+
+    blocked = ["rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "rcl_interfaces",
+               "accel_ros_msgs", "launch", "launch_ros"]
+    code = (
+        f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+        "import accel_ros.model, accel_ros.node_logic, accel_ros.messages, accel_ros.ros_replay\n"
+        "import accel_ros.tools.cli\n"
+        "try:\n    import accel_ros.node\nexcept ImportError:\n    print('node needs ROS')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "node needs ROS"
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    requires = next(
+        kw.value for call in ast.walk(tree) if isinstance(call, ast.Call)
+        for kw in call.keywords if kw.arg == "install_requires"
+    )
+    names = [elt.value for elt in requires.elts if isinstance(elt, ast.Constant)]
+    assert names and not [n for n in names if n.startswith(("ros-", "colcon"))]
