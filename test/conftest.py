@@ -15,6 +15,17 @@ def _deterministic() -> None:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """One intra-op thread, restored afterwards: on a small shared CPU, several processes each
+    spinning two OpenMP threads slow each other down ten-fold. Test files that train or
+    evaluate opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_config() -> ModelConfig:
     """ResNet-18 reference and update, narrow head: seconds, not minutes, on a CPU."""
     return ModelConfig(

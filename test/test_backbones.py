@@ -28,12 +28,7 @@ STREET_WORDS = ("cab", "car", "streetcar", "traffic light", "street sign", "park
                 "pickup", "tow truck", "passenger car", "van", "convertible")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", sorted(LITE_SPECS))

@@ -20,14 +20,7 @@ from accel_ros.metrics import ConfusionMeter
 from accel_ros.model import AccelNet, DISFlow, save_checkpoint
 from accel_ros.tools import evaluate
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread, restored afterwards (see test_train)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sliding_frames(count: int = 5, height: int = 32, width: int = 48) -> FrameSet:

@@ -49,14 +49,7 @@ def write_fake_camvid(root: Path, height: int = 48, width: int = 64) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread, restored afterwards: on a small shared CPU, several processes each
-    spinning two OpenMP threads slow each other down ten-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
