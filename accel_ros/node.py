@@ -223,9 +223,12 @@ class AccelSegmentationNode(Node):
         self.segmenter = segmenter
         self.segmenter.reset()  # an injected segmenter may hold another stream's keyframe
         apply_live_pipeline(self.segmenter.pipeline_config, self.settings)
+        # A checkpoint carries its own architecture: the preset only matters without one.
+        source = (f"preset {options.preset} (random weights)" if options.random_weights
+                  else f"checkpoint {options.checkpoint}")
         log.info(
-            f"model {options.preset} (checkpoint {options.checkpoint}) on "
-            f"{self.segmenter.device}, mode {self.settings.pipeline.mode}, keyframe interval "
+            f"model from {source} on {self.segmenter.device}, mode "
+            f"{self.settings.pipeline.mode}, keyframe interval "
             f"{self.settings.pipeline.keyframe_interval}"
         )
 

@@ -774,7 +774,7 @@ def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stat
         assert isinstance(out["stats"], stats_class) and out["stats"].header == out[
             "labels"].header
         output = process.output()
-        assert "(checkpoint default)" in output and "RANDOM" not in output
+        assert "model from checkpoint default" in output and "RANDOM" not in output
         assert "publishing ~/stats as std_msgs/String" not in output
         session.publisher.publish(image_msg(frames[2], "bgr8", session.clock.next()))
         time.sleep(0.05)
