@@ -4,16 +4,18 @@ Modes (one checkpoint): `reference` (N_R on every frame), `deeplab` (N_U alone o
 `dff` (keyframe features warped by DIS flow, no update branch) and `accel` (warped reference
 scores fused with N_U's scores).
 
-Protocol (labelled frames of a video, e.g. CamVid val = sequence 0016E5):
-- Offset o: the keyframe is the labelled frame o frames before the current one in the same
-  sequence; its N_R features are warped incrementally through the frames in between (DIS flow
-  between consecutive frames, as the streaming node does) and scored on the current frame.
-  Offset 0 is the keyframe itself, where every mode but `deeplab` is N_R's own answer. All
-  offsets use the same current frames (those with at least `max_offset` frames before them in
-  their sequence), so the columns are comparable.
-- Keyframe interval k: a keyframe every k frames sees each offset 0..k-1 once, so mIoU(k) =
-  mean over offsets 0..k-1 of the per-offset mIoU.
-- Confusion matrices ignore void (label 255; CamVid's id 11 is mapped to it).
+Protocol: clips whose frame 0 is the keyframe are streamed through `AccelSegmenter`, the node's
+own pipeline (resizing to the checkpoint's input size, DIS flow, incremental warps, fusion,
+logits upsampled to the label size), with offset o scored on clip frame o.
+- Clips (`--clips`): `sequence` = every window of consecutive labelled frames of a sequence
+  (CamVid val: 2 video frames = 0.067 s per step; train: 1 s); `motion` = synthetic 30 fps
+  camera motion (zoom, pan, roll) on each labelled frame, exact labels on every frame: short
+  range motion for a street held out of training (`--split train --sequences 0001TP`).
+- Single-frame modes (`reference`, `deeplab`) score every distinct frame once.
+- Keyframe interval k pools one confusion matrix over offsets 0..k-1 (a stream with a keyframe
+  every k frames sees each offset once per keyframe), then takes its mIoU.
+- Confusion matrices ignore void (label 255; CamVid's id 11 is mapped to it). Every table
+  states the seconds between offset steps.
 
 Writes `<out>/eval.json`, `<out>/results.md` (markdown tables), `<out>/fig5_offsets.png`
 (mIoU vs offset and vs interval, one line per mode, after the paper's Fig. 5) and
