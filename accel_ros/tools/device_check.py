@@ -194,11 +194,17 @@ def parity(check: Check) -> dict[str, Any]:
                 against["labels"] >= GRAPH_TOLERANCE["labels"]
                 and against["max_probability"] <= GRAPH_TOLERANCE["max_probability"]
             )
+        if not on_cuda and "precision" in fields:
+            # CPU autocast is bf16 (8-bit mantissa), not the fp16 the tolerances are set for:
+            # the dry run reports it but does not judge it.
+            entry["judged"] = False
         results["configs"][name] = entry
     if on_cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    results["passed"] = all(c["passed"] for c in results["configs"].values())
+    results["passed"] = all(
+        c["passed"] for c in results["configs"].values() if c.get("judged", True)
+    )
     return results
 
 
