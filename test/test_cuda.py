@@ -32,7 +32,11 @@ def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
     parity = steps["parity"]["configs"]
     assert set(parity) == set(device_check.TOLERANCES)
     assert parity["fp32"]["vs_cpu_fp32"] == {"labels": 1.0, "max_probability": 0.0}
-    assert all(entry["passed"] for entry in parity.values())
+    # Every fp32 path is judged and passes; CPU bf16 is reported, not judged (fp16 tolerances).
+    judged = {name for name, entry in parity.items() if entry.get("judged", True)}
+    assert judged == {"fp32", "fp32_graphs", "fp32_torch_flow"}
+    assert all(parity[name]["passed"] for name in judged)
+    assert 0.5 < parity["fp16"]["vs_cpu_fp32"]["labels"] <= 1.0
     flows = {row["method"]: row["epe"] for row in steps["flow_epe"]["methods"]}
     assert flows["dis"] < flows["zero"] and flows["torch"] < flows["zero"]
     bench = json.loads((tmp_path / "bench.json").read_text())
