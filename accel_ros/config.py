@@ -39,6 +39,16 @@ def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
 
 
+def _checked_size(size: Any) -> tuple[int, int] | None:
+    """An (height, width) network input size as ints, or None; both sides must be >= 16."""
+    if size is None:
+        return None
+    checked = tuple(int(v) for v in size)
+    if len(checked) != 2 or min(checked) < 16:
+        raise ValueError(f"input_size must be (height, width) >= 16, got {size}")
+    return checked  # type: ignore[return-value]
+
+
 @dataclass
 class ModelConfig:
     """Architecture of an Accel network.
@@ -92,10 +102,7 @@ class ModelConfig:
             raise ValueError(
                 f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}"
             )
-        if self.input_size is not None:
-            self.input_size = tuple(int(v) for v in self.input_size)  # type: ignore[assignment]
-            if len(self.input_size) != 2 or min(self.input_size) < 16:
-                raise ValueError(f"input_size must be (height, width) >= 16, got {self.input_size}")
+        self.input_size = _checked_size(self.input_size)
         self.class_names = tuple(self.class_names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,11 +175,7 @@ class PipelineConfig:
             raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.adaptive_flow_threshold < 0 or self.adaptive_confidence_drop < 0:
             raise ValueError("adaptive thresholds must be >= 0 (0 disables the rule)")
-        if self.input_size is not None:
-            size = tuple(int(v) for v in self.input_size)
-            if len(size) != 2 or min(size) < 16:
-                raise ValueError(f"input_size must be (height, width) >= 16, got {self.input_size}")
-            self.input_size = size  # type: ignore[assignment]
+        self.input_size = _checked_size(self.input_size)
         if self.max_time_gap <= 0:
             raise ValueError(f"max_time_gap must be > 0, got {self.max_time_gap}")
 

