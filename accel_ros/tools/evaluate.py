@@ -90,7 +90,9 @@ def evaluate_clips(
             meters[mode] = [ConfusionMeter(num_classes)] * length
         else:
             meters[mode] = [ConfusionMeter(num_classes) for _ in range(length)]
-    seen: set[int] = set()  # single-frame modes: windows over a sequence share frames
+    # Single-frame modes: windows over a sequence share frame objects. Keyed by id() and kept
+    # alive here, so a frame freed by a clip generator can never lend its id to a new one.
+    seen: dict[int, np.ndarray] = {}
     iterator: Iterable[Clip] = clips
     if progress:
         from tqdm import tqdm
@@ -102,7 +104,7 @@ def evaluate_clips(
             raise ValueError(f"clip {clip.name} has {len(clip)} frames, need {length}")
         count += 1
         fresh = [id(frame) not in seen for frame in clip.frames[:length]]
-        seen.update(id(frame) for frame in clip.frames[:length])
+        seen.update((id(frame), frame) for frame in clip.frames[:length])
         for mode, segmenter in segmenters.items():
             single = mode in SINGLE_FRAME_MODES
             segmenter.reset()
