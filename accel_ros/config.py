@@ -127,7 +127,7 @@ class ModelConfig:
 
 @dataclass
 class PipelineConfig:
-    """Streaming behaviour of `AccelSegmenter` (one camera stream)."""
+    """Streaming behaviour of `AccelSegmenter` (one or several camera streams)."""
 
     mode: str = "accel"
     keyframe_interval: int = 5
@@ -155,9 +155,12 @@ class PipelineConfig:
     overlap_flow: bool = False
     torch_compile: bool = False
     cuda_graphs: bool = False
+    # Several streams: stream i of N keyframes about i * keyframe_interval / N frames after
+    # stream 0, so the reference network's cost is spread over the frames of a batch.
+    stagger_keyframes: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("overlap_flow", "torch_compile", "cuda_graphs"):
+        for name in ("overlap_flow", "torch_compile", "cuda_graphs", "stagger_keyframes"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.mode not in MODES:

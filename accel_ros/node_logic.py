@@ -164,6 +164,12 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     ),
     "torch_compile": ("torch.compile the network calls when the segmenter is built", False, ()),
     "cuda_graphs": ("replay the network calls as CUDA graphs (CUDA devices only)", False, ()),
+    "stagger_keyframes": (
+        "with several streams, offset stream i's keyframes by about i * keyframe_interval / N "
+        "frames so reference-network runs are spread over the batches",
+        True,
+        (),
+    ),
     "preset": ("model preset; a checkpoint's own config wins", False, tuple(PRESETS)),
     "checkpoint": (
         "'default' = shipped weights, 'none' = random weights (testing only), or a .pt path",
