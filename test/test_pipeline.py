@@ -295,8 +295,8 @@ def test_fast_output_labels_equal_the_plain_argmax(tiny_config, upsample) -> Non
     scores = torch.randn(1, 5, 12, 15) * 3
     with torch.inference_mode():
         labels, logits = upsample_labels(model, scores, (180, 240))
-        expected = model.upsample(scores, (180, 240)).argmax(dim=1)[0]
-    assert labels.dtype == torch.uint8 and labels.shape == (180, 240)
+        expected = model.upsample(scores, (180, 240)).argmax(dim=1)
+    assert labels.dtype == torch.uint8 and labels.shape == (1, 180, 240)
     torch.testing.assert_close(labels.long(), expected, rtol=0, atol=0)
     torch.testing.assert_close(logits, model.upsample(scores, (180, 240)))
 

@@ -12,9 +12,11 @@ from .flow import (
     build_flow_estimator,
 )
 from .pipeline import (
+    DEFAULT_STREAM,
     STAGES,
     AccelSegmenter,
     SegmentationResult,
+    StreamFrame,
     build_model,
     build_segmenter,
     resolve_device,
@@ -23,6 +25,7 @@ from .warp import feature_size, flow_to_features, resize_flow, warp
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
+    "DEFAULT_STREAM",
     "STAGES",
     "AccelNet",
     "AccelSegmenter",
@@ -31,6 +34,7 @@ __all__ = [
     "FlowEstimator",
     "SegmentationBranch",
     "SegmentationResult",
+    "StreamFrame",
     "TorchFlow",
     "ZeroFlow",
     "build_flow",

@@ -1,10 +1,11 @@
-"""Streaming Accel: per-stream keyframe cache, keyframe policy, per-stage timing."""
+"""Streaming Accel: per-stream keyframe caches, keyframe policy, batched inference over
+streams, per-stage timing."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ from .flow import FlowEstimator, build_flow
 from .warp import check_flow
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
+# The stream `AccelSegmenter.process` uses when none is named.
+DEFAULT_STREAM = "default"
 
 
 @dataclass
@@ -40,6 +43,8 @@ class SegmentationResult:
     probabilities: np.ndarray | None = None
     reset_reason: str | None = None
     max_probability: np.ndarray | None = None
+    stream: str = DEFAULT_STREAM
+    batch_size: int = 1  # frames in the batch; `timings` are the batch's
 
 
 class StageTimer:
@@ -85,6 +90,8 @@ class KeyframeCache:
     keyframe_confidence: float = 1.0
     accumulated_flow: float = 0.0  # mean flow magnitude since the keyframe, input pixels
     force_keyframe: bool = False
+    # Frames the interval after this keyframe is shortened by (staggered streams; 0 after).
+    interval_offset: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -170,24 +177,112 @@ class FlowStep:
 def upsample_labels(
     model: AccelNet, scores: torch.Tensor, size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores (1, K, h, w) float -> (labels (H, W) uint8, logits (1, K, H, W)) on the device.
+    """Scores (N, K, h, w) float -> (labels (N, H, W) uint8, logits (N, K, H, W)) on the
+    device.
 
     The logits are computed channels-last and reduced with `max(dim=1).indices`: the same
     labels as `upsample(...).argmax(dim=1)` (both keep the first maximum), but on a CPU the
     contiguous-format argmax over channels is a strided reduction that took ~22 ms of ~26 ms for
     11 classes at 256x512; channels-last upsampling + max takes ~5 ms."""
     logits = model.upsample(scores.contiguous(memory_format=torch.channels_last), size)
-    labels = logits.max(dim=1).indices[0].to(torch.uint8)
+    labels = logits.max(dim=1).indices.to(torch.uint8)
     return labels, logits
 
 
+@dataclass(frozen=True)
+class StreamFrame:
+    """One frame of one stream, for `AccelSegmenter.process_batch`: (H, W, 3) uint8 RGB (or
+    (3, H, W) float in [0, 1]) and its header time in seconds (None = unknown)."""
+
+    stream: str
+    frame: np.ndarray | torch.Tensor
+    stamp: float | None = None
+
+
+@dataclass
+class StreamState:
+    """Everything one stream carries between its frames: its keyframe cache, its own frame
+    count, and where its keyframes sit relative to stream 0's (`phase`, a fraction of the
+    keyframe interval; see `AccelSegmenter.configure_streams`)."""
+
+    cache: KeyframeCache = field(default_factory=KeyframeCache)
+    frame_index: int = -1
+    phase: float = 0.0
+
+
+@dataclass(eq=False)
+class _Job:
+    """One frame on its way through `process_batch`."""
+
+    name: str
+    state: StreamState
+    host: torch.Tensor  # (1, 3, H, W) as `frame_to_tensor` returns it
+    stamp: float | None
+    reset_reason: str | None
+    image: torch.Tensor | None = None  # (1, 3, H', W') on the device, network input size
+    keyframe: bool = False
+    step: FlowStep = field(default_factory=FlowStep)
+    motion: torch.Tensor | None = None  # mean flow magnitude, input pixels (device scalar)
+    scores: torch.Tensor | None = None  # (1, K, h, w)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.host.shape[-2]), int(self.host.shape[-1])
+
+
+def _batch_key(args: tuple[torch.Tensor | None, ...]) -> tuple:
+    return tuple(None if a is None else (tuple(a.shape[1:]), a.dtype, a.device) for a in args)
+
+
+def _split(output: Any, index: int) -> Any:
+    if output is None:
+        return None
+    if isinstance(output, torch.Tensor):
+        return output[index : index + 1]
+    return tuple(_split(part, index) for part in output)
+
+
+def run_batched(
+    fn: Callable[..., Any],
+    inputs: Sequence[tuple[torch.Tensor | None, ...]],
+    keys: Sequence[Hashable] | None = None,
+) -> list[Any]:
+    """`fn` once per group of argument tuples whose tensors agree in everything but the batch
+    size (and whose `keys` are equal), on their concatenation along dim 0; the outputs (tensor,
+    tuple of tensors, None entries allowed) are split back into one per input, in order. With
+    `keys`, the group's key is passed to `fn` as a last argument.
+
+    Frames of several streams resized to one network input size form one group, so each
+    network runs once per batch instead of once per stream."""
+    groups: dict[tuple, list[int]] = {}
+    for index, args in enumerate(inputs):
+        extra = keys[index] if keys is not None else None
+        groups.setdefault((_batch_key(args), extra), []).append(index)
+    results: list[Any] = [None] * len(inputs)
+    for members in groups.values():
+        extra = () if keys is None else (keys[members[0]],)
+        if len(members) == 1:
+            results[members[0]] = fn(*inputs[members[0]], *extra)
+            continue
+        columns = zip(*(inputs[i] for i in members), strict=True)
+        joined = tuple(None if parts[0] is None else torch.cat(parts) for parts in columns)
+        output = fn(*joined, *extra)
+        for position, index in enumerate(members):
+            results[index] = _split(output, position)
+    return results
+
+
 class AccelSegmenter:
-    """Runs Accel on one video stream, frame by frame.
+    """Runs Accel on one or several video streams, frame by frame.
 
     Keyframes (every `keyframe_interval` frames, or when an adaptive rule fires, or after a
     reset) run the reference branch and cache its features. Other frames warp the cache by the
     flow from the previous frame (incrementally, so warps compound as in the paper), score it
     with the reference head, and - in `accel` mode - fuse with the update branch.
+
+    Every stream (named; `process` uses `DEFAULT_STREAM`) has its own cache, frame count,
+    resolution and time-gap state. `process_batch` takes at most one frame per stream and runs
+    each network once over all the frames of the batch that need it; one model serves them all.
     """
 
     def __init__(
@@ -219,8 +314,44 @@ class AccelSegmenter:
         self._upload = FrameUploader(self.device)
         self.return_max_probability = return_max_probability
         self.sync_stages = sync_stages
-        self.cache = KeyframeCache()
-        self.frame_index = -1
+        self._streams: dict[str, StreamState] = {DEFAULT_STREAM: StreamState()}
+
+    # -- streams -------------------------------------------------------------------------------
+    def configure_streams(self, names: Sequence[str]) -> None:
+        """Declare the streams in order (their caches start empty). With
+        `stagger_keyframes`, stream i of N keyframes about i * keyframe_interval / N frames
+        after stream 0 (its first interval is shortened by that much), so a batch of N frames
+        carries about one reference-network run instead of N every k-th batch."""
+        names = list(names)
+        if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"stream names must be unique, non-empty strings, got {names}")
+        self._streams = {
+            name: StreamState(phase=index / len(names)) for index, name in enumerate(names)
+        }
+        for graph in self._ops.graphs.values():  # one graph per batch size that occurs
+            graph.max_signatures = max(2, 2 * len(names))
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The names of the streams seen or configured so far."""
+        return tuple(self._streams)
+
+    def stream_state(self, stream: str = DEFAULT_STREAM) -> StreamState:
+        """The state of `stream` (created empty on first use)."""
+        state = self._streams.get(stream)
+        if state is None:
+            state = self._streams[stream] = StreamState()
+        return state
+
+    @property
+    def cache(self) -> KeyframeCache:
+        """The keyframe cache of the default stream (the one `process` uses)."""
+        return self.stream_state().cache
+
+    @property
+    def frame_index(self) -> int:
+        """Frames of the default stream so far, minus one."""
+        return self.stream_state().frame_index
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -232,12 +363,15 @@ class AccelSegmenter:
     def model_config(self) -> ModelConfig:
         return self.model.config
 
-    def reset(self, reason: str | None = None) -> None:
-        """Drop the keyframe cache; the next frame is a keyframe. A `reason` (e.g. a time gap
-        the caller judged on frame arrival) is reported as the next result's reset_reason."""
-        self.cache = KeyframeCache()
-        if reason:
-            self.cache.extra["reset_reason"] = reason
+    def reset(self, reason: str | None = None, stream: str | None = DEFAULT_STREAM) -> None:
+        """Drop the keyframe cache of `stream` (None: of every stream); its next frame is a
+        keyframe. A `reason` (e.g. a time gap the caller judged on frame arrival) is reported
+        as that stream's next result's reset_reason."""
+        for name in self.streams if stream is None else (stream,):
+            state = self.stream_state(name)
+            state.cache = KeyframeCache()
+            if reason:
+                state.cache.extra["reset_reason"] = reason
 
     @property
     def fast_path_notes(self) -> list[str]:
@@ -247,6 +381,12 @@ class AccelSegmenter:
     def close(self) -> None:
         """Stop the overlap_flow worker thread, if it was started."""
         self._flow_worker.close()
+
+    @staticmethod
+    def check_frame(frame: np.ndarray | torch.Tensor) -> None:
+        """Raise the ValueError `process` would raise for a malformed frame (cheap: no copy of
+        a well-formed uint8 array)."""
+        frame_to_tensor(frame)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self._autocast_dtype is None:
@@ -258,41 +398,9 @@ class AccelSegmenter:
             cache_enabled=not self.pipeline_config.cuda_graphs,
         )
 
-    def _overlaps_flow(self) -> bool:
-        """overlap_flow applies: accel mode (there is an update branch to hide the flow
-        behind), a CPU estimator, and a previous frame to compute flow from."""
-        cfg = self.pipeline_config
-        return (
-            cfg.overlap_flow
-            and cfg.mode == "accel"
-            and flow_can_overlap(self.flow)
-            and self.cache.previous is not None
-        )
-
-    def _update_branch(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """N_U on (1, 3, H, W): features (1, C_U, h, w) and, for score fusion, s_U."""
-        update_features = self._ops.update_features(image)
-        if self.model.fuses_features:
-            return update_features, None
-        return update_features, self._ops.update_scores(update_features)
-
-    def _flow_beside_update(
-        self, image: torch.Tensor, timer: StageTimer
-    ) -> tuple[Any, torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
-        """Flow in the worker thread while N_U runs here. Returns (prepared current frame,
-        flow, update branch output). "flow" is billed the worker's own time, so with overlap
-        the stages add up to more than "total"."""
-        job = self._flow_worker.submit(self.flow, self.cache.previous, image)
-        try:
-            with timer.stage("update"):
-                update = self._update_branch(image)
-        finally:
-            done = job.result()  # never leave the worker running into the next frame
-        timer.times["flow"] += done.milliseconds
-        return done.prepared, done.flow, update
-
-    def _reset_reason(self, size: tuple[int, int], stamp: float | None) -> str | None:
-        cache = self.cache
+    def _reset_reason(
+        self, cache: KeyframeCache, size: tuple[int, int], stamp: float | None
+    ) -> str | None:
         if cache.frame_size is None:
             return None
         if cache.frame_size != size:
@@ -305,87 +413,97 @@ class AccelSegmenter:
                 return f"time gap of {gap:.3f} s > max_time_gap"
         return None
 
-    def _is_keyframe_due(self) -> bool:
-        cfg, cache = self.pipeline_config, self.cache
+    def _is_keyframe_due(self, state: StreamState) -> bool:
+        cfg, cache = self.pipeline_config, state.cache
         if cfg.mode in ("reference", "deeplab"):
             return cfg.mode == "reference"
         if cache.features is None or cache.force_keyframe:
             return True
-        return self.frame_index - cache.keyframe_index >= cfg.keyframe_interval
+        interval = cfg.keyframe_interval - cache.interval_offset
+        return state.frame_index - cache.keyframe_index >= max(interval, 1)
+
+    # -- processing ----------------------------------------------------------------------------
+    def process(
+        self,
+        frame: np.ndarray | torch.Tensor,
+        stamp: float | None = None,
+        stream: str = DEFAULT_STREAM,
+    ) -> SegmentationResult:
+        """Segment one frame of `stream`: (H, W, 3) uint8 RGB (or (3, H, W) float). Returns
+        labels at the frame's own size. Raises ValueError for malformed frames without touching
+        the cache. A batch of one: see `process_batch`."""
+        return self.process_batch([StreamFrame(stream, frame, stamp)])[0]
 
     @torch.inference_mode()
-    def process(
-        self, frame: np.ndarray | torch.Tensor, stamp: float | None = None
-    ) -> SegmentationResult:
-        """Segment one frame: (H, W, 3) uint8 RGB (or (3, H, W) float). Returns labels at the
-        frame's own size. Raises ValueError for malformed frames without touching the cache.
+    def process_batch(self, frames: Sequence[StreamFrame]) -> list[SegmentationResult]:
+        """Segment one frame of each of several streams; one result per frame, in order.
 
-        Steps, each timed: flow (frames that warp) -> keyframe (N_R, cache) | warp and score
-        (propagate the cache, s_R) -> fuse (N_U, fusion) -> output (upsample, labels). The
-        host waits for the device once, when the labels come back (plus once mid-frame when an
-        adaptive flow threshold must look at the flow)."""
-        host = frame_to_tensor(frame)
-        cfg, size = self.pipeline_config, (int(host.shape[-2]), int(host.shape[-1]))
-        reset_reason = self._reset_reason(size, stamp)
-        if reset_reason is not None:
-            if self.cache.frame_size != size:
-                self._ops.release()  # graphs captured for the old resolution
-            self.reset()
-        cache = self.cache
-        reset_reason = reset_reason or cache.extra.pop("reset_reason", None)
-        self.frame_index += 1
+        Steps, each timed once for the whole batch (every result carries the batch's timings):
+        flow per stream (frames that warp) -> keyframes (N_R on the keyframes of the batch,
+        caches) | warp and score (propagate each cache, s_R) -> fuse (N_U, fusion) -> output
+        (upsample, labels). Frames resized to one network size share every network call. The
+        host waits for the device once per output size, when the labels come back (plus once
+        mid-batch when an adaptive flow threshold must look at the flow).
+
+        Raises ValueError, before any stream's cache changes, for a malformed frame (naming
+        its stream) or for two frames of one stream."""
+        names = [item.stream for item in frames]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a batch holds at most one frame per stream, got {names}")
+        hosts = []
+        for item in frames:
+            try:
+                hosts.append(frame_to_tensor(item.frame))
+            except ValueError as error:
+                if item.stream == DEFAULT_STREAM:
+                    raise
+                raise ValueError(f"stream {item.stream!r}: {error}") from error
+        jobs = [self._start(item, host) for item, host in zip(frames, hosts, strict=True)]
+        if not jobs:
+            return []
+        cfg = self.pipeline_config
         timer = StageTimer(self.device, self.sync_stages)
         uses_flow = cfg.mode in ("accel", "dff")
         with cuda_device_context(self.device), self._autocast():
-            image = self._prepare_image(host)
-            keyframe = self._is_keyframe_due()
-            step = self._flow_step(image, keyframe, timer) if uses_flow else FlowStep()
-            motion = None
-            if step.flow is not None:
-                motion = step.flow.norm(dim=1).mean() / self._flow_to_input_scale(step.flow, image)
-                threshold = cfg.adaptive_flow_threshold
-                if threshold > 0 and cache.accumulated_flow + float(motion) > threshold:
-                    keyframe = True  # too much motion: warped features are no longer trusted
+            for job in jobs:
+                job.image = self._prepare_image(job.host)
+                job.keyframe = self._is_keyframe_due(job.state)
+            if uses_flow:
+                self._flow_steps(jobs, timer)
             if cfg.mode == "deeplab":
                 with timer.stage("update"):
-                    scores = self._ops.update_scores(self._ops.update_features(image))
-            elif keyframe:
-                scores = self._keyframe_step(image, timer)
+                    for job, scores in zip(jobs, run_batched(
+                        lambda image: self._ops.update_scores(self._ops.update_features(image)),
+                        [(job.image,) for job in jobs],
+                    ), strict=True):
+                        job.scores = scores
             else:
-                assert step.flow is not None
-                scores = self._warp_and_score_step(step.flow, image, timer)
+                self._keyframe_step([job for job in jobs if job.keyframe], timer)
+                warping = [job for job in jobs if not job.keyframe]
+                self._warp_and_score_step(warping, timer)
                 if cfg.mode == "accel":
-                    scores = self._fuse_step(scores, image, step.early_update, timer)
-            if uses_flow:
-                cache.previous = step.prepared
-            output = self._output_step(scores, size, timer)
+                    self._fuse_step(warping, timer)
+            outputs = self._output_step(jobs, timer)
+        timings = timer.finish()
+        return [
+            self._finish(job, output, timings, len(jobs))
+            for job, output in zip(jobs, outputs, strict=True)
+        ]
 
-        # The labels are on the host, so the device is idle: these reads cost no stall.
-        confidence = float(output["confidence"])
-        if uses_flow:
-            if keyframe:
-                cache.keyframe_confidence = confidence
-            elif motion is not None:
-                cache.accumulated_flow += float(motion)
-            drop = cfg.adaptive_confidence_drop
-            if drop > 0 and cache.keyframe_confidence - confidence > drop:
-                cache.force_keyframe = True  # the next frame re-anchors on the reference net
-        cache.frame_size = size
-        cache.last_stamp = stamp
-        age = 0 if keyframe or not uses_flow else self.frame_index - cache.keyframe_index
-        return SegmentationResult(
-            labels=output["labels"],
-            confidence=confidence,
-            is_keyframe=bool(keyframe),
-            keyframe_age=age,
-            frame_index=self.frame_index,
-            timings=timer.finish(),
-            probabilities=output["probabilities"],
-            reset_reason=reset_reason,
-            max_probability=output["max_probability"],
-        )
+    # -- the steps of process_batch() ----------------------------------------------------------
+    def _start(self, item: StreamFrame, host: torch.Tensor) -> _Job:
+        """Judge the stream's reset rules (resolution, time) and count its frame."""
+        state = self.stream_state(item.stream)
+        size = (int(host.shape[-2]), int(host.shape[-1]))
+        reason = self._reset_reason(state.cache, size, item.stamp)
+        if reason is not None:
+            if state.cache.frame_size != size:
+                self._ops.release()  # graphs captured for the old resolution
+            self.reset(stream=item.stream)
+        reason = reason or state.cache.extra.pop("reset_reason", None)
+        state.frame_index += 1
+        return _Job(item.stream, state, host, item.stamp, reason)
 
-    # -- the steps of process() ----------------------------------------------------------------
     def _prepare_image(self, host: torch.Tensor) -> torch.Tensor:
         """Host frame -> (1, 3, H', W') float on the device, resized to the network input size
         and in the requested memory format."""
@@ -398,103 +516,214 @@ class AccelSegmenter:
             return image.contiguous(memory_format=torch.channels_last)
         return image
 
-    def _flow_step(self, image: torch.Tensor, keyframe: bool, timer: StageTimer) -> FlowStep:
-        """Prepare the frame for the flow estimator and, on a frame that will warp, estimate
-        the backward flow from the previous frame (beside N_U with overlap_flow)."""
-        previous = self.cache.previous
-        if keyframe or previous is None:
-            with timer.stage("flow"):
-                return FlowStep(prepared=self.flow.prepare(image))
-        if self._overlaps_flow():
-            prepared, flow, early_update = self._flow_beside_update(image, timer)
-            check_flow(flow)
-            return FlowStep(prepared, flow, early_update)
-        with timer.stage("flow"):
-            prepared = self.flow.prepare(image)
-            flow = self.flow.estimate(previous, prepared).float()
-            check_flow(flow)
-        return FlowStep(prepared, flow)
+    def _overlaps_flow(self, job: _Job) -> bool:
+        """overlap_flow applies: accel mode (there is an update branch to hide the flow
+        behind), a CPU estimator, a frame that warps and a previous frame to compute flow
+        from."""
+        cfg = self.pipeline_config
+        return (
+            cfg.overlap_flow
+            and cfg.mode == "accel"
+            and flow_can_overlap(self.flow)
+            and not job.keyframe
+            and job.state.cache.previous is not None
+        )
 
-    def _keyframe_step(self, image: torch.Tensor, timer: StageTimer) -> torch.Tensor:
-        """N_R on the frame: s_R, and (flow modes) a fresh float32 cache.
+    def _flow_steps(self, jobs: list[_Job], timer: StageTimer) -> None:
+        """Prepare each frame for the flow estimator and, on frames that will warp, estimate
+        the backward flow from the stream's previous frame. With overlap_flow the flows run in
+        the worker thread while N_U runs here on those frames ("flow" is then billed the
+        worker's own time, so the stages add up to more than "total"). An adaptive flow
+        threshold may turn a frame into a keyframe here."""
+        overlapped = [job for job in jobs if self._overlaps_flow(job)]
+        if overlapped:
+            futures = [
+                self._flow_worker.submit(self.flow, job.state.cache.previous, job.image)
+                for job in overlapped
+            ]
+            try:
+                with timer.stage("update"):
+                    updates = run_batched(self._update_branch, [(j.image,) for j in overlapped])
+            finally:
+                done = [future.result() for future in futures]  # never leave work running
+            for job, flow_job, update in zip(overlapped, done, updates, strict=True):
+                check_flow(flow_job.flow)
+                job.step = FlowStep(flow_job.prepared, flow_job.flow, update)
+                timer.times["flow"] += flow_job.milliseconds
+        for job in jobs:
+            if job in overlapped:
+                continue
+            previous = job.state.cache.previous
+            with timer.stage("flow"):
+                prepared = self.flow.prepare(job.image)
+                if job.keyframe or previous is None:
+                    job.step = FlowStep(prepared=prepared)
+                    continue
+                flow = self.flow.estimate(previous, prepared).float()
+                check_flow(flow)
+            job.step = FlowStep(prepared, flow)
+        threshold = self.pipeline_config.adaptive_flow_threshold
+        for job in jobs:
+            flow = job.step.flow
+            if flow is None:
+                continue
+            job.motion = flow.norm(dim=1).mean() / (flow.shape[-1] / job.image.shape[-1])
+            if threshold > 0 and job.state.cache.accumulated_flow + float(job.motion) > threshold:
+                job.keyframe = True  # too much motion: warped features are no longer trusted
+
+    def _update_branch(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """N_U on (N, 3, H, W): features (N, C_U, h, w) and, for score fusion, s_U."""
+        update_features = self._ops.update_features(image)
+        if self.model.fuses_features:
+            return update_features, None
+        return update_features, self._ops.update_scores(update_features)
+
+    def _keyframe_step(self, jobs: list[_Job], timer: StageTimer) -> None:
+        """N_R on the keyframes of the batch: s_R, and (flow modes) fresh float32 caches.
 
         The cache is float32 under any autocast precision, so the warp, N_task and their CUDA
         graphs / compiled kernels always see one dtype (keyframe or not)."""
-        cfg, cache = self.pipeline_config, self.cache
+        if not jobs:
+            return
+        cfg = self.pipeline_config
         with timer.stage("feature"):
-            features = self._ops.reference_features(image).float()
+            features = run_batched(
+                lambda image: self._ops.reference_features(image).float(),
+                [(job.image,) for job in jobs],
+            )
         with timer.stage("task"):
-            scores = self._ops.reference_scores(features)
-        if cfg.mode in ("accel", "dff"):
-            cache.features = features
-            cache.keyframe_index = self.frame_index
+            scores = run_batched(self._ops.reference_scores, [(f,) for f in features])
+        for job, job_features, job_scores in zip(jobs, features, scores, strict=True):
+            job.scores = job_scores
+            if cfg.mode not in ("accel", "dff"):
+                continue
+            cache = job.state.cache
+            first = cache.features is None
+            cache.features = job_features
+            cache.keyframe_index = job.state.frame_index
             cache.accumulated_flow = 0.0
             cache.force_keyframe = False
-        return scores
+            # The stream's first keyframe (start, reset) shortens its first interval by its
+            # phase; later intervals are whole.
+            stagger = cfg.stagger_keyframes and first and len(self._streams) > 1
+            phase = round(job.state.phase * cfg.keyframe_interval) if stagger else 0
+            cache.interval_offset = min(phase, cfg.keyframe_interval - 1)
 
-    def _warp_and_score_step(
-        self, flow: torch.Tensor, image: torch.Tensor, timer: StageTimer
-    ) -> torch.Tensor | None:
-        """Move the cache by the flow (`AccelNet.propagate`) and score it with N_task: s_R.
-        Feature fusion scores the fused features instead, so it gets None here."""
-        cache = self.cache
-        assert cache.features is not None
+    def _warp_and_score_step(self, jobs: list[_Job], timer: StageTimer) -> None:
+        """Move each cache by its flow (`AccelNet.propagate`) and score it with N_task: s_R.
+        Feature fusion scores the fused features instead, so its s_R stays None."""
+        if not jobs:
+            return
+        out_of_frame = self.pipeline_config.out_of_frame
         with timer.stage("warp"):
-            cache.features = self.model.propagate(
-                cache.features, flow, self.pipeline_config.out_of_frame,
-                image_size=(int(image.shape[-2]), int(image.shape[-1])),
+            warped = run_batched(
+                lambda features, flow, image_size: self.model.propagate(
+                    features, flow, out_of_frame, image_size=image_size
+                ),
+                [(job.state.cache.features, job.step.flow) for job in jobs],
+                keys=[(int(job.image.shape[-2]), int(job.image.shape[-1])) for job in jobs],
             )
+        for job, features in zip(jobs, warped, strict=True):
+            job.state.cache.features = features
         if self.pipeline_config.mode == "accel" and self.model.fuses_features:
-            return None
+            return
         with timer.stage("task"):
-            return self._ops.reference_scores(cache.features)
+            scores = run_batched(self._ops.reference_scores, [(f,) for f in warped])
+        for job, job_scores in zip(jobs, scores, strict=True):
+            job.scores = job_scores
 
-    def _fuse_step(
-        self,
-        reference_scores: torch.Tensor | None,
-        image: torch.Tensor,
-        early_update: tuple[torch.Tensor, torch.Tensor | None] | None,
-        timer: StageTimer,
-    ) -> torch.Tensor:
-        """N_U on the frame (unless overlap_flow ran it already) and the fusion (`AccelNet.fuse`)
-        of the warped reference with it."""
+    def _fuse_step(self, jobs: list[_Job], timer: StageTimer) -> None:
+        """N_U on the frames (unless overlap_flow ran it already) and the fusion
+        (`AccelNet.fuse`) of each warped reference with it."""
+        if not jobs:
+            return
+        pending = [job for job in jobs if job.step.early_update is None]
         with timer.stage("update"):
-            update_features, update_scores = early_update or self._update_branch(image)
+            updates = run_batched(self._update_branch, [(job.image,) for job in pending])
+        for job, update in zip(pending, updates, strict=True):
+            job.step.early_update = update
         with timer.stage("fusion"):
-            return self._ops.fuse(
-                self.cache.features, update_features, reference_scores, update_scores
-            )
-
-    def _output_step(
-        self, scores: torch.Tensor, size: tuple[int, int], timer: StageTimer
-    ) -> dict[str, Any]:
-        """Low-resolution scores (1, K, h, w) -> labels (H, W) uint8 on the host, the mean max
-        probability (a device scalar) and, if asked for, probabilities / max probability
-        reduced on the device before they cross to the host."""
-        cfg = self.pipeline_config
-        with timer.stage("output"):
-            scores = scores.float()
-            confidence = scores.softmax(dim=1).amax(dim=1).mean()
-            labels, logits = upsample_labels(self.model, scores, size)
-            probabilities = max_probability = None
-            if cfg.return_probabilities or self.return_max_probability:
-                full = logits.softmax(dim=1)[0]
-                if self.return_max_probability:
-                    max_probability = full.amax(dim=0).cpu().numpy()
-                if cfg.return_probabilities:
-                    probabilities = full.contiguous().cpu().numpy()
-            labels_host = labels.cpu().numpy()  # the one wait for the device
-        return {
-            "labels": labels_host,
-            "confidence": confidence,
-            "probabilities": probabilities,
-            "max_probability": max_probability,
-        }
+            fused = run_batched(self._ops.fuse, [self._fusion_inputs(job) for job in jobs])
+        for job, scores in zip(jobs, fused, strict=True):
+            job.scores = scores
 
     @staticmethod
-    def _flow_to_input_scale(flow: torch.Tensor, image: torch.Tensor) -> float:
-        """Ratio flow-map width / input width, to express flow magnitude in input pixels."""
-        return flow.shape[-1] / image.shape[-1]
+    def _fusion_inputs(job: _Job) -> tuple[torch.Tensor | None, ...]:
+        """(warped reference features, update features, s_R, s_U) of one frame."""
+        assert job.step.early_update is not None
+        update_features, update_scores = job.step.early_update
+        return job.state.cache.features, update_features, job.scores, update_scores
+
+    def _output_step(self, jobs: list[_Job], timer: StageTimer) -> list[dict[str, Any]]:
+        """Low-resolution scores (1, K, h, w) of each frame -> labels (H, W) uint8 on the host
+        at the frame's own size, the mean max probability (a device scalar) and, if asked
+        for, probabilities / max probability reduced on the device before they cross to the
+        host. Frames of one size share one upsampling and one copy to the host."""
+        cfg = self.pipeline_config
+        with timer.stage("output"):
+            grouped = run_batched(
+                self._upsample_and_reduce, [(job.scores,) for job in jobs],
+                keys=[job.size for job in jobs],
+            )
+            results = []
+            for labels, logits, confidence in grouped:
+                probabilities = max_probability = None
+                if cfg.return_probabilities or self.return_max_probability:
+                    full = logits.softmax(dim=1)[0]
+                    if self.return_max_probability:
+                        max_probability = full.amax(dim=0).cpu().numpy()
+                    if cfg.return_probabilities:
+                        probabilities = full.contiguous().cpu().numpy()
+                results.append({"labels": labels[0].numpy(), "confidence": confidence,
+                                "probabilities": probabilities,
+                                "max_probability": max_probability})
+        return results
+
+    def _upsample_and_reduce(
+        self, scores: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores (N, K, h, w) -> labels (N, H, W) uint8 on the host (the one wait for the
+        device), logits (N, K, H, W) and the mean max probability per frame (N,) on the
+        device."""
+        scores = scores.float()
+        confidence = scores.softmax(dim=1).amax(dim=1).mean(dim=(1, 2))
+        labels, logits = upsample_labels(self.model, scores, size)
+        return labels.cpu(), logits, confidence
+
+    def _finish(
+        self, job: _Job, output: dict[str, Any], timings: dict[str, float], batch_size: int
+    ) -> SegmentationResult:
+        """Book the frame into its stream's state and build its result. The labels are on the
+        host, so the device is idle: the reads here cost no stall."""
+        cfg, state = self.pipeline_config, job.state
+        cache = state.cache
+        uses_flow = cfg.mode in ("accel", "dff")
+        confidence = float(output["confidence"])
+        if uses_flow:
+            cache.previous = job.step.prepared
+            if job.keyframe:
+                cache.keyframe_confidence = confidence
+            elif job.motion is not None:
+                cache.accumulated_flow += float(job.motion)
+            drop = cfg.adaptive_confidence_drop
+            if drop > 0 and cache.keyframe_confidence - confidence > drop:
+                cache.force_keyframe = True  # the next frame re-anchors on the reference net
+        cache.frame_size = job.size
+        cache.last_stamp = job.stamp
+        age = 0 if job.keyframe or not uses_flow else state.frame_index - cache.keyframe_index
+        return SegmentationResult(
+            labels=output["labels"],
+            confidence=confidence,
+            is_keyframe=bool(job.keyframe),
+            keyframe_age=age,
+            frame_index=state.frame_index,
+            timings=dict(timings),
+            probabilities=output["probabilities"],
+            reset_reason=job.reset_reason,
+            max_probability=output["max_probability"],
+            stream=job.name,
+            batch_size=batch_size,
+        )
 
 
 def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> AccelNet:
