@@ -1,4 +1,4 @@
-"""ROS 2 node `accel_segmentation`: Accel video segmentation of a camera stream.
+"""ROS 2 node `accel_segmentation`: Accel video segmentation of one or several camera streams.
 
 The only module that imports rclpy and ROS message packages. It is deliberately thin: what to
 do with parameters, frames, statistics and errors is decided in `accel_ros.node_logic` (tested
@@ -16,11 +16,19 @@ Topics (relative names, remappable):
        /diagnostics diagnostic_msgs/DiagnosticArray, every diagnostics_period seconds
   Outputs are reliable keep-last `output_qos_depth` (10) unless output_qos is best_effort.
 
-Threading: the subscription callback judges the time gap to the previous arrival and drops the
-message into a newest-frame slot; one worker thread converts, segments and publishes, so
-callbacks never block and frames that arrive while the worker is busy replace each other
-(counted as dropped). SIGINT / SIGTERM stop the worker (the frame in flight is finished and
-published) before the node and the context are shut down.
+Several cameras (`image_topics: [front/image, rear/image]`): one stream per topic, each
+relative and remappable (compressed transport appends /compressed to each); the outputs of
+stream <s> (the topic without its last component: front, rear) are ~/<s>/labels, ~/<s>/color,
+~/<s>/overlay, ~/<s>/scores and ~/<s>/stats, and /diagnostics carries one status per stream
+("<node name>: <s> segmentation"). One model serves all streams, with a keyframe cache each.
+
+Threading: a subscription callback judges the time gap to its stream's previous arrival and
+drops the message into that stream's newest-frame slot; one worker thread waits until any
+stream has a frame, takes the newest frame of every stream that has one, segments them as one
+batch and publishes each stream's outputs, so callbacks never block, a silent camera never
+holds back the others, and frames that arrive while the worker is busy replace each other
+(counted as dropped for their stream). SIGINT / SIGTERM stop the worker (the batch in flight is
+finished and published) before the node and the context are shut down.
 """
 
 from __future__ import annotations
@@ -56,12 +64,15 @@ from .node_logic import (
     PARAMETER_SPECS,
     PARAMETERS,
     SOURCE_PARAMS_FILE,
+    BatchProcessor,
     DiagnosticReport,
     FrameOutputs,
-    FrameProcessor,
-    FrameSlot,
     NodeSettings,
+    ReadyFrame,
     StampGapMonitor,
+    StreamOutcome,
+    StreamPlan,
+    StreamSlots,
     StreamStatistics,
     Throttle,
     apply_live_pipeline,
@@ -69,6 +80,7 @@ from .node_logic import (
     diagnostic_report,
     parse_parameters,
     plan_parameter_update,
+    plan_streams,
     unknown_parameters,
 )
 
@@ -94,6 +106,7 @@ _PARAMETER_TYPES = {
     "float": ParameterType.PARAMETER_DOUBLE,
     "str": ParameterType.PARAMETER_STRING,
     "int_array": ParameterType.PARAMETER_INTEGER_ARRAY,
+    "str_array": ParameterType.PARAMETER_STRING_ARRAY,
 }
 _LEVELS = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
            DiagnosticStatus.STALE)
@@ -180,6 +193,19 @@ def _image_message(fields: dict[str, Any], header: Any) -> Image:
     return msg
 
 
+@dataclasses.dataclass
+class _Stream:
+    """One input stream: its plan, arrival-gap monitor, statistics and ROS endpoints. Its
+    newest-frame slot lives in the node's StreamSlots, its error counters in the
+    BatchProcessor (both keyed by `plan.name`)."""
+
+    plan: StreamPlan
+    gaps: StampGapMonitor
+    stats: StreamStatistics
+    publishers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    subscription: Any = None
+
+
 class AccelSegmentationNode(Node):
     """Subscribes to a camera, publishes Accel segmentation, statistics and diagnostics.
 
@@ -221,7 +247,15 @@ class AccelSegmentationNode(Node):
             except _STARTUP_ERRORS as error:  # missing checkpoint, no CUDA, ...
                 raise StartupError(f"cannot build the segmenter: {error}") from error
         self.segmenter = segmenter
-        self.segmenter.reset()  # an injected segmenter may hold another stream's keyframe
+        from .model.pipeline import DEFAULT_STREAM  # torch is loaded: the segmenter exists
+
+        plans = plan_streams(options, DEFAULT_STREAM)
+        names = [plan.name for plan in plans]
+        self._multi_stream = bool(options.image_topics)
+        # One model, one keyframe cache per stream; an injected segmenter may hold other
+        # streams' keyframes, so every stream starts empty.
+        self.segmenter.configure_streams(names)
+        self.segmenter.reset(stream=None)
         apply_live_pipeline(self.segmenter.pipeline_config, self.settings)
         # A checkpoint carries its own architecture: the preset only matters without one.
         source = (f"preset {options.preset} (random weights)" if options.random_weights
@@ -230,51 +264,34 @@ class AccelSegmentationNode(Node):
             f"model from {source} on {self.segmenter.device}, mode "
             f"{self.settings.pipeline.mode}, keyframe interval "
             f"{self.settings.pipeline.keyframe_interval}"
+            + (f", {len(plans)} streams: {', '.join(names)}" if self._multi_stream else "")
         )
+        if self._multi_stream and options.image_topic != PARAMETER_SPECS["image_topic"].default:
+            log.warning(f"image_topics is set: image_topic {options.image_topic!r} is unused")
 
-        self._slot = FrameSlot(options.stats_window)
-        self._gaps = StampGapMonitor()
-        self._stats = StreamStatistics(options.stats_window)
+        self._slots = StreamSlots(names, options.stats_window)
+        self._streams = {
+            plan.name: _Stream(plan, StampGapMonitor(), StreamStatistics(options.stats_window))
+            for plan in plans
+        }
         self._stats_lock = threading.Lock()
         self._throttle = Throttle(options.log_throttle)
-        self._processor = FrameProcessor(
+        self._processor = BatchProcessor(
             self.segmenter,
+            names,
             options,
             converter=make_converter(options.use_cv_bridge, log),
             logger=log,
+            label_streams=self._multi_stream,
         )
 
-        output_qos = _output_qos(options.output_qos, options.output_qos_depth)
-        self._labels_pub = self.create_publisher(Image, "~/labels", output_qos)
-        self._color_pub = self.create_publisher(Image, "~/color", output_qos)
-        self._overlay_pub = self.create_publisher(Image, "~/overlay", output_qos)
-        self._scores_pub = self.create_publisher(Image, "~/scores", output_qos)
-        self._stats_type: type = String
-        if SegmentationStats is not None:
-            try:
-                self._stats_pub = self.create_publisher(SegmentationStats, "~/stats", output_qos)
-                self._stats_type = SegmentationStats
-            except Exception as error:  # Python module found, its type support libraries not
-                log.warning(f"accel_ros_msgs is importable but unusable ({error})")
-        if self._stats_type is String:
-            self._stats_pub = self.create_publisher(String, "~/stats", output_qos)
-            log.info(
-                "accel_ros_msgs is not installed (colcon build it and source "
-                "install/setup.bash): publishing ~/stats as std_msgs/String JSON with the "
-                "fields of accel_ros_msgs/msg/SegmentationStats.msg"
-            )
+        self._stats_type: type | None = None
+        try:
+            for stream in self._streams.values():
+                self._create_endpoints(stream)
+        except Exception as error:  # e.g. a topic name rclpy refuses
+            raise StartupError(f"cannot create the topics: {error}") from error
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
-        if options.input_transport == "compressed":
-            # Remap first, then append: `-r image:=/cam` subscribes to /cam/compressed.
-            topic = f"{self.resolve_topic_name(options.image_topic)}/compressed"
-            msg_type = CompressedImage
-        else:
-            topic, msg_type = options.image_topic, Image
-        self._subscription = self.create_subscription(
-            msg_type, topic, self._on_image, _sensor_qos()
-        )
-        log.info(f"subscribed to {self._subscription.topic_name} ({msg_type.__name__})")
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics_timer = self.create_timer(
@@ -282,6 +299,47 @@ class AccelSegmentationNode(Node):
         )
         self._worker = threading.Thread(target=self._work, name="accel_worker", daemon=True)
         self._worker.start()
+
+    def _create_endpoints(self, stream: _Stream) -> None:
+        """The stream's output publishers and its input subscription."""
+        options, log, prefix = self.settings.options, self.get_logger(), stream.plan.outputs
+        output_qos = _output_qos(options.output_qos, options.output_qos_depth)
+        for name in ("labels", "color", "overlay", "scores"):
+            stream.publishers[name] = self.create_publisher(Image, prefix + name, output_qos)
+        if self._stats_type is None and SegmentationStats is not None:
+            try:
+                stream.publishers["stats"] = self.create_publisher(
+                    SegmentationStats, prefix + "stats", output_qos
+                )
+                self._stats_type = SegmentationStats
+            except Exception as error:  # Python module found, its type support libraries not
+                log.warning(f"accel_ros_msgs is importable but unusable ({error})")
+        if self._stats_type is None:
+            self._stats_type = String
+            log.info(
+                "accel_ros_msgs is not installed (colcon build it and source "
+                "install/setup.bash): publishing ~/stats as std_msgs/String JSON with the "
+                "fields of accel_ros_msgs/msg/SegmentationStats.msg"
+            )
+        if "stats" not in stream.publishers:
+            stream.publishers["stats"] = self.create_publisher(
+                self._stats_type, prefix + "stats", output_qos
+            )
+
+        if options.input_transport == "compressed":
+            # Remap first, then append: `-r image:=/cam` subscribes to /cam/compressed.
+            topic = f"{self.resolve_topic_name(stream.plan.topic)}/compressed"
+            msg_type = CompressedImage
+        else:
+            topic, msg_type = stream.plan.topic, Image
+        name = stream.plan.name
+        stream.subscription = self.create_subscription(
+            msg_type, topic, lambda msg: self._on_image(name, msg), _sensor_qos()
+        )
+        where = f"subscribed to {stream.subscription.topic_name} ({msg_type.__name__})"
+        if self._multi_stream:
+            where = f"stream {name}: {where}, outputs {prefix}{{labels,color,overlay,stats}}"
+        log.info(where)
 
     # --- parameters -------------------------------------------------------------------------
 
@@ -311,7 +369,7 @@ class AccelSegmentationNode(Node):
             return SetParametersResult(successful=False, reason=plan.reason)
         self.settings = plan.settings
         apply_live_pipeline(self.segmenter.pipeline_config, plan.settings)
-        self._processor.options = plan.settings.options
+        self._processor.options = plan.settings.options  # every stream's
         self._throttle.period = plan.settings.options.log_throttle
         if plan.changed:
             summary = ", ".join(f"{n}={changes[n]!r}" for n in plan.changed)
@@ -320,97 +378,125 @@ class AccelSegmentationNode(Node):
 
     # --- frames -------------------------------------------------------------------------
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
+    def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
         # Gaps are judged here, on every arrival, so that dropped frames never look like gaps.
-        reset = self._gaps.observe(
+        reset = self._streams[stream].gaps.observe(
             stamp_to_seconds(msg.header.stamp), self.segmenter.pipeline_config.max_time_gap
         )
-        self._slot.put(msg, reset)  # never blocks; an unprocessed older frame is dropped
+        self._slots.put(stream, msg, reset)  # never blocks; an unprocessed older frame drops
 
     def _work(self) -> None:
-        while not self._slot.closed:
-            entry = self._slot.take_entry(timeout=0.2)
-            if entry is None:
+        while not self._slots.closed:
+            ready = self._slots.take_ready(timeout=0.2)
+            if not ready:
                 continue
             try:
-                self._handle(*entry)
+                self._handle(ready)
             except Exception as error:  # keep the worker alive whatever happens
                 if self._throttle.allow("worker") and self.context.ok():
                     self.get_logger().error(f"frame failed: {type(error).__name__}: {error}")
 
-    def _handle(self, msg: Image | CompressedImage, reset_reason: str | None = None) -> None:
-        stamp = stamp_to_seconds(msg.header.stamp)
-        outputs = self._processor.process(msg, stamp, reset_reason)
-        if outputs is None:
-            return
-        self._publish_images(outputs, msg.header)
+    def _handle(self, ready: list[ReadyFrame]) -> None:
+        """One batch: the newest frame of every ready stream, segmented together, then each
+        stream's outputs published with its own input header."""
+        for outcome in self._processor.process(ready):
+            if outcome.outputs is None:
+                continue
+            try:
+                self._publish(self._streams[outcome.stream], outcome)
+            except Exception as error:  # one stream's failure must not cost the others
+                if self._throttle.allow(f"publish {outcome.stream}") and self.context.ok():
+                    prefix = f"stream {outcome.stream}: " if self._multi_stream else ""
+                    self.get_logger().error(
+                        f"{prefix}frame failed: {type(error).__name__}: {error}"
+                    )
+
+    def _publish(self, stream: _Stream, outcome: StreamOutcome) -> None:
+        outputs, header = outcome.outputs, outcome.msg.header
+        assert outputs is not None
+        self._publish_images(stream, outputs, header)
         now = self.get_clock().now().nanoseconds * 1e-9
         fields = stats_fields(
             outputs.result,
             mode=self.segmenter.pipeline_config.mode,
             stamp=outputs.stamp,
             now=now,
-            dropped_frames=self._slot.dropped,
+            dropped_frames=self._slots.slots[stream.plan.name].dropped,
         )
         end_to_end = None if np.isnan(fields["end_to_end_ms"]) else fields["end_to_end_ms"]
         with self._stats_lock:
-            self._stats.record(
+            stream.stats.record(
                 outputs.result.timings, outputs.result.is_keyframe, time.monotonic(), end_to_end
             )
         if self._stats_type is not String:
-            self._stats_pub.publish(self._stats_type(header=msg.header, **fields))
+            stream.publishers["stats"].publish(self._stats_type(header=header, **fields))
         else:
-            stamp_pair = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-            text = stats_to_json(fields, stamp_pair, msg.header.frame_id)
-            self._stats_pub.publish(String(data=text))
+            stamp_pair = (header.stamp.sec, header.stamp.nanosec)
+            text = stats_to_json(fields, stamp_pair, header.frame_id)
+            stream.publishers["stats"].publish(String(data=text))
 
-    def _publish_images(self, outputs: FrameOutputs, header: Any) -> None:
-        self._labels_pub.publish(_image_message(from_array(outputs.labels, "mono8"), header))
+    def _publish_images(self, stream: _Stream, outputs: FrameOutputs, header: Any) -> None:
+        publishers = stream.publishers
+        publishers["labels"].publish(_image_message(from_array(outputs.labels, "mono8"), header))
         if outputs.color is not None:
-            self._color_pub.publish(_image_message(from_array(outputs.color, "rgb8"), header))
+            publishers["color"].publish(_image_message(from_array(outputs.color, "rgb8"), header))
         if outputs.overlay is not None:
-            self._overlay_pub.publish(
+            publishers["overlay"].publish(
                 _image_message(from_array(outputs.overlay, "rgb8"), header)
             )
         if outputs.scores is not None:
-            self._scores_pub.publish(_image_message(from_array(outputs.scores, "32FC1"), header))
+            publishers["scores"].publish(
+                _image_message(from_array(outputs.scores, "32FC1"), header)
+            )
 
     # --- diagnostics ------------------------------------------------------------------------
 
-    def _diagnostic_report(self) -> DiagnosticReport:
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        """The segmenter streams this node serves, in `image_topics` order."""
+        return tuple(self._streams)
+
+    def _diagnostic_report(self, stream: _Stream) -> DiagnosticReport:
+        name = stream.plan.name
         with self._stats_lock:
             return diagnostic_report(
-                self._stats,
-                self._slot,
-                self._processor.errors,
+                stream.stats,
+                self._slots.slots[name],
+                self._processor.errors(name),
                 str(self.segmenter.device),
                 self.settings.options,
                 self.segmenter.pipeline_config.keyframe_interval,
+                now=time.monotonic(),
+                stream=name if self._multi_stream else None,
+                topic=stream.subscription.topic_name if self._multi_stream else None,
             )
 
     def _publish_diagnostics(self) -> None:
-        report = self._diagnostic_report()
-        status = DiagnosticStatus(
-            level=_LEVELS[report.level],
-            name=f"{self.get_name()}: segmentation",
-            message=report.message,
-            hardware_id=str(self.segmenter.device),
-            values=[KeyValue(key=key, value=value) for key, value in report.values],
-        )
-        array_msg = DiagnosticArray(status=[status])
+        statuses = []
+        for stream in self._streams.values():
+            report = self._diagnostic_report(stream)
+            statuses.append(DiagnosticStatus(
+                level=_LEVELS[report.level],
+                name=f"{self.get_name()}: {stream.plan.status}",
+                message=report.message,
+                hardware_id=str(self.segmenter.device),
+                values=[KeyValue(key=key, value=value) for key, value in report.values],
+            ))
+        array_msg = DiagnosticArray(status=statuses)
         array_msg.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array_msg)
 
-    def diagnostics_json(self) -> str:
-        """The current diagnostic values as JSON (handy in tests and for debugging)."""
-        report = self._diagnostic_report()
+    def diagnostics_json(self, stream: str | None = None) -> str:
+        """The current diagnostic values of `stream` (default: the first) as JSON (handy in
+        tests and for debugging)."""
+        report = self._diagnostic_report(self._streams[stream or next(iter(self._streams))])
         return json.dumps({"level": report.level, "message": report.message,
                            "values": dict(report.values)})
 
     def stop_worker(self, timeout: float = _WORKER_STOP_TIMEOUT) -> bool:
         """Stop taking frames and wait for the frame in flight (it is still published).
         Returns False if the worker did not finish within `timeout` seconds."""
-        self._slot.close()
+        self._slots.close()
         if self._worker.is_alive():
             self._worker.join(timeout=timeout)
         return not self._worker.is_alive()

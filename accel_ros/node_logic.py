@@ -11,19 +11,25 @@
 - `StreamStatistics`: per-stage latency mean/p50/p99, fps and keyframe ratio over a window.
 - `FrameProcessor`: one message in, segmentation outputs (or None for a bad frame) out.
 - `diagnostic_report`: the /diagnostics status built from all of the above.
+- Several cameras (`image_topics`): `plan_streams` names the streams and their topics,
+  `StreamSlots` lets one worker wait for whichever stream has a frame and take the newest frame
+  of every ready stream, `BatchProcessor` segments them in one batch while keeping each
+  stream's bad frames, failures and counters to that stream.
 """
 
 from __future__ import annotations
 
 import array
+import copy
 import dataclasses
 import difflib
 import logging
 import math
+import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,49 @@ ROS_BUILTIN_PREFIXES = ("qos_overrides.",)
 SOURCE_PARAMS_FILE = Path(__file__).resolve().parents[1] / "config" / "accel.yaml"
 
 
+# One token of a ROS name: what `~/<stream>/labels` may contain between slashes.
+_NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def stream_name(topic: str) -> str:
+    """The stream a camera topic feeds, which names its outputs (`~/<stream>/labels`).
+
+    A leading "/" or "~/" is dropped, then the last component when there is more than one:
+    "front/image" -> "front", "/cams/left/image_raw" -> "cams/left", "rear" -> "rear".
+    """
+    name = topic.strip()
+    for prefix in ("~/", "/"):
+        if name.startswith(prefix):
+            name = name[len(prefix) :]
+            break
+    parts = name.split("/")
+    return "/".join(parts[:-1] if len(parts) > 1 else parts)
+
+
+def stream_names(topics: Sequence[str]) -> tuple[str, ...]:
+    """Stream names of `image_topics`, in order. Raises ValueError naming the topic for an
+    empty entry, a name that cannot be part of a ROS topic, or two topics giving one stream
+    (their outputs would be mixed on one set of topics)."""
+    names: dict[str, str] = {}
+    for topic in topics:
+        if not isinstance(topic, str) or not topic.strip():
+            raise ValueError(f"image_topics: empty topic name in {list(topics)}")
+        name = stream_name(topic)
+        tokens = name.split("/")
+        if not all(_NAME_TOKEN.fullmatch(t) and "__" not in t for t in tokens):
+            raise ValueError(
+                f"image_topics: {topic!r} gives the stream name {name!r}, which is not a valid "
+                "ROS name (letters, digits and _; no component may start with a digit)"
+            )
+        if name in names:
+            raise ValueError(
+                f"image_topics: {names[name]!r} and {topic!r} both give the stream name "
+                f"{name!r} (the topic without its last component); rename or remap one"
+            )
+        names[name] = topic
+    return tuple(names)
+
+
 @dataclass
 class NodeOptions:
     """Node-only parameters (everything that is not a PipelineConfig field)."""
@@ -52,6 +101,8 @@ class NodeOptions:
     # "default" = the checkpoint shipped in the package, "none" = random weights, or a path.
     checkpoint: str = "default"
     image_topic: str = "image"
+    # Several cameras: one stream per topic (image_topic is then unused); empty = one stream.
+    image_topics: list[str] = field(default_factory=list)
     input_transport: str = "raw"
     # Output images and stats: reliable keep-last with this depth (a depth of 1 lost 10-25% of
     # 360x480 images to a subscriber at 2 Hz), or best_effort.
@@ -63,6 +114,8 @@ class NodeOptions:
     publish_overlay: bool = True
     publish_scores: bool = False
     diagnostics_period: float = 1.0
+    # A stream without an arriving frame for this long is reported stopped (STALE); 0 = never.
+    stream_timeout: float = 3.0
     stats_window: int = 100
     log_throttle: float = 5.0
     # Decode sensor_msgs/Image with cv_bridge when it imports; the numpy bridge otherwise.
@@ -81,12 +134,15 @@ class NodeOptions:
             raise ValueError(f"output_qos_depth must be >= 1, got {self.output_qos_depth}")
         if not self.image_topic.strip():
             raise ValueError("image_topic must not be empty")
+        stream_names(self.image_topics)  # empty, invalid or duplicate stream names
         if self.palette not in PALETTES:
             raise ValueError(f"palette {self.palette!r} is not one of {sorted(PALETTES)}")
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f"overlay_alpha must be in [0, 1], got {self.overlay_alpha}")
         if self.diagnostics_period <= 0:
             raise ValueError(f"diagnostics_period must be > 0, got {self.diagnostics_period}")
+        if not self.stream_timeout >= 0:
+            raise ValueError(f"stream_timeout must be >= 0, got {self.stream_timeout}")
         if self.stats_window < 2:
             raise ValueError(f"stats_window must be >= 2 frames, got {self.stats_window}")
         if self.log_throttle < 0:
@@ -99,7 +155,8 @@ class NodeOptions:
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """One ROS parameter. `kind` is the ROS type: bool, int, float, str or int_array."""
+    """One ROS parameter. `kind` is the ROS type: bool, int, float, str, int_array or
+    str_array."""
 
     name: str
     default: Any
@@ -177,6 +234,13 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
         (),
     ),
     "image_topic": ("input image topic (or remap 'image')", False, ()),
+    "image_topics": (
+        "several cameras: one stream per topic (relative, remappable), outputs under "
+        "~/<stream>/ where <stream> is the topic without its last component "
+        "('front/image' -> front); empty = one stream on image_topic",
+        False,
+        (),
+    ),
     "input_transport": (
         "raw: sensor_msgs/Image on image_topic; compressed: sensor_msgs/CompressedImage on "
         "<image_topic>/compressed (after remapping)",
@@ -191,6 +255,12 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "publish_overlay": ("publish ~/overlay (labels alpha-blended on the input)", True, ()),
     "publish_scores": ("publish ~/scores (32FC1 per-pixel max probability)", True, ()),
     "diagnostics_period": ("seconds between /diagnostics messages", False, ()),
+    "stream_timeout": (
+        "seconds without an arriving frame after which a stream is reported stopped (STALE) "
+        "in /diagnostics; 0 = never",
+        True,
+        (),
+    ),
     "stats_window": ("frames in the latency / fps / keyframe-ratio window", False, ()),
     "log_throttle": ("seconds between repeated warnings of one kind", True, ()),
     "use_cv_bridge": (
@@ -201,9 +271,13 @@ _DESCRIPTIONS: dict[str, tuple[str, bool, tuple[str, ...]]] = {
 }
 
 
+# Array parameters by name: an empty default says nothing about the element type.
+_ARRAY_KINDS = {"input_size": "int_array", "image_topics": "str_array"}
+
+
 def _ros_kind(value: Any, name: str) -> str:
-    if name == "input_size":
-        return "int_array"
+    if name in _ARRAY_KINDS:
+        return _ARRAY_KINDS[name]
     for kind, types in (("bool", bool), ("int", int), ("float", float), ("str", str)):
         if isinstance(value, types):
             return kind
@@ -214,6 +288,8 @@ def _ros_value(name: str, value: Any) -> Any:
     """Config value -> ROS parameter value (None input_size is [0, 0])."""
     if name == "input_size":
         return [0, 0] if value is None else [int(v) for v in value]
+    if name == "image_topics":
+        return list(value)
     return value
 
 
@@ -260,7 +336,8 @@ def default_parameters(params_file: str | Path | None = None) -> dict[str, Any]:
     Raises ValueError for unknown names in the file (a typo would otherwise be ignored);
     rclpy's own parameters (use_sim_time, ...) are allowed there and left out of the result.
     """
-    values = {spec.name: spec.default for spec in PARAMETERS}
+    # Copies: an array default must not be shared with (and mutated through) the result.
+    values = {spec.name: copy.copy(spec.default) for spec in PARAMETERS}
     if params_file is not None:
         loaded = load_yaml(params_file)
         unknown = unknown_parameters(loaded)
@@ -286,6 +363,9 @@ class NodeSettings:
 
 def _coerce(spec: ParamSpec, value: Any) -> Any:
     """Check one ROS value against its declared type; ints are accepted for floats."""
+    if spec.kind == "str_array" and value is None:
+        # rcl reads `[]` (a params file, `-p name:=[]`) as a value of no type: an empty list.
+        value = []
     ok = {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -294,6 +374,7 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
         # rclpy hands integer arrays over as array.array('q').
         "int_array": isinstance(value, (list, tuple, array.array))
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+        "str_array": isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
     }[spec.kind]
     if not ok:
         raise ValueError(
@@ -306,6 +387,8 @@ def _coerce(spec: ParamSpec, value: Any) -> Any:
             raise ValueError(f"parameter {spec.name!r} must be finite, got {value}")
     if spec.kind == "int_array":
         value = [int(v) for v in value]
+    if spec.kind == "str_array":
+        value = list(value)
     return value
 
 
@@ -425,10 +508,21 @@ class FrameSlot:
     the camera. A reset requested with a frame survives that frame being dropped: the worker
     gets it with the next frame it takes. `recent_drop_ratio` covers the last `window`
     arrivals only, so a burst of drops does not mark the node unhealthy forever.
+
+    Slots of several streams share one `condition` (see `StreamSlots`), so that one worker
+    can wait for whichever stream has a frame first. `last_arrival` is the `clock` time of the
+    latest `put` (None before the first), which tells a stopped camera from a slow one.
     """
 
-    def __init__(self, window: int = 100) -> None:
-        self._condition = threading.Condition()
+    def __init__(
+        self,
+        window: int = 100,
+        condition: threading.Condition | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._condition = condition or threading.Condition()
+        self._clock = clock
+        self.last_arrival: float | None = None
         self._item: Any = None
         self._full = False
         self._closed = False
@@ -449,7 +543,8 @@ class FrameSlot:
             self._reset = self._reset or reset_reason
             self.received += 1
             self.dropped += int(replaced)
-            self._condition.notify()
+            self.last_arrival = self._clock()
+            self._condition.notify_all()  # a shared condition may have other waiters
             return replaced
 
     def take_entry(self, timeout: float | None = None) -> tuple[Any, str | None] | None:
@@ -458,11 +553,18 @@ class FrameSlot:
         with self._condition:
             if not self._full and not self._closed:
                 self._condition.wait(timeout)
-            if not self._full:
-                return None
-            entry = (self._item, self._reset)
-            self._item, self._full, self._reset = None, False, None
-            return entry
+            return self._pop() if self._full else None
+
+    @property
+    def ready(self) -> bool:
+        """A frame is waiting (read under the condition by `StreamSlots`)."""
+        return self._full
+
+    def _pop(self) -> tuple[Any, str | None]:
+        # Caller holds the condition.
+        entry = (self._item, self._reset)
+        self._item, self._full, self._reset = None, False, None
+        return entry
 
     def take(self, timeout: float | None = None) -> Any:
         """The newest item, waiting up to `timeout` s; None on timeout or after close()."""
@@ -478,6 +580,67 @@ class FrameSlot:
         """Wake a waiting `take` so the worker thread can exit."""
         with self._condition:
             self._closed = True
+            self._condition.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+@dataclass
+class ReadyFrame:
+    """The newest frame of one stream, as the worker takes it: the message and the keyframe
+    cache reset judged on arrival (by `StampGapMonitor`), if any."""
+
+    stream: str
+    msg: Any
+    reset_reason: str | None = None
+
+
+class StreamSlots:
+    """One newest-frame `FrameSlot` per stream, all on one condition.
+
+    The worker waits until *any* stream has a frame and then takes the newest frame of every
+    stream that has one, never waiting for the others: a slow or silent camera cannot hold
+    back the rest. Frames of a stream that arrive while the worker is busy replace each other
+    in that stream's slot only (counted as dropped for that stream).
+    """
+
+    def __init__(
+        self, names: Sequence[str], window: int = 100, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not names:
+            raise ValueError("StreamSlots needs at least one stream")
+        self._condition = threading.Condition()
+        self._closed = False
+        self.slots: dict[str, FrameSlot] = {
+            name: FrameSlot(window, self._condition, clock) for name in names
+        }
+
+    def put(self, stream: str, item: Any, reset_reason: str | None = None) -> bool:
+        """`FrameSlot.put` on the stream's slot: never blocks; True if it dropped a frame."""
+        return self.slots[stream].put(item, reset_reason)
+
+    def take_ready(self, timeout: float | None = None) -> list[ReadyFrame]:
+        """The newest frame of every stream that has one, in stream order, waiting up to
+        `timeout` s for the first; [] on timeout or after close()."""
+        with self._condition:
+            self._condition.wait_for(
+                lambda: self._closed or any(slot.ready for slot in self.slots.values()),
+                timeout,
+            )
+            return [
+                ReadyFrame(name, *slot._pop())
+                for name, slot in self.slots.items()
+                if slot.ready
+            ]
+
+    def close(self) -> None:
+        """Wake a waiting `take_ready` so the worker thread can exit."""
+        with self._condition:
+            self._closed = True
+            for slot in self.slots.values():
+                slot._closed = True
             self._condition.notify_all()
 
     @property
@@ -609,6 +772,10 @@ class FrameProcessor:
     change (judged by the segmenter) or a time gap (judged on arrival by `StampGapMonitor`
     and passed in as `reset_reason`) resets the keyframe cache; resets are logged at info
     level and counted, they are not errors.
+
+    The steps (`convert`, `refused`, `failed`, `finish`) are also what `BatchProcessor` uses
+    per stream: one FrameProcessor per stream keeps that stream's counters and throttled
+    warnings; `stream` (when given) prefixes its log messages.
     """
 
     def __init__(
@@ -618,6 +785,7 @@ class FrameProcessor:
         converter: Callable[[Any], np.ndarray] = message_to_rgb8,
         logger: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        stream: str | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.options = options or NodeOptions()
@@ -625,8 +793,11 @@ class FrameProcessor:
         self.logger = logger or logging.getLogger(__name__)
         self.throttle = Throttle(self.options.log_throttle, clock)
         self.errors = ErrorCounters(window=self.options.stats_window)
+        self.stream = stream
+        self._prefix = f"stream {stream}: " if stream else ""
 
     def _warn(self, kind: str, message: str) -> None:
+        message = self._prefix + message
         self.errors.last = message
         self.errors.by_kind[kind] = self.errors.by_kind.get(kind, 0) + 1
         self.throttle.period = self.options.log_throttle
@@ -640,7 +811,7 @@ class FrameProcessor:
         if self.throttle.allow(kind):
             skipped = self.throttle.suppressed.pop(kind, 0)
             suffix = f" ({skipped} similar messages suppressed)" if skipped else ""
-            self.logger.info(message + suffix)
+            self.logger.info(self._prefix + message + suffix)
 
     def process(
         self, msg: Any, stamp: float | None = None, reset_reason: str | None = None
@@ -655,25 +826,44 @@ class FrameProcessor:
         return outputs
 
     def _process(self, msg: Any, stamp: float | None) -> FrameOutputs | None:
-        try:
-            rgb = self.converter(msg)
-        except ValueError as error:  # ImageConversionError is a ValueError
-            self.errors.conversion += 1
-            self._warn("conversion", f"skipping frame: {error}")
+        rgb = self.convert(msg)
+        if rgb is None:
             return None
         try:
             # No stamp: the segmenter's own gap rule compares *processed* frames, which the
             # node must not use (drops would look like gaps); StampGapMonitor decides instead.
             result = self.segmenter.process(rgb, stamp=None)
         except ValueError as error:
-            self.errors.conversion += 1
-            self._warn("input", f"skipping frame the segmenter refused: {error}")
+            self.refused(error)
             return None
         except Exception as error:  # a node must survive anything, e.g. CUDA OOM
-            self.errors.inference += 1
-            self._warn("inference", f"segmentation failed ({type(error).__name__}: {error})")
+            self.failed(error)
             self.segmenter.reset()  # the cache may be half-updated
             return None
+        return self.finish(rgb, result, stamp)
+
+    def convert(self, msg: Any) -> np.ndarray | None:
+        """Message -> (H, W, 3) uint8 RGB, or None (counted and logged) when unreadable."""
+        try:
+            return self.converter(msg)
+        except ValueError as error:  # ImageConversionError is a ValueError
+            self.errors.conversion += 1
+            self._warn("conversion", f"skipping frame: {error}")
+            return None
+
+    def refused(self, error: Exception) -> None:
+        """Count a frame the segmenter refused as malformed (its cache is unchanged)."""
+        self.errors.conversion += 1
+        self._warn("input", f"skipping frame the segmenter refused: {error}")
+
+    def failed(self, error: Exception) -> None:
+        """Count a segmenter failure; the caller resets the stream (its cache may be
+        half-updated)."""
+        self.errors.inference += 1
+        self._warn("inference", f"segmentation failed ({type(error).__name__}: {error})")
+
+    def finish(self, rgb: np.ndarray, result: Any, stamp: float | None) -> FrameOutputs | None:
+        """Note a reset the segmenter made, then render; None (counted) if rendering fails."""
         if result.reset_reason:
             self.errors.resets += 1
             self.errors.last_reset = result.reset_reason
@@ -712,6 +902,164 @@ class FrameProcessor:
 
 
 @dataclass
+class StreamOutcome:
+    """One stream's frame after a batch: its message (whose header the outputs carry) and the
+    outputs, or None when the frame was skipped (counted in that stream's errors)."""
+
+    stream: str
+    msg: Any
+    outputs: FrameOutputs | None
+
+
+@dataclass
+class _Pending:
+    stream: str
+    msg: Any
+    rgb: np.ndarray  # (H, W, 3) uint8
+    stamp: float | None
+
+
+class BatchProcessor:
+    """The newest frames of several streams in, one segmenter batch, per-stream outputs out.
+
+    Each stream has its own `FrameProcessor` (counters, throttled warnings, `errors`), and the
+    segmenter keeps a keyframe cache per stream. A frame that cannot be read or that the
+    segmenter would refuse (`check_frame`) is skipped for its own stream before the batch, so
+    it never costs the other streams their frame; the rest go through one
+    `segmenter.process_batch`. If the batch fails for another reason (e.g. out of memory),
+    every stream of the batch counts an inference error and has its cache reset; the next
+    frames are processed normally.
+    """
+
+    def __init__(
+        self,
+        segmenter: Any,
+        streams: Sequence[str],
+        options: NodeOptions | None = None,
+        converter: Callable[[Any], np.ndarray] = message_to_rgb8,
+        logger: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+        label_streams: bool = True,
+    ) -> None:
+        """`label_streams`: prefix log messages with the stream (off for a one-camera node,
+        whose messages stay as they always were)."""
+        self.segmenter = segmenter
+        self.processors: dict[str, FrameProcessor] = {
+            name: FrameProcessor(segmenter, options, converter, logger, clock,
+                                 stream=name if label_streams else None)
+            for name in streams
+        }
+        self._options = options or NodeOptions()
+
+    @property
+    def options(self) -> NodeOptions:
+        return self._options
+
+    @options.setter
+    def options(self, options: NodeOptions) -> None:
+        # Live parameters (palette, overlay, publishing switches) reach every stream.
+        self._options = options
+        for processor in self.processors.values():
+            processor.options = options
+
+    def errors(self, stream: str) -> ErrorCounters:
+        """The stream's failure and reset counters."""
+        return self.processors[stream].errors
+
+    def process(self, frames: Sequence[ReadyFrame]) -> list[StreamOutcome]:
+        """Segment the newest frame of each ready stream (at most one per stream) in one
+        batch. Returns one outcome per frame, in the order given."""
+        streams = [frame.stream for frame in frames]
+        if len(set(streams)) != len(streams):
+            raise ValueError(f"at most one frame per stream in a batch, got {streams}")
+        pending: list[_Pending] = []
+        for frame in frames:
+            processor = self.processors[frame.stream]
+            if frame.reset_reason:  # judged on arrival; applies even if this frame is bad
+                self.segmenter.reset(frame.reset_reason, stream=frame.stream)
+            rgb = processor.convert(frame.msg)
+            if rgb is None:
+                continue
+            try:
+                self.segmenter.check_frame(rgb)
+            except ValueError as error:
+                processor.refused(error)
+                continue
+            stamp = _header_seconds(frame.msg)
+            pending.append(_Pending(frame.stream, frame.msg, rgb, stamp))
+        outputs = self._segment(pending)
+        done = {p.stream: out for p, out in zip(pending, outputs, strict=True)}
+        outcomes = []
+        for frame in frames:
+            result = done.get(frame.stream)
+            self.processors[frame.stream].errors.outcome(result is None)
+            outcomes.append(StreamOutcome(frame.stream, frame.msg, result))
+        return outcomes
+
+    def _segment(self, pending: list[_Pending]) -> list[FrameOutputs | None]:
+        """One segmenter call for all pending frames; per-stream outputs or None."""
+        if not pending:
+            return []
+        from .model.pipeline import StreamFrame  # torch is loaded: the segmenter exists
+
+        try:
+            # No stamps: the segmenter's own gap rule compares *processed* frames, which the
+            # node must not use (drops would look like gaps); StampGapMonitor decides instead.
+            results = self.segmenter.process_batch(
+                [StreamFrame(p.stream, p.rgb, None) for p in pending]
+            )
+            streams = [getattr(r, "stream", p.stream)
+                       for r, p in zip(results, pending, strict=False)]
+            if len(results) != len(pending) or streams != [p.stream for p in pending]:
+                raise RuntimeError(
+                    f"the segmenter returned results for streams {streams} for frames of "
+                    f"{[p.stream for p in pending]}"
+                )
+        except ValueError as error:  # frames were checked: a refusal here names its stream
+            for p in pending:
+                self.processors[p.stream].refused(error)
+            return [None] * len(pending)
+        except Exception as error:  # a node must survive anything, e.g. CUDA OOM
+            for p in pending:
+                self.processors[p.stream].failed(error)
+                self.segmenter.reset(stream=p.stream)  # its cache may be half-updated
+            return [None] * len(pending)
+        return [
+            self.processors[p.stream].finish(p.rgb, result, p.stamp)
+            for p, result in zip(pending, results, strict=True)
+        ]
+
+
+def _header_seconds(msg: Any) -> float | None:
+    """The message's header stamp in seconds; None when unstamped (0)."""
+    stamp = msg.header.stamp
+    return (float(stamp.sec) + float(stamp.nanosec) * 1e-9) or None
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """One input stream of the node and where its outputs go."""
+
+    name: str  # the segmenter's stream (its keyframe cache)
+    topic: str  # input topic as configured; relative names resolve in the node's namespace
+    outputs: str  # prefix of the output topics: "~/" (one camera) or "~/<name>/"
+    status: str  # diagnostics status name, after "<node name>: "
+
+
+def plan_streams(options: NodeOptions, default_stream: str) -> tuple[StreamPlan, ...]:
+    """The node's streams: one on `image_topic` with outputs `~/labels`, ... when
+    `image_topics` is empty (the segmenter's `default_stream`), otherwise one per topic with
+    outputs `~/<stream>/labels`, ... (names from `stream_names`)."""
+    if not options.image_topics:
+        return (StreamPlan(default_stream, options.image_topic, "~/", "segmentation"),)
+    return tuple(
+        StreamPlan(name, topic, f"~/{name}/", f"{name} segmentation")
+        for name, topic in zip(stream_names(options.image_topics), options.image_topics,
+                               strict=True)
+    )
+
+
+@dataclass
 class DiagnosticReport:
     """Fields of a diagnostic_msgs/DiagnosticStatus. level: 0 OK, 1 WARN, 2 ERROR, 3 STALE."""
 
@@ -734,12 +1082,20 @@ def diagnostic_report(
     device: str,
     options: NodeOptions,
     keyframe_interval: int,
+    *,
+    now: float | None = None,
+    stream: str | None = None,
+    topic: str | None = None,
 ) -> DiagnosticReport:
-    """Summarise the node's health. STALE before the first frame, WARN with random weights,
-    failed frames or more than half of the input dropped among the recent frames (the last
-    `stats_window`), ERROR when every recent frame failed. Counters are cumulative."""
+    """Summarise the health of one stream. STALE before the first frame and, given `now` (the
+    slot's clock), when no frame arrived for `stream_timeout` seconds (the camera stopped);
+    WARN with random weights, failed frames or more than half of the input dropped among the
+    recent frames (the last `stats_window`), ERROR when every recent frame failed. Counters
+    are cumulative. `stream` and `topic` (several cameras) are added to the values."""
     latency = stats.latency()
     values: list[tuple[str, str]] = []
+    if stream is not None:
+        values += [("stream", stream), ("topic", topic or "")]
     for stage in sorted(latency):
         for key, number in latency[stage].items():
             values.append((f"{stage}_ms_{key}", _fmt(number)))
@@ -760,6 +1116,15 @@ def diagnostic_report(
         ("resets", str(errors.resets)),
         ("last_reset", errors.last_reset),
     ]
+    silent = math.nan
+    if now is not None and slot.last_arrival is not None:
+        silent = max(now - slot.last_arrival, 0.0)
+        values.append(("seconds_since_input", _fmt(silent)))
+    if options.stream_timeout > 0 and silent > options.stream_timeout:
+        # Before the error rule: a stopped camera is the news, not its last bad frames.
+        return DiagnosticReport(
+            STALE, f"stopped receiving: no input frame for {silent:.1f} s", values
+        )
     failed = errors.recent_failures
     if errors.recent and failed == len(errors.recent):
         return DiagnosticReport(

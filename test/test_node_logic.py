@@ -32,11 +32,15 @@ from accel_ros.node_logic import (
     PARAMETERS,
     STALE,
     WARN,
+    BatchProcessor,
     ErrorCounters,
     FrameProcessor,
     FrameSlot,
     NodeOptions,
+    ReadyFrame,
     StampGapMonitor,
+    StreamPlan,
+    StreamSlots,
     StreamStatistics,
     Throttle,
     apply_live_pipeline,
@@ -44,6 +48,9 @@ from accel_ros.node_logic import (
     diagnostic_report,
     parse_parameters,
     plan_parameter_update,
+    plan_streams,
+    stream_name,
+    stream_names,
     unknown_parameters,
 )
 
@@ -104,7 +111,8 @@ def test_params_file_matches_declared_parameters_and_types():
     assert set(values) == {spec.name for spec in PARAMETERS}
     assert values == default_parameters()  # the file and the code defaults cannot drift
     assert default_parameters(PARAMS_FILE) == values
-    python_types = {"bool": bool, "int": int, "float": float, "str": str, "int_array": list}
+    python_types = {"bool": bool, "int": int, "float": float, "str": str, "int_array": list,
+                    "str_array": list}
     for spec in PARAMETERS:
         # rclpy refuses a value of another type than the declared default (1 vs 1.0).
         assert type(values[spec.name]) is python_types[spec.kind], spec.name
@@ -606,3 +614,269 @@ def test_processor_on_real_camvid_frames(store, fresh):
         assert outputs is not None and outputs.labels.shape == (72, 96)
         assert outputs.color.shape == (72, 96, 3)
         assert 0.0 < outputs.result.confidence <= 1.0
+
+
+# --- several cameras: stream names, ready frames, batches with per-stream errors -------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "name"),
+    [("front/image", "front"), ("/cams/left/image_raw", "cams/left"), ("rear", "rear"),
+     ("~/side/image", "side"), ("/image", "image"), ("a/b/c/d", "a/b/c")],
+)
+def test_stream_name_drops_the_prefix_and_the_last_component(topic, name):
+    assert stream_name(topic) == name
+
+
+def test_stream_names_keep_order_and_refuse_clashes():
+    assert stream_names(["front/image", "/cams/left/image_raw", "rear"]) == (
+        "front", "cams/left", "rear")
+    assert stream_names([]) == ()
+    with pytest.raises(ValueError, match=r"'front/image' and '/front/image_raw' both give "
+                                         r"the stream name 'front'"):
+        stream_names(["front/image", "/front/image_raw"])
+    with pytest.raises(ValueError, match="empty topic name"):
+        stream_names(["front/image", " "])
+    with pytest.raises(ValueError, match=r"stream name '2cams', which is not a valid ROS name"):
+        stream_names(["2cams/image"])
+
+
+def test_image_topics_parameter_is_a_string_array():
+    spec = PARAMETER_SPECS["image_topics"]
+    assert (spec.kind, spec.default, spec.live) == ("str_array", [], False)
+    settings = parse_parameters({"image_topics": ["front/image", "rear/image"]})
+    assert settings.options.image_topics == ["front/image", "rear/image"]
+    # rcl hands `[]` from a params file or `-p image_topics:=[]` over as an unset value.
+    assert parse_parameters({"image_topics": None}).options.image_topics == []
+    assert parse_parameters({"image_topics": ()}).options.image_topics == []
+    assert parse_parameters({}).parameter_values()["image_topics"] == []
+    with pytest.raises(ValueError, match="'image_topics' must be of type str_array"):
+        parse_parameters({"image_topics": "front/image"})
+    with pytest.raises(ValueError, match="'image_topics' must be of type str_array"):
+        parse_parameters({"image_topics": [1, 2]})
+    with pytest.raises(ValueError, match="both give the stream name 'front'"):
+        parse_parameters({"image_topics": ["front/image", "front/image_raw"]})
+    plan = plan_parameter_update(parse_parameters({}), {"image_topics": ["a/image"]})
+    assert not plan.successful and "cannot change while the node runs" in plan.reason
+    with pytest.raises(ValueError, match="stream_timeout must be >= 0"):
+        parse_parameters({"stream_timeout": -1.0})
+    # The default list is not shared between parameter sets.
+    default_parameters()["image_topics"].append("x/image")
+    assert default_parameters()["image_topics"] == []
+
+
+def test_plan_streams_single_and_several():
+    (single,) = plan_streams(NodeOptions(image_topic="camera/image_raw"), "default")
+    assert single == StreamPlan("default", "camera/image_raw", "~/", "segmentation")
+    plans = plan_streams(NodeOptions(image_topics=["front/image", "/cams/left/image_raw"]),
+                         "default")
+    assert [(p.name, p.topic, p.outputs, p.status) for p in plans] == [
+        ("front", "front/image", "~/front/", "front segmentation"),
+        ("cams/left", "/cams/left/image_raw", "~/cams/left/", "cams/left segmentation"),
+    ]
+
+
+def test_stream_slots_take_the_newest_frame_of_every_ready_stream():
+    slots = StreamSlots(["a", "b", "c"], window=4)
+    assert slots.take_ready(timeout=0) == []
+    slots.put("b", "b1")
+    slots.put("a", "a1")
+    slots.put("a", "a2", reset_reason="time gap")  # a1 is dropped, its stream's reset is kept
+    ready = slots.take_ready(timeout=0)
+    assert [(r.stream, r.msg, r.reset_reason) for r in ready] == [
+        ("a", "a2", "time gap"), ("b", "b1", None)]  # stream order; silent c is not waited for
+    assert slots.take_ready(timeout=0) == []
+    assert [(s.received, s.dropped) for s in slots.slots.values()] == [(2, 1), (1, 0), (0, 0)]
+    assert slots.slots["c"].last_arrival is None and slots.slots["a"].last_arrival is not None
+
+
+def test_stream_slots_wake_the_worker_for_any_stream_and_on_close():
+    slots = StreamSlots(["a", "b"])
+    taken: list = []
+    worker = threading.Thread(target=lambda: taken.append(slots.take_ready(timeout=60)))
+    worker.start()
+    slots.put("b", "b1")  # the second stream alone wakes it: nobody waits for "a"
+    worker.join(timeout=30)
+    assert not worker.is_alive() and [r.msg for r in taken[0]] == ["b1"]
+    worker = threading.Thread(target=lambda: taken.append(slots.take_ready(timeout=60)))
+    worker.start()
+    slots.close()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and taken[1] == [] and slots.closed
+    assert all(slot.closed for slot in slots.slots.values())
+
+
+class FakeBatchSegmenter:
+    """Records every call; labels are the frame's mean value, so routing is visible. `fail`:
+    an exception to raise from the next process_batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.resets: list[tuple[str | None, str | None]] = []
+        self.frame_index: dict[str, int] = {}
+        self.fail: Exception | None = None
+
+    def check_frame(self, frame) -> None:
+        from accel_ros.model.pipeline import AccelSegmenter
+
+        AccelSegmenter.check_frame(frame)
+
+    def reset(self, reason=None, stream="default") -> None:
+        self.resets.append((reason, stream))
+
+    def process_batch(self, frames):
+        from accel_ros.model import SegmentationResult
+
+        self.batches.append([f.stream for f in frames])
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        results = []
+        for f in frames:
+            index = self.frame_index[f.stream] = self.frame_index.get(f.stream, -1) + 1
+            labels = np.full(f.frame.shape[:2], int(f.frame.mean()) % 11, np.uint8)
+            results.append(SegmentationResult(
+                labels=labels, confidence=0.5, is_keyframe=index == 0, keyframe_age=index,
+                frame_index=index, timings={"total": 1.0}, stream=f.stream,
+                batch_size=len(frames)))
+        return results
+
+
+def _ready(store, stream: str, value: int, stamp: float, reset: str | None = None):
+    rgb = np.full((8, 12, 3), value, np.uint8)
+    return ReadyFrame(stream, image_msg(store, rgb, stamp=stamp), reset)
+
+
+def test_batch_processor_routes_each_frame_to_its_own_stream(store):
+    segmenter = FakeBatchSegmenter()
+    logger = ListLogger()
+    batch = BatchProcessor(segmenter, ["a", "b", "c"], NodeOptions(), logger=logger)
+    outcomes = batch.process([_ready(store, "a", 3, 1.0), _ready(store, "c", 7, 2.5, "gap")])
+    assert segmenter.batches == [["a", "c"]]  # one call for the ready streams
+    assert segmenter.resets == [("gap", "c")]  # an arrival reset is for its own stream only
+    assert [o.stream for o in outcomes] == ["a", "c"]
+    assert [int(o.outputs.labels[0, 0]) for o in outcomes] == [3, 7]
+    assert [o.outputs.stamp for o in outcomes] == [pytest.approx(1.0), pytest.approx(2.5)]
+    assert outcomes[1].msg.header.stamp.sec == 2  # the frame's own message, for its header
+    assert outcomes[0].outputs.color.shape == (8, 12, 3)
+    assert [batch.errors(s).recent_failures for s in "abc"] == [0, 0, 0]
+    assert len(batch.errors("b").recent) == 0  # b had no frame: nothing judged
+    with pytest.raises(ValueError, match="at most one frame per stream"):
+        batch.process([_ready(store, "a", 1, 3.0), _ready(store, "a", 2, 3.1)])
+    assert logger.records == []
+
+
+def test_batch_processor_skips_a_bad_frame_for_its_stream_only(store):
+    segmenter = FakeBatchSegmenter()
+    logger = ListLogger()
+    batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=logger)
+    bad = _ready(store, "b", 5, 1.0, reset="time gap")
+    bad.msg = dataclasses.replace(bad.msg, encoding="rgb9")
+    outcomes = batch.process([_ready(store, "a", 4, 1.0), bad])
+    assert segmenter.batches == [["a"]]  # the bad frame never reached the batch
+    assert outcomes[0].outputs is not None and outcomes[1].outputs is None
+    assert segmenter.resets == [("time gap", "b")]  # its arrival reset still applies
+    assert (batch.errors("a").conversion, batch.errors("b").conversion) == (0, 1)
+    assert (batch.errors("a").recent_failures, batch.errors("b").recent_failures) == (0, 1)
+    (warning,) = [m for level, m in logger.records if level == "warning"]
+    assert warning.startswith("stream b: skipping frame: unsupported image encoding 'rgb9'")
+    # Every frame unreadable: no batch at all.
+    assert batch.process([bad])[0].outputs is None and segmenter.batches == [["a"]]
+    # A frame the segmenter would refuse (empty image) is checked before the batch too.
+    empty = _ready(store, "a", 1, 2.0)
+    batch.processors["a"].converter = lambda msg: np.zeros((0, 4, 3), np.uint8)
+    outcomes = batch.process([empty, _ready(store, "b", 9, 2.0)])
+    assert segmenter.batches[-1] == ["b"] and outcomes[0].outputs is None
+    assert batch.errors("a").conversion == 1 and "refused" in batch.errors("a").last
+
+
+def test_batch_processor_survives_a_failing_batch_and_resets_its_streams(store):
+    segmenter = FakeBatchSegmenter()
+    logger = ListLogger()
+    batch = BatchProcessor(segmenter, ["a", "b", "c"], NodeOptions(), logger=logger)
+    segmenter.fail = RuntimeError("CUDA out of memory")
+    outcomes = batch.process([_ready(store, "a", 1, 1.0), _ready(store, "b", 2, 1.0)])
+    assert [o.outputs for o in outcomes] == [None, None]
+    assert segmenter.resets == [(None, "a"), (None, "b")]  # c was not in the batch
+    assert [batch.errors(s).inference for s in "abc"] == [1, 1, 0]
+    warnings = [m for level, m in logger.records if level == "warning"]
+    assert warnings == [f"stream {s}: segmentation failed (RuntimeError: CUDA out of memory)"
+                        for s in "ab"]
+    # The next batch is processed normally.
+    outcomes = batch.process([_ready(store, "a", 1, 1.1), _ready(store, "c", 3, 1.1)])
+    assert all(o.outputs is not None for o in outcomes)
+    # A ValueError from the batch (frames were checked, so unexpected) skips without reset.
+    segmenter.fail = ValueError("stream 'b': bad")
+    resets = len(segmenter.resets)
+    outcomes = batch.process([_ready(store, "b", 2, 1.2)])
+    assert outcomes[0].outputs is None and len(segmenter.resets) == resets
+    assert batch.errors("b").conversion == 1
+    # Results for the wrong streams are a failure, never published on another stream's topics.
+    segmenter.process_batch = lambda frames: FakeBatchSegmenter.process_batch(
+        segmenter, list(reversed(frames)))
+    outcomes = batch.process([_ready(store, "a", 1, 1.3), _ready(store, "b", 2, 1.3)])
+    assert [o.outputs for o in outcomes] == [None, None]
+    assert "returned results for streams ['b', 'a']" in batch.errors("a").last
+
+
+def test_batch_processor_live_options_reach_every_stream(store):
+    batch = BatchProcessor(FakeBatchSegmenter(), ["a", "b"], NodeOptions(), logger=ListLogger())
+    batch.options = NodeOptions(publish_color=False, publish_overlay=False)
+    outcomes = batch.process([_ready(store, "a", 1, 1.0), _ready(store, "b", 2, 1.0)])
+    assert all(o.outputs.color is None and o.outputs.overlay is None for o in outcomes)
+
+
+def test_batch_processor_with_a_real_segmenter_keeps_streams_apart(store):
+    """Two streams through the real AccelSegmenter in batches give what each stream alone
+    gives (the pipeline's own tests cover this in depth; this checks the node's side)."""
+    import torch
+
+    from accel_ros.model import build_model
+    from accel_ros.model.pipeline import AccelSegmenter
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(reference_backbone="resnet18",
+                                    update_backbone="resnet18", head_channels=16))
+    config = dict(device="cpu", keyframe_interval=2, stagger_keyframes=False)
+    shared = AccelSegmenter(model, PipelineConfig(**config))
+    shared.configure_streams(["a", "b"])
+    batch = BatchProcessor(shared, ["a", "b"], NodeOptions(), logger=ListLogger())
+    clips = {"a": smooth_frames(3), "b": [np.ascontiguousarray(f[::-1, ::-1])
+                                          for f in smooth_frames(3)]}
+    alone = {s: AccelSegmenter(model, PipelineConfig(**config)) for s in clips}
+    for t in range(3):
+        frames = [ReadyFrame(s, image_msg(store, clips[s][t], stamp=1 + t)) for s in clips]
+        for outcome in batch.process(frames):
+            expected = alone[outcome.stream].process(clips[outcome.stream][t])
+            assert outcome.outputs.result.batch_size == 2
+            assert outcome.outputs.result.frame_index == t
+            assert np.mean(outcome.outputs.labels == expected.labels) >= 0.999
+
+
+def test_diagnostics_report_a_stopped_stream():
+    now = [100.0]
+    options = NodeOptions(stream_timeout=2.0)
+    slot, stats, errors = FrameSlot(window=4, clock=lambda: now[0]), StreamStatistics(4), \
+        ErrorCounters(window=4)
+    for i in range(3):
+        slot.put(i)
+        slot.take(timeout=0)
+        errors.outcome(failed=False)
+        stats.record({"total": 10.0}, is_keyframe=False, now=i * 0.1)
+    now[0] = 101.5
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5, now=now[0],
+                               stream="front", topic="/front/image")
+    values = dict(report.values)
+    assert report.level == OK and values["seconds_since_input"] == "1.500"
+    assert (values["stream"], values["topic"]) == ("front", "/front/image")
+    now[0] = 104.0
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5, now=now[0])
+    assert report.level == STALE and "stopped receiving" in report.message
+    assert "4.0 s" in report.message and "stream" not in dict(report.values)
+    no_timeout = dataclasses.replace(options, stream_timeout=0.0)
+    assert diagnostic_report(stats, slot, errors, "cpu", no_timeout, 5, now=now[0]).level == OK
+    # Without `now` (or before any frame) the rule does not apply.
+    assert diagnostic_report(stats, slot, errors, "cpu", options, 5).level == OK
+    fresh = diagnostic_report(StreamStatistics(4), FrameSlot(), ErrorCounters(), "cpu",
+                              options, 5, now=1e6)
+    assert fresh.level == STALE and fresh.message == "waiting for images"

@@ -213,7 +213,8 @@ def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
                                          description="", additional_constraints="",
                                          read_only=False, dynamic_typing=False),
             ParameterType=enum(PARAMETER_BOOL=1, PARAMETER_INTEGER=2, PARAMETER_DOUBLE=3,
-                               PARAMETER_STRING=4, PARAMETER_INTEGER_ARRAY=7),
+                               PARAMETER_STRING=4, PARAMETER_INTEGER_ARRAY=7,
+                               PARAMETER_STRING_ARRAY=9),
             SetParametersResult=_message("SetParametersResult", successful=False, reason=""),
         ),
         "sensor_msgs": module("sensor_msgs"),
@@ -320,7 +321,7 @@ def test_node_wiring_segments_frames_and_survives_bad_ones(node_module, tiny_seg
         bad = _stand_in_image(node_module, frame(1), sec=101)
         bad.encoding = "rgb9"
         callback(bad)
-        assert wait_until(lambda: node._processor.errors.conversion == 1)
+        assert wait_until(lambda: node._processor.errors("default").conversion == 1)
         callback(_stand_in_image(node_module, frame(2), "yuv422", sec=102))
         assert wait_until(lambda: len(labels_pub.sent) == 2 and len(stats_pub.sent) == 2)
 
