@@ -340,8 +340,8 @@ class FlowWorker:
     """One lazily started background thread for optical flow (used with `overlap_flow`).
 
     On a non-key frame the update branch needs only the current image, so the main thread runs
-    it while this thread runs `prepare` + `estimate`. One job at a time: the caller collects a
-    job's result before submitting the next, so the estimator is never used concurrently.
+    it while this thread runs `prepare` + `estimate`. Jobs (one per stream of a batch) run one
+    after another on the single thread, so the estimator is never used concurrently.
     """
 
     def __init__(self) -> None:
