@@ -402,6 +402,86 @@ def test_node_refuses_invalid_startup_parameters(node_module, tiny_segmenter):
         )
 
 
+def test_node_wiring_several_cameras(node_module, tiny_segmenter):
+    """image_topics: one subscription and one set of outputs per stream, one segmenter, one
+    diagnostics status per stream; a bad frame counts for its own stream only."""
+    param = sys.modules["rclpy.parameter"].Parameter
+    topics = ["front/image", "/cams/left/image_raw", "rear"]
+    node = node_module.AccelSegmentationNode(
+        segmenter=tiny_segmenter,
+        parameter_overrides=[param("checkpoint", "none"), param("image_topics", topics)],
+    )
+    try:
+        assert node.stream_names == ("front", "cams/left", "rear")
+        assert tiny_segmenter.streams == ("front", "cams/left", "rear")
+        assert [s.topic_name for s in node.subscriptions] == topics
+        for stream in node.stream_names:
+            for output in ("labels", "color", "overlay", "scores", "stats"):
+                assert f"~/{stream}/{output}" in node.publishers
+        assert "~/labels" not in node.publishers
+        callbacks = {s.topic_name: s.callback for s in node.subscriptions}
+        callbacks["front/image"](_stand_in_image(node_module, frame(0), sec=100))
+        callbacks["rear"](_stand_in_image(node_module, frame(1), "bgr8", sec=200))
+        bad = _stand_in_image(node_module, frame(2), sec=300)
+        bad.encoding = "rgb9"
+        callbacks["/cams/left/image_raw"](bad)
+        front, rear = node.publishers["~/front/labels"], node.publishers["~/rear/labels"]
+        assert wait_until(lambda: len(front.sent) == 1 and len(rear.sent) == 1)
+        assert wait_until(lambda: node._processor.errors("cams/left").conversion == 1)
+        assert front.sent[0].header.stamp.sec == 100 and rear.sent[0].header.stamp.sec == 200
+        assert node.publishers["~/cams/left/labels"].sent == []
+        assert node._processor.errors("front").conversion == 0
+        assert any(m.startswith("stream cams/left: skipping frame") for _, m in
+                   node.logger.records)
+        stats = node.publishers["~/rear/stats"].sent[0]
+        index = (json.loads(stats.data) if node_module.SegmentationStats is None
+                 else vars(stats))["frame_index"]
+        assert index == 0  # every stream counts its own frames
+
+        node.timers[0].callback()  # the diagnostics timer: one status per stream
+        statuses = node.publishers["/diagnostics"].sent[0].status
+        assert [s.name for s in statuses] == [
+            "accel_segmentation: front segmentation", "accel_segmentation: cams/left "
+            "segmentation", "accel_segmentation: rear segmentation"]
+        values = [{kv.key: kv.value for kv in s.values} for s in statuses]
+        assert [v["stream"] for v in values] == ["front", "cams/left", "rear"]
+        assert [v["frames_processed"] for v in values] == ["1", "0", "1"]
+        assert [v["conversion_errors"] for v in values] == ["0", "1", "0"]
+        assert statuses[1].level == b"\x02"  # its only frame failed: ERROR, for it alone
+        assert json.loads(node.diagnostics_json("rear"))["values"]["topic"] == "rear"
+    finally:
+        node.destroy_node()
+    assert not node._worker.is_alive()
+
+
+def test_node_wiring_several_compressed_cameras_and_clashing_names(node_module,
+                                                                     tiny_segmenter):
+    param = sys.modules["rclpy.parameter"].Parameter
+    node = node_module.AccelSegmentationNode(
+        segmenter=tiny_segmenter,
+        parameter_overrides=[param("input_transport", "compressed"),
+                             param("image_topics", ["front/image", "rear/image"])],
+    )
+    try:
+        assert [s.topic_name for s in node.subscriptions] == [
+            "/front/image/compressed", "/rear/image/compressed"]
+    finally:
+        node.destroy_node()
+    with pytest.raises(node_module.StartupError, match="both give the stream name 'front'"):
+        node_module.AccelSegmentationNode(
+            segmenter=tiny_segmenter,
+            parameter_overrides=[param("image_topics", ["front/image", "front/image_raw"])],
+        )
+    # An unset array (rcl's reading of `[]`) is one stream on image_topic, as before.
+    node = node_module.AccelSegmentationNode(
+        segmenter=tiny_segmenter, parameter_overrides=[param("image_topics", None)])
+    try:
+        assert [s.topic_name for s in node.subscriptions] == ["image"]
+        assert tiny_segmenter.streams == ("default",) and "~/labels" in node.publishers
+    finally:
+        node.destroy_node()
+
+
 # --- launch file and rviz config -------------------------------------------------------------
 
 
