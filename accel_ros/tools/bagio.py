@@ -1,15 +1,15 @@
 """rosbag2 helpers on top of the pure-Python `rosbags` package (no ROS installation needed).
 
 Covers what the replay tools need: a ROS 2 typestore that also knows
-accel_ros/msg/SegmentationStats, choosing the camera topic, opening writers for either storage
+accel_ros/msg/SegmentationStats, choosing the camera topic(s), opening writers for either storage
 plugin (named as rosbag2 names its own bags), copying connections through unchanged, building
-Header/Image messages, and writing a clip of RGB frames as a camera topic. Reading, including
+Header/Image messages, and writing clips of RGB frames as camera topics. Reading, including
 bags a crash cut short, is in bagread.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +98,96 @@ def select_image_topic(connections: Sequence[Connection], topic: str | None) -> 
                          f"topics: {present}")
     if len(candidates) != 1:
         raise ValueError(
-            f"the bag has {len(candidates)} image topics, pass --topic to choose one: {listing}"
+            f"the bag has {len(candidates)} image topics, pass --topic to choose one (or "
+            f"several), or --all-topics: {listing}"
         )
     return next(iter(candidates.items()))
+
+
+def select_image_topics(
+    connections: Sequence[Connection],
+    topics: str | Sequence[str] | None = None,
+    *,
+    all_topics: bool = False,
+) -> dict[str, str]:
+    """{topic: message type} of the camera topics to segment, in the order they are given.
+
+    `topics` None or one name: as `select_image_topic`. Several names: each must exist and
+    carry images (duplicates count once). `all_topics`: every image topic of the bag, sorted
+    by name, except the labels/color topics an earlier replay wrote for another image topic
+    of the bag (`replay_output_topics`). Raises ValueError when topics are named and
+    `all_topics` is set, and when two chosen topics would write the same output topics.
+    """
+    names = [topics] if isinstance(topics, str) else list(dict.fromkeys(topics or ()))
+    if all_topics:
+        if names:
+            raise ValueError("name camera topics (--topic) or ask for all of them "
+                             "(--all-topics), not both")
+        candidates = image_topics(connections)
+        earlier = replay_output_topics(candidates)
+        chosen = {t: m for t, m in sorted(candidates.items()) if t not in earlier}
+        if not chosen:  # no image topic at all: select_image_topic words the error
+            select_image_topic(connections, None)
+    elif len(names) <= 1:
+        if not names:
+            # A bag segmented before also holds <camera>/labels and /color Images: the one
+            # camera is still the only candidate.
+            candidates = image_topics(connections)
+            earlier = replay_output_topics(candidates)
+            cameras = [t for t in candidates if t not in earlier]
+            if earlier and len(cameras) == 1:
+                names = cameras
+        topic, msgtype = select_image_topic(connections, names[0] if names else None)
+        chosen = {topic: msgtype}
+    else:
+        chosen = dict(select_image_topic(connections, name) for name in names)
+    _check_output_clashes(chosen)
+    return chosen
+
+
+def replay_output_topics(topics: Iterable[str]) -> dict[str, str]:
+    """{output topic: its input topic} for the Image outputs (labels, color) a replay of each
+    of `topics` writes and that are themselves in `topics`: a bag segmented before carries
+    them, and they are results, not cameras."""
+    topics = list(topics)
+    present = set(topics)
+    found = {}
+    for topic in topics:
+        for name in output_topics(topic).values():
+            if name in present and name != topic:
+                found[name] = topic
+    return found
+
+
+def _check_output_clashes(topics: Iterable[str]) -> None:
+    """Two input topics must not share output topics (``/cam/image_raw`` and
+    ``/cam/image_raw/compressed`` both map to ``/cam/image_raw/labels``), and none may be
+    another's output: one would overwrite the other's results."""
+    owners: dict[str, str] = {}
+    topics = list(topics)
+    for topic in topics:
+        for name in output_topics(topic).values():
+            if name in owners:
+                raise ValueError(f"{owners[name]} and {topic} would both write {name}; "
+                                 f"segment one of them")
+            owners[name] = topic
+    for topic in topics:
+        if topic in owners:
+            raise ValueError(f"{topic} is where the results of {owners[topic]} are written; "
+                             f"it cannot be segmented in the same run")
 
 
 def output_base(topic: str) -> str:
     """Topic that output topics hang off: image_transport's ``<base>/compressed`` maps to
     ``<base>``, so labels of /cam/image_raw/compressed land on /cam/image_raw/labels."""
     return topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+
+
+def output_topics(topic: str) -> dict[str, str]:
+    """{"labels", "color", "stats": output topic} of one camera topic: ``<base>/labels`` and
+    so on, with `output_base`'s base. Every camera topic of a multi-topic run gets its own."""
+    base = output_base(topic)
+    return {kind: f"{base}/{kind}" for kind in ("labels", "color", "stats")}
 
 
 class Rosbag2Writer(Writer):
@@ -235,22 +316,57 @@ def write_camera_bag(
     """Write (H, W, 3) uint8 RGB frames as a camera topic; header stamp = bag time =
     start + i / fps. `path` and `storage` are read as `bag_output` does. Returns the number of
     messages written."""
+    counts = write_cameras_bag(
+        path, {topic: frames}, encoding=encoding, frame_ids={topic: frame_id}, fps=fps,
+        start_ns=start_ns, storage=storage, typestore=typestore,
+    )
+    return counts[topic]
+
+
+def write_cameras_bag(
+    path: str | Path,
+    cameras: Mapping[str, Iterable[np.ndarray]],
+    *,
+    encoding: str = "rgb8",
+    frame_ids: Mapping[str, str] | None = None,
+    fps: float = 30.0,
+    start_ns: int = 1_700_000_000 * 1_000_000_000,
+    storage: str | None = None,
+    typestore: Any = None,
+) -> dict[str, int]:
+    """Write several synchronised cameras, {topic: (H, W, 3) uint8 RGB frames}: frame i of
+    every camera has header stamp = bag time = start + i / fps, written camera after camera in
+    `cameras`' order (as a recorder receives a hardware-triggered rig). A camera whose frames
+    run out stops; the others go on. `frame_ids` default to "camera". Returns {topic: number
+    of messages written}."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    if not cameras:
+        raise ValueError("no camera topic to write")
     typestore = typestore or make_typestore()
     msgtype = COMPRESSED_TYPE if encoding in COMPRESSED_FORMATS else IMAGE_TYPE
     if encoding not in COMPRESSED_FORMATS:
         bridge.encoding_info(encoding)  # fail before creating the bag on a bad encoding
+    frame_ids = frame_ids or {}
+    streams = {topic: iter(frames) for topic, frames in cameras.items()}
+    counts = dict.fromkeys(streams, 0)
     writer = open_writer(path, storage)
-    count = 0
     try:
-        connection = writer.add_connection(topic, msgtype, typestore=typestore)
-        for index, rgb in enumerate(frames):
+        connections = {topic: writer.add_connection(topic, msgtype, typestore=typestore)
+                       for topic in streams}
+        index = 0
+        while streams:
             stamp_ns = int(start_ns + round(index * 1e9 / fps))
-            header = make_header(typestore, stamp_ns, frame_id)
-            msg = camera_message(typestore, rgb, encoding, header)
-            writer.write(connection, stamp_ns, typestore.serialize_cdr(msg, msgtype))
-            count += 1
+            for topic in list(streams):
+                rgb = next(streams[topic], None)
+                if rgb is None:
+                    del streams[topic]
+                    continue
+                header = make_header(typestore, stamp_ns, frame_ids.get(topic, "camera"))
+                msg = camera_message(typestore, rgb, encoding, header)
+                writer.write(connections[topic], stamp_ns, typestore.serialize_cdr(msg, msgtype))
+                counts[topic] += 1
+            index += 1
     finally:
         writer.close()
-    return count
+    return counts

@@ -6,9 +6,12 @@ Outputs, chosen by `output_kind`: a new rosbag2 (every input topic copied throug
 ``<topic>/labels`` mono8, ``<topic>/color`` rgb8 and ``<topic>/stats`` SegmentationStats, all
 with the input message's header and bag time), a video of colourised overlays, or a folder of
 overlay PNGs. Every decodable input frame gives exactly one output; an undecodable one is
-reported, counted as skipped, and the run goes on. Bags a crash cut short are read up to the
-damage (bagread.py) and the run says what was recovered; Ctrl-C stops after the current frame
-and still closes the output, so a bag output is always a valid rosbag2.
+reported, counted as skipped, and the run goes on. Several camera topics of one bag (`topic` a
+list, or `all_topics`) run as streams of one segmenter, each with its own keyframe cache and
+its own output topics; frames of different cameras are batched (`_run_streams`). Bags a crash
+cut short are read up to the damage (bagread.py) and the run says what was recovered; Ctrl-C
+stops after the current frame(s) and still closes the output, so a bag output is always a
+valid rosbag2.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +64,7 @@ class Frame:
     rgb: np.ndarray | None
     name: str
     error: str | None = None
+    topic: str | None = None  # the bag topic it came from; None for video and image input
 
     @property
     def stamp_seconds(self) -> float:
@@ -73,40 +77,67 @@ class Frame:
 
 
 class BagSource:
-    """Every recoverable message of a rosbag2 in recording order; the camera topic's ones also
-    decoded. `report` says what a damaged bag gave up (see bagread)."""
+    """Every recoverable message of a rosbag2 in recording order; the camera topics' ones also
+    decoded. `topics` are the cameras to segment (see bagio.select_image_topics), `topic` the
+    first of them; `report` says what a damaged bag gave up (see bagread)."""
 
-    def __init__(self, path: str | Path, topic: str | None, typestore: Any) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        topic: str | Sequence[str] | None,
+        typestore: Any,
+        *,
+        all_topics: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.typestore = typestore
         self._bag = bagread.open_bag(self.path)
+        try:
+            self._select(topic, all_topics)
+        except BaseException:
+            self._bag.close()
+            raise
+        self.fps: float | None = None
+
+    def _select(self, topic: str | Sequence[str] | None, all_topics: bool) -> None:
         self.report = self._bag.report
         self.connections = list(self._bag.connections)
         try:
-            self.topic, self.msgtype = bagio.select_image_topic(self.connections, topic)
+            self.topics = bagio.select_image_topics(self.connections, topic,
+                                                    all_topics=all_topics)
         except ValueError as error:
             if not self.connections:
                 raise bagread.BagError(f"{self.path}: {_empty_reason(self.report)}") from None
             raise bagread.BagError(f"{self.path}: {error}") from None
-        self.total = sum(c.msgcount for c in self.connections if c.topic == self.topic)
+        self.topic, self.msgtype = next(iter(self.topics.items()))
+        self.counts = {t: sum(c.msgcount for c in self.connections if c.topic == t)
+                       for t in self.topics}
+        self.total = sum(self.counts.values())
         if self.total == 0:
-            raise bagread.BagError(
-                f"{self.path}: no message on {self.topic}: {_empty_reason(self.report)}")
-        self.fps: float | None = None
+            raise bagread.BagError(f"{self.path}: no message on {', '.join(self.topics)}: "
+                                   f"{_empty_reason(self.report)}")
+        # A camera without messages is reported rather than refused: the others still run.
+        self.notes = [f"{t} has no message in the bag" for t, n in self.counts.items() if not n]
+        if all_topics:
+            earlier = bagio.replay_output_topics(bagio.image_topics(self.connections))
+            self.notes += [f"not segmenting {t}: it holds an earlier replay's results for {of}"
+                           for t, of in sorted(earlier.items())]
 
     def __iter__(self) -> Iterator[Passthrough | Frame]:
-        index = 0
+        indices = dict.fromkeys(self.topics, 0)
         for connection, timestamp, rawdata in self._bag.messages():
             yield Passthrough(connection, timestamp, rawdata)
-            if connection.topic != self.topic:
+            topic = connection.topic
+            if topic not in indices:
                 continue
-            name = f"{self.topic} message {index} (t={timestamp * 1e-9:.6f})"
+            index = indices[topic]
+            indices[topic] += 1
+            name = f"{topic} message {index} (t={timestamp * 1e-9:.6f})"
             try:
                 header, rgb = bagio.decode_image(self.typestore, rawdata, connection.msgtype)
-                yield Frame(index, timestamp, header, rgb, name)
+                yield Frame(index, timestamp, header, rgb, name, topic=topic)
             except ValueError as error:
-                yield Frame(index, timestamp, None, None, name, str(error))
-            index += 1
+                yield Frame(index, timestamp, None, None, name, str(error), topic=topic)
 
     def close(self) -> None:
         self._bag.close()
@@ -126,6 +157,8 @@ class FileSource:
         self.path = Path(path)
         self.connections: list[Any] = []
         self.topic: str | None = None
+        self.topics: dict[str, str] = {}  # no bag topics: one stream, named by the sink
+        self.notes: list[str] = []
         if self.path.is_dir():
             self.total = len(video.list_images(self.path))
             self.fps = fps or 30.0
@@ -145,15 +178,26 @@ class FileSource:
 
 
 def open_source(
-    path: str | Path, topic: str | None, fps: float | None, typestore: Any
+    path: str | Path,
+    topic: str | Sequence[str] | None,
+    fps: float | None,
+    typestore: Any,
+    *,
+    all_topics: bool = False,
 ) -> BagSource | FileSource:
     """A source for a rosbag2, a video file or an image folder; FileNotFoundError/ValueError
-    name the path when it is none of these."""
+    name the path when it is none of these. Several topics, or `all_topics`, need a bag: a
+    video or image folder is one stream."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
     if bagio.is_rosbag(path):
-        return BagSource(path, topic, typestore)
+        return BagSource(path, topic, typestore, all_topics=all_topics)
+    topics = _topic_list(topic)
+    if all_topics or len(topics) > 1:
+        asked = "--all-topics" if all_topics else f"{len(topics)} topics"
+        raise ValueError(f"{path} is not a rosbag2 but {asked} were asked for: video and "
+                         f"image-folder input is one camera (--topic names its output topic)")
     if path.is_dir():
         if not video.list_images(path):
             raise ValueError(
@@ -167,6 +211,15 @@ def open_source(
         f"cannot read {path}: expected a rosbag2 directory, a .mcap/.db3 file, a video "
         f"({', '.join(video.VIDEO_SUFFIXES)}) or an image folder"
     )
+
+
+def _topic_list(topic: str | Sequence[str] | None) -> list[str]:
+    """`topic` arguments as a list: None, one name, or several (duplicates count once)."""
+    if topic is None:
+        return []
+    if isinstance(topic, str):
+        return [topic]
+    return list(dict.fromkeys(topic))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,19 +249,22 @@ def output_kind(path: str | Path, requested: str | None = None) -> str:
 
 
 class BagSink:
-    """rosbag2 output: input topics copied through, plus labels, color and stats topics.
+    """rosbag2 output: input topics copied through, plus labels, color and stats topics for
+    each camera topic (`bagio.output_topics`: ``<topic>/labels`` ...).
 
-    For video/image input (no input bag) the frames themselves are written as rgb8 Images on
-    `topic`, so the output bag is self-contained.
+    `topic` is the camera topic, or several; a frame's outputs go to its own topic's
+    (`Frame.topic`, the first topic when unset). For video/image input (no input bag) the
+    frames themselves are written as rgb8 Images on `topic`, so the output bag is
+    self-contained.
     """
 
     def __init__(
         self,
         path: str | Path,
         *,
-        storage: str,
+        storage: str | None,
         typestore: Any,
-        topic: str,
+        topic: str | Sequence[str],
         connections: list[Any],
         mode: str,
         palette: str,
@@ -218,15 +274,19 @@ class BagSink:
         self.mode = mode
         self.palette = palette
         self.frame_id = frame_id
-        base = bagio.output_base(topic)
-        self.topics = {"labels": f"{base}/labels", "color": f"{base}/color",
-                       "stats": f"{base}/stats"}
+        cameras = _topic_list(topic)
+        if not cameras:
+            raise ValueError("a bag output needs a camera topic")
+        # {camera topic: {"labels" | "color" | "stats": output topic}}
+        self.outputs = {camera: bagio.output_topics(camera) for camera in cameras}
+        self.topics = self.outputs[cameras[0]]  # the first camera's (the only one, usually)
+        regenerated = {name for names in self.outputs.values() for name in names.values()}
         self.skipped_topics: list[str] = []
         self._writer = bagio.open_writer(path, storage)
         try:
             self._copied: dict[int, Any] = {}
             for connection in connections:
-                if connection.topic in self.topics.values():
+                if connection.topic in regenerated:
                     # An earlier replay's outputs: they are about to be regenerated.
                     self.skipped_topics.append(f"{connection.topic}: this run regenerates it")
                     continue
@@ -239,15 +299,17 @@ class BagSink:
             self._camera = None
             if not connections:
                 self._camera = self._writer.add_connection(
-                    topic, bagio.IMAGE_TYPE, typestore=typestore
+                    cameras[0], bagio.IMAGE_TYPE, typestore=typestore
                 )
-            image, stats = bagio.IMAGE_TYPE, bagio.STATS_TYPE
-            self._labels = self._writer.add_connection(
-                self.topics["labels"], image, typestore=typestore)
-            self._color = self._writer.add_connection(
-                self.topics["color"], image, typestore=typestore)
-            self._stats = self._writer.add_connection(
-                self.topics["stats"], stats, typestore=typestore)
+            types = {"labels": bagio.IMAGE_TYPE, "color": bagio.IMAGE_TYPE,
+                     "stats": bagio.STATS_TYPE}
+            self._out = {
+                camera: {kind: self._writer.add_connection(name, types[kind],
+                                                           typestore=typestore)
+                         for kind, name in names.items()}
+                for camera, names in self.outputs.items()
+            }
+            self._default = cameras[0]
         except BaseException:
             self._writer.close()
             raise
@@ -282,11 +344,13 @@ class BagSink:
         labels = bagio.image_message(ts, result.labels, "mono8", header)
         color = bagio.image_message(ts, colorize(result.labels, self.palette), "rgb8", header)
         stamp = frame.stamp_seconds
-        # Offline there is no transport: "end to end" is decode + segment time of this frame.
+        # Offline there is no transport: "end to end" is decode + segment time of this frame
+        # (of its batch, when several cameras run together).
         fields = stats_fields(result, mode=self.mode, stamp=stamp, now=stamp + elapsed_s)
         stats = ts.types[bagio.STATS_TYPE](header=header, **fields)
-        for connection, msg in ((self._labels, labels), (self._color, color),
-                                (self._stats, stats)):
+        out = self._out[frame.topic or self._default]
+        for kind, msg in (("labels", labels), ("color", color), ("stats", stats)):
+            connection = out[kind]
             self._writer.write(connection, frame.timestamp,
                                ts.serialize_cdr(msg, connection.msgtype))
 
@@ -349,7 +413,8 @@ def segment(
     output_path: str | Path,
     segmenter: Any,
     *,
-    topic: str | None = None,
+    topic: str | Sequence[str] | None = None,
+    all_topics: bool = False,
     storage: str | None = None,
     output_format: str | None = None,
     overlay_alpha: float = 0.5,
@@ -363,7 +428,13 @@ def segment(
     `output_path` (see `output_kind`). Returns the run summary; skipped frames are listed in
     ``summary.skipped`` with the reason. `source` is `input_path` opened already (the CLI opens
     it before loading the model to fail fast; a bag is then scanned only once); it is closed
-    here."""
+    here.
+
+    `topic` is a bag's camera topic, or several, and `all_topics` takes every image topic of
+    the bag (see bagio.select_image_topics). With several, each camera is a stream of the one
+    segmenter (`configure_streams`, `process_batch`), its outputs go to its own
+    ``<topic>/labels``..., and ``summary.extra["topics"]`` (a `TopicTallies`) counts frames,
+    keyframes and skips per camera; a bag output is then required."""
     kind = output_kind(output_path, output_format)
     if kind == "bag":
         bagio.bag_output(output_path, storage)  # a contradicting suffix fails before any work
@@ -372,19 +443,23 @@ def segment(
     get_palette(palette)  # an unknown name fails here, not after the first frame
     mode = segmenter.pipeline_config.mode
     if source is None:
-        source = open_source(input_path, topic, fps, typestore)
+        source = open_source(input_path, topic, fps, typestore, all_topics=all_topics)
     summary = RunSummary(name=f"segment ({mode})")
     report = getattr(source, "report", None)
     if report is not None and (report.damaged or report.notes):
         for line in report.lines():
             _warn(line, quiet)
         summary.extra["recovery"] = "\n    ".join(report.lines())
+    cameras = list(source.topics)
     try:
+        check_streams_output(cameras, kind)
+        for note in source.notes:
+            _warn(note, quiet)
         if kind == "bag":
             sink: BagSink | OverlaySink = BagSink(
                 output_path, storage=storage, typestore=typestore,
-                topic=source.topic or topic or DEFAULT_TOPIC, connections=source.connections,
-                mode=mode, palette=palette, frame_id=frame_id,
+                topic=cameras or _topic_list(topic)[:1] or DEFAULT_TOPIC,
+                connections=source.connections, mode=mode, palette=palette, frame_id=frame_id,
             )
         else:
             sink = OverlaySink(output_path, kind, fps=source.fps or 30.0, palette=palette,
@@ -394,7 +469,10 @@ def segment(
                 _warn(f"not copying {skipped}", quiet)
             summary.start()
             with _ctrl_c_stops() as stop:
-                _run(source, sink, segmenter, summary, quiet, stop)
+                if len(cameras) > 1:
+                    _run_streams(source, sink, segmenter, summary, quiet, stop)
+                else:
+                    _run(source, sink, segmenter, summary, quiet, stop)
             if stop.is_set():
                 summary.extra["interrupted"] = (
                     f"Ctrl-C after {summary.frames} frames; the output holds them")
@@ -403,7 +481,7 @@ def segment(
     finally:
         source.close()
     summary.stop()
-    summary.extra["input"] = f"{input_path}" + (f" [{source.topic}]" if source.topic else "")
+    summary.extra["input"] = f"{input_path}" + (f" [{', '.join(cameras)}]" if cameras else "")
     written = bagio.bag_output(output_path, storage)[0] if kind == "bag" else output_path
     summary.extra["output"] = f"{written} ({kind})"
     return summary
@@ -441,6 +519,149 @@ def _run(
             started = time.perf_counter()
             if stop is not None and stop.is_set():
                 break
+
+
+def check_streams_output(topics: Sequence[str], kind: str) -> None:
+    """Several cameras need a bag output: a video or a PNG folder holds one camera's frames.
+    Checked before any work (the CLI: before the model loads)."""
+    if len(topics) > 1 and kind != "bag":
+        raise ValueError(f"{len(topics)} camera topics ({', '.join(topics)}) need a rosbag2 "
+                         f"output; a {kind} output holds one camera: pass one --topic")
+
+
+@dataclass
+class TopicTally:
+    """What a multi-camera run did with one camera topic."""
+
+    frames: int = 0
+    keyframes: int = 0
+    skipped: int = 0
+    resets: int = 0
+
+    def add(self, result: Any) -> None:
+        self.frames += 1
+        self.keyframes += int(bool(result.is_keyframe))
+        self.resets += int(result.reset_reason is not None)
+
+
+class TopicTallies(dict[str, TopicTally]):
+    """{camera topic: TopicTally}; printed in the run summary as one line per camera."""
+
+    def __str__(self) -> str:
+        lines = [f"{len(self)} cameras, one segmenter"]
+        lines += [f"{topic}: {t.frames} frames, {t.keyframes} keyframes, {t.skipped} skipped, "
+                  f"{t.resets} cache resets" for topic, t in self.items()]
+        return "\n    ".join(lines)
+
+
+def _run_streams(
+    source: BagSource,
+    sink: BagSink | OverlaySink,
+    segmenter: Any,
+    summary: RunSummary,
+    quiet: bool,
+    stop: threading.Event | None = None,
+) -> None:
+    """Several camera topics through one segmenter, one stream per topic.
+
+    The bag is walked in recording order; frames gather into a batch of at most one frame per
+    camera, which runs (`process_batch`) when a camera comes round again, and at the end.
+    Everything read meanwhile (other topics' messages, the batch's frames) is written when the
+    batch is done, in recording order, so the output bag keeps the input's order. A frame that
+    does not decode or that the segmenter refuses (`check_frame`) is skipped and counted
+    against its camera before it joins a batch, so it never costs the others their frame.
+    Time gaps and resolution changes are judged per stream by the segmenter.
+    """
+    from ..model.pipeline import StreamFrame
+
+    cameras = list(source.topics)
+    segmenter.configure_streams(cameras)
+    tallies = TopicTallies((topic, TopicTally()) for topic in cameras)
+    summary.extra["topics"] = tallies
+    pending: list[Passthrough | Frame] = []  # read since the batch began, in recording order
+    batch: dict[str, Frame] = {}
+    decode_s: dict[str, float] = {}  # per camera in the batch: its read + decode time
+
+    def flush() -> None:
+        started = time.perf_counter()
+        results = _process_batch(segmenter, list(batch.values()), StreamFrame)
+        batch_s = time.perf_counter() - started
+        for entry in pending:
+            if isinstance(entry, Passthrough):
+                sink.passthrough(entry)
+                continue
+            assert entry.topic is not None
+            outcome = results[entry.topic]
+            if isinstance(outcome, str):
+                _skip(entry, outcome)
+                continue
+            sink.write(entry, outcome, decode_s[entry.topic] + batch_s)
+            summary.add(outcome)
+            tallies[entry.topic].add(outcome)
+        pending.clear()
+        batch.clear()
+        decode_s.clear()
+
+    def _skip(frame: Frame, error: str) -> None:
+        assert frame.topic is not None
+        tallies[frame.topic].skipped += 1
+        summary.skip(f"{frame.name}: {error}")
+        _warn(f"skipping {frame.name}: {error}", quiet, bar)
+
+    with tqdm(total=source.total or None, unit="frame", disable=quiet, desc="segment",
+              file=sys.stderr) as bar:
+        started = time.perf_counter()
+        for item in source:
+            if isinstance(item, Passthrough):
+                if pending:
+                    pending.append(item)
+                else:
+                    sink.passthrough(item)
+                started = time.perf_counter()
+                continue
+            bar.update(1)
+            assert item.topic is not None
+            error = item.error
+            if error is None:
+                try:
+                    segmenter.check_frame(item.rgb)
+                except ValueError as exc:
+                    error = str(exc)
+            if error is not None:
+                _skip(item, error)
+            else:
+                if item.topic in batch:
+                    flush()
+                batch[item.topic] = item
+                pending.append(item)
+                decode_s[item.topic] = time.perf_counter() - started
+            started = time.perf_counter()
+            if stop is not None and stop.is_set():
+                break  # the batch in hand is finished below
+        if batch:
+            flush()
+
+
+def _process_batch(
+    segmenter: Any, frames: list[Frame], stream_frame: Any
+) -> dict[str, Any]:
+    """{camera topic: SegmentationResult, or the error that skips its frame} for a batch of
+    frames of distinct cameras. A ValueError leaves every stream's cache as it was, so after
+    one the frames are run one at a time: only the frame at fault is lost."""
+    batch = [stream_frame(f.topic, f.rgb, f.stamp_seconds) for f in frames]
+    try:
+        results = segmenter.process_batch(batch)
+    except ValueError as error:
+        if len(batch) == 1:
+            return {frames[0].topic: str(error)}
+        outcomes: dict[str, Any] = {}
+        for frame, entry in zip(frames, batch, strict=True):
+            try:
+                outcomes[frame.topic] = segmenter.process_batch([entry])[0]
+            except ValueError as alone:
+                outcomes[frame.topic] = str(alone)
+        return outcomes
+    return {frame.topic: result for frame, result in zip(frames, results, strict=True)}
 
 
 @contextmanager
@@ -487,7 +708,7 @@ def make_bag(
     width: int = 512,
     encoding: str = "rgb8",
     storage: str | None = None,
-    topic: str = DEFAULT_TOPIC,
+    topic: str | Sequence[str] = DEFAULT_TOPIC,
     frame_id: str = "camera",
     fps: float = 30.0,
     seed: int = 0,
@@ -496,26 +717,46 @@ def make_bag(
     """Write a synthetic driving clip as a camera bag. `out` names it as rosbag2 does (see
     bagio.bag_output: ``cam.db3`` is the folder ``cam/`` with ``cam_0.db3``). For "jpeg"/"png"
     the topic is a CompressedImage on ``<topic>/compressed`` (image_transport's name).
-    Returns (topic, count)."""
+
+    Several topics make a synchronised rig: camera i films its own street (seed + i), with
+    frame_id ``<frame_id>_<i>``, and every camera's frame i has the same stamp. Returns
+    (topic, count of messages): the topics are comma-separated when there are several."""
     from ..data.synthetic import SyntheticDrivingScene, scene_config
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
+    topics = _topic_list(topic) or [DEFAULT_TOPIC]
     folder, storage = bagio.bag_output(out, storage)
     if folder.exists():
         raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
-    if encoding in bagio.COMPRESSED_FORMATS and not topic.endswith("/compressed"):
-        topic = f"{topic}/compressed"
-    scene = SyntheticDrivingScene(
-        scene_config(height=height, width=width, seed=seed, fps=fps), num_frames=frames
-    )
+    if encoding in bagio.COMPRESSED_FORMATS:
+        topics = [t if t.endswith("/compressed") else f"{t}/compressed" for t in topics]
+    if len(set(topics)) != len(topics):
+        raise ValueError(f"camera topics repeat: {', '.join(topics)}")
+    many = len(topics) > 1
+    cameras = {
+        name: (frame.image for frame in SyntheticDrivingScene(
+            scene_config(height=height, width=width, seed=seed + index, fps=fps),
+            num_frames=frames))
+        for index, name in enumerate(topics)
+    }
+    frame_ids = {name: f"{frame_id}_{index}" if many else frame_id
+                 for index, name in enumerate(topics)}
     # Rendered lazily, one frame at a time, so the progress bar tracks the real work.
-    images = (frame.image for frame in tqdm(scene, total=frames, desc="make-bag",
-                                             unit="frame", disable=quiet, file=sys.stderr))
-    count = bagio.write_camera_bag(
-        out, images, topic=topic, encoding=encoding, frame_id=frame_id, fps=fps, storage=storage
-    )
-    return topic, count
+    bar = tqdm(total=frames * len(topics), desc="make-bag", unit="frame", disable=quiet,
+               file=sys.stderr)
+    with bar:
+        counts = bagio.write_cameras_bag(
+            out, {name: _counted(images, bar) for name, images in cameras.items()},
+            encoding=encoding, frame_ids=frame_ids, fps=fps, storage=storage,
+        )
+    return ", ".join(topics), sum(counts.values())
+
+
+def _counted(images: Iterator[np.ndarray], bar: tqdm) -> Iterator[np.ndarray]:
+    for image in images:
+        yield image
+        bar.update(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,12 +771,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Replay INPUT (rosbag2 directory/.mcap/.db3, video file or image folder) "
         "through the Accel segmenter. OUTPUT: a video suffix (.mp4, .avi, ...) writes an "
         "overlay video, an existing non-bag directory receives overlay PNGs, anything else "
-        "becomes a new rosbag2 with <topic>/labels, <topic>/color and <topic>/stats.",
+        "becomes a new rosbag2 with <topic>/labels, <topic>/color and <topic>/stats for each "
+        "camera topic segmented.",
     )
     seg.add_argument("input", metavar="INPUT", type=Path)
     seg.add_argument("--out", "-o", required=True, type=Path, metavar="OUTPUT")
-    seg.add_argument("--topic", default=None,
-                     help="camera topic (default: the bag's only Image/CompressedImage topic)")
+    cameras = seg.add_mutually_exclusive_group()
+    cameras.add_argument("--topic", nargs="+", action="extend", default=None, metavar="TOPIC",
+                         help="camera topic(s) of a bag (default: its only Image/"
+                         "CompressedImage topic); several run as streams of one model, each "
+                         "with its own outputs")
+    cameras.add_argument("--all-topics", action="store_true",
+                         help="segment every Image/CompressedImage topic of the bag")
     seg.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     seg.add_argument("--checkpoint", default="default",
                      help="'default' (shipped), 'none' (random weights) or a path")
@@ -576,7 +823,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      "...) or jpeg/png for a CompressedImage")
     bag.add_argument("--storage", default=None, choices=sorted(bagio.STORAGES),
                      help="default: from OUT's suffix (.mcap, .db3), else mcap")
-    bag.add_argument("--topic", default=DEFAULT_TOPIC)
+    bag.add_argument("--topic", nargs="+", action="extend", default=None, metavar="TOPIC",
+                     help=f"camera topic(s) (default {DEFAULT_TOPIC}); several make a rig of "
+                     "cameras that each see another street")
     bag.add_argument("--frame-id", default="camera")
     bag.add_argument("--fps", type=float, default=30.0)
     bag.add_argument("--seed", type=int, default=0)
@@ -588,11 +837,14 @@ def main_segment(args: argparse.Namespace) -> int:
     from ..config import PipelineConfig
     from ..model import build_segmenter
 
-    # Check paths, storage and topic before the (slow) model load.
-    if output_kind(args.out, args.output_format) == "bag":
+    # Check paths, storage and topics before the (slow) model load.
+    kind = output_kind(args.out, args.output_format)
+    if kind == "bag":
         bagio.bag_output(args.out, args.storage)
-    source = open_source(args.input, args.topic, args.fps, bagio.make_typestore())
+    source = open_source(args.input, args.topic, args.fps, bagio.make_typestore(),
+                         all_topics=args.all_topics)
     try:
+        check_streams_output(list(source.topics), kind)
         set_threads(args.threads)
         pipeline = PipelineConfig(
             mode=args.mode,
@@ -606,9 +858,10 @@ def main_segment(args: argparse.Namespace) -> int:
         source.close()
         raise
     summary = segment(
-        args.input, args.out, segmenter, topic=args.topic, storage=args.storage,
-        output_format=args.output_format, overlay_alpha=args.overlay_alpha, fps=args.fps,
-        frame_id=args.frame_id, palette=args.palette, quiet=args.quiet, source=source,
+        args.input, args.out, segmenter, topic=args.topic, all_topics=args.all_topics,
+        storage=args.storage, output_format=args.output_format,
+        overlay_alpha=args.overlay_alpha, fps=args.fps, frame_id=args.frame_id,
+        palette=args.palette, quiet=args.quiet, source=source,
     )
     print(summary.format())
     if "interrupted" in summary.extra:
@@ -636,7 +889,7 @@ def set_threads(threads: int | None) -> None:
 def main_make_bag(args: argparse.Namespace) -> int:
     topic, count = make_bag(
         args.out, frames=args.frames, height=args.height, width=args.width,
-        encoding=args.encoding, storage=args.storage, topic=args.topic,
+        encoding=args.encoding, storage=args.storage, topic=args.topic or DEFAULT_TOPIC,
         frame_id=args.frame_id, fps=args.fps, seed=args.seed, quiet=args.quiet,
     )
     folder, storage = bagio.bag_output(args.out, args.storage)
