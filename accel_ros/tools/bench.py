@@ -69,6 +69,7 @@ from ..config import FLOW_METHODS, PRESETS, ModelConfig, PipelineConfig, preset
 from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
 from ..model.fastpath import CompiledCall, CudaGraphCall
 from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
+from . import bench_streams
 
 MODEL_KEY = "--model"
 # variant -> (pipeline mode, preset that supplies the update branch or None; MODEL_KEY: the
@@ -1024,18 +1025,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--variants", default="all",
+    parser.add_argument("--variants", default=None,
                         help="comma list of: all (the paper's family), peers (torchvision), "
-                        f"{', '.join(VARIANTS)}")
-    parser.add_argument("--intervals", default="1-10",
-                        help="keyframe intervals, e.g. 1-10 or 1,2,3,5,10")
+                        f"{', '.join(VARIANTS)} (default all)")
+    parser.add_argument("--intervals", default=None,
+                        help="keyframe intervals, e.g. 1-10 or 1,2,3,5,10 (default 1-10; "
+                        "with --streams one interval, default 5)")
     parser.add_argument("--height", type=int, default=None,
-                        help="frame height (default 512, or 1024 on CUDA)")
+                        help="frame height (default 512, or 1024 on CUDA; 360 with --streams)")
     parser.add_argument("--width", type=int, default=None,
-                        help="frame width (default 1024, or 2048 on CUDA)")
-    parser.add_argument("--frames", type=int, default=20,
-                        help="timed frames per measurement (rounded up to whole keyframe cycles)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed frames per measurement")
+                        help="frame width (default 1024, or 2048 on CUDA; 480 with --streams)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="timed frames per measurement, rounded up to whole keyframe cycles "
+                        "(default 20; with --streams timed frames per stream, default 40)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed frames per measurement (default 3; with --streams untimed "
+                        "rounds, default one keyframe cycle)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="measure autocast at this precision against fp32")
@@ -1068,8 +1073,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="variants for the fast-path runs (default: --variants)")
     parser.add_argument("--fast-intervals", default=None,
                         help="intervals for the fast-path runs (default: --intervals)")
-    parser.add_argument("--clip-frames", type=int, default=24,
-                        help="distinct frames rendered (played back and forth)")
+    parser.add_argument("--clip-frames", type=int, default=None,
+                        help="distinct frames rendered (played back and forth; default 24, "
+                        "with --streams 8 per stream)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
@@ -1077,18 +1083,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     parser.add_argument("--accuracy", type=Path, default=None,
                         help="mIoU JSON (eval.json or {variant: ...}) for the trade-off plot")
+    bench_streams.add_arguments(parser)
     parser.set_defaults(handler=main)
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(
-        variants=parse_variants(args.variants),
-        intervals=parse_intervals(args.intervals),
+        variants=parse_variants(args.variants or "all"),
+        intervals=parse_intervals(args.intervals or "1-10"),
         height=args.height,
         width=args.width,
-        frames=args.frames,
-        warmup=args.warmup,
+        frames=args.frames if args.frames is not None else 20,
+        warmup=args.warmup if args.warmup is not None else 3,
         device=args.device,
         precision=args.precision,
         channels_last=args.channels_last,
@@ -1108,12 +1115,18 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         flow_epe=args.flow_epe,
         fast_variants=parse_variants(args.fast_variants) if args.fast_variants else None,
         fast_intervals=parse_intervals(args.fast_intervals) if args.fast_intervals else None,
-        clip_frames=args.clip_frames,
+        clip_frames=args.clip_frames if args.clip_frames is not None else 24,
         seed=args.seed,
     )
 
 
 def main(args: argparse.Namespace) -> int:
+    if getattr(args, "streams", None) is not None:
+        # Several cameras: one node against separate processes (tools/bench_streams.py).
+        return bench_streams.main(args)
+    stray = bench_streams.streams_only_options(args)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} only apply with --streams")
     settings = settings_from_args(args)
     if args.accuracy is not None and not args.accuracy.is_file():
         raise FileNotFoundError(f"accuracy file not found: {args.accuracy}")
