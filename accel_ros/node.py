@@ -349,6 +349,10 @@ class AccelSegmentationNode(Node):
             constraints = f"one of {list(spec.choices)}" if spec.choices else ""
             # dynamic_typing: rclpy would reject `overlay_alpha: 1` (an int for a double) with
             # a traceback; parse_parameters / plan_parameter_update check types and say why.
+            # It also lets image_topics default to []: rclpy cannot type an empty list (it
+            # stores a byte array), rcl reads `[]` from a file or `-p` as unset (None, which
+            # parse_parameters takes as []), and `[a/image, b/image]` arrives as a string
+            # array; the descriptor still describes it as one.
             # Restart-only parameters are read-only: set them at start-up, not at run time.
             descriptor = ParameterDescriptor(
                 name=spec.name,

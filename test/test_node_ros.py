@@ -782,3 +782,237 @@ def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stat
     finally:
         probe.close()
         process.kill()
+
+
+# --- several cameras in one node -------------------------------------------------------------
+
+MULTI_NODE = "/multi/accel_multi"
+# image_topics as a user types it (-p 'image_topics:=[a, b]'), with the rear camera remapped.
+MULTI_TOPICS = "[front/image, /cams/left/image_raw, rear/image]"
+# Input topic of each stream after the namespace and the remapping.
+MULTI_INPUTS = {"front": "/multi/front/image", "cams/left": "/cams/left/image_raw",
+                "rear": "/elsewhere/rear_camera"}
+MULTI_KEYFRAME_INTERVAL = 3
+
+
+def multi_content(frames: list[np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """Visibly different clips: CamVid forwards, CamVid backwards and mirrored, and a sliding
+    synthetic texture (all (H, W, 3) uint8, 40 frames each)."""
+    import cv2
+
+    rng = np.random.default_rng(7)
+    base = cv2.GaussianBlur(rng.integers(0, 255, (H, W + 160, 3), np.uint8), (0, 0), 3)
+    return {
+        "front": list(frames),
+        "cams/left": [np.ascontiguousarray(f[:, ::-1]) for f in reversed(frames)],
+        "rear": [np.ascontiguousarray(base[:, 4 * t : 4 * t + W]) for t in range(len(frames))],
+    }
+
+
+class MultiSession:
+    """A node serving three cameras plus a probe subscribed to every stream's outputs."""
+
+    def __init__(self, process: NodeProcess, probe: Probe, stats_type: type) -> None:
+        self.process, self.probe = process, probe
+        self.clocks = {stream: StreamClock() for stream in MULTI_INPUTS}
+        for index, clock in enumerate(self.clocks.values()):
+            clock.ns += index * 1_000_000  # no two streams share a stamp
+        self.publishers = {}
+        for stream, topic in MULTI_INPUTS.items():
+            for name in ("labels", "color", "overlay"):
+                probe.listen(f"{MULTI_NODE}/{stream}/{name}", _image_type())
+            probe.listen(f"{MULTI_NODE}/{stream}/stats", stats_type)
+            self.publishers[stream] = probe.publisher(_image_type(), topic)
+        probe.listen("/diagnostics", _diagnostic_type())
+
+    def outputs(self, stream: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
+        found = {name: self.probe.find(f"{MULTI_NODE}/{stream}/{name}", stamp)
+                 for name in OUTPUTS}
+        return found if all(v is not None for v in found.values()) else None
+
+    def message(self, stream: str, rgb: np.ndarray, seconds: float | None = None) -> Any:
+        msg = image_msg(rgb, "rgb8", self.clocks[stream].next(seconds))
+        msg.header.frame_id = f"{stream.replace('/', '_')}_optical"
+        return msg
+
+    def send(self, batch: dict[str, Any], timeout: float = FRAME_TIMEOUT) -> dict[str, dict]:
+        """Publish one frame per stream at once (so the worker may batch them) and wait for
+        every stream's outputs; one frame per stream in flight, so nothing is dropped."""
+        for stream, msg in batch.items():
+            self.publishers[stream].publish(msg)
+        return {stream: wait_for(lambda s=stream, m=msg: self.outputs(s, stamp_of(m)), timeout,
+                                 f"{stream} outputs for {stamp_of(msg)}")
+                for stream, msg in batch.items()}
+
+    def statuses(self, stream: str, since: int = 0) -> list[tuple]:
+        return diagnostics(self.probe, name=f"accel_multi: {stream} segmentation")[since:]
+
+
+@pytest.fixture(scope="module")
+def multi(rclpy_module, colcon_install, stats_class, tiny_checkpoint, frames, tmp_path_factory):
+    """accel_segmentation_node --ros-args --params-file config/accel.yaml
+    -p 'image_topics:=[front/image, /cams/left/image_raw, rear/image]'
+    -r rear/image:=/elsewhere/rear_camera -r __ns:=/multi -r __node:=accel_multi
+    (+ the tiny checkpoint, keyframe interval 3, stats window 4)."""
+    executable = Path(sys.executable).parent / "accel_segmentation_node"
+    process = NodeProcess(executable, [
+        "--params-file", str(PARAMS_FILE), "-p", f"image_topics:={MULTI_TOPICS}",
+        "-r", "rear/image:=/elsewhere/rear_camera", "-r", "__ns:=/multi",
+        "-r", "__node:=accel_multi", "-p", f"checkpoint:={tiny_checkpoint}",
+        "-p", f"keyframe_interval:={MULTI_KEYFRAME_INTERVAL}", "-p", "stats_window:=4",
+    ], msgs_env(colcon_install), tmp_path_factory.mktemp("multi") / "node.log")
+    probe = Probe(rclpy_module)
+    session = MultiSession(process, probe, stats_class)
+    try:
+        for stream, publisher in session.publishers.items():
+            wait_for(lambda p=publisher: p.get_subscription_count() > 0, STARTUP_TIMEOUT,
+                     f"the node to subscribe to {publisher.topic_name} ({stream}):\n"
+                     + process.output())
+        yield session
+    finally:
+        probe.close()
+        process.kill()
+
+
+def test_several_cameras_headers_counts_and_routing_by_content(multi, frames, tiny_checkpoint):
+    """Every output carries its own stream's header; each stream counts its own frames from 0;
+    each stream's labels are what an independent segmenter fed only that stream gives."""
+    from accel_ros.model import build_segmenter
+    from accel_ros.node_logic import default_parameters, parse_parameters
+
+    content = multi_content(frames)
+    # Warm-up: the first frames of each stream until all three came back (discovery).
+    sent = {stream: 0 for stream in MULTI_INPUTS}
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        assert multi.process.proc.poll() is None, multi.process.output()
+        batch = {s: multi.message(s, content[s][sent[s]]) for s in MULTI_INPUTS}
+        try:
+            multi.send(batch, timeout=20.0)
+            break
+        except AssertionError:
+            assert time.monotonic() < deadline, multi.process.output()
+        finally:
+            for s in MULTI_INPUTS:
+                sent[s] += 1
+    output = multi.process.output()
+    assert "stream rear: subscribed to /elsewhere/rear_camera (Image)" in output, output
+    assert "3 streams: front, cams/left, rear" in output
+
+    # A stamp gap resets every stream, so the comparison starts from a known (empty) cache.
+    frames_per_stream = 8
+    received: dict[str, list[tuple[Any, dict]]] = {s: [] for s in MULTI_INPUTS}
+    for t in range(frames_per_stream):
+        batch = {s: multi.message(s, content[s][10 + t], 5.0 if t == 0 else None)
+                 for s in MULTI_INPUTS}
+        for stream, out in multi.send(batch).items():
+            received[stream].append((batch[stream], out))
+
+    values = default_parameters(PARAMS_FILE)
+    values.update(checkpoint=str(tiny_checkpoint), keyframe_interval=MULTI_KEYFRAME_INTERVAL)
+    settings = parse_parameters(values)
+    names = list(MULTI_INPUTS)
+    references = {}
+    for stream in names:  # independent segmenters, same weights and config, one stream each
+        reference = build_segmenter(settings.options.preset, settings.pipeline,
+                                    checkpoint=str(tiny_checkpoint))
+        reference.configure_streams(names)  # the same keyframe phase as in the node
+        references[stream] = [reference.process(content[stream][10 + t], stream=stream)
+                              for t in range(frames_per_stream)]
+
+    for stream, pairs in received.items():
+        frame_ids = set()
+        for t, (msg, out) in enumerate(pairs):
+            for name in OUTPUTS:
+                assert out[name].header == msg.header, (stream, t, name)
+            frame_ids.add(out["labels"].header.frame_id)
+            stats = out["stats"]
+            # Paced: no frame of this phase was dropped, and only the gap reset the cache.
+            assert stats.dropped_frames == pairs[0][1]["stats"].dropped_frames, (stream, t)
+            assert t == 0 or stats.reset_reason == "", (stream, t, stats.reset_reason)
+            assert stats.is_keyframe == references[stream][t].is_keyframe, (stream, t)
+            labels = image_to_array(out["labels"])
+            own = float(np.mean(labels == references[stream][t].labels))
+            assert own >= 0.995, (stream, t, own)
+        assert frame_ids == {f"{stream.replace('/', '_')}_optical"}
+        assert pairs[0][1]["stats"].reset_reason.startswith("time gap of 5.000 s")
+        # The other streams' content gives other labels: the agreement above means something.
+        for other in names:
+            if other != stream:
+                cross = np.mean([np.mean(image_to_array(out["labels"]) == references[other][t]
+                                         .labels) for t, (_, out) in enumerate(pairs)])
+                assert cross < 0.9, (stream, other, cross)
+    # Staggered keyframes: after the common reset the streams keyframe at different frames.
+    schedules = {s: [r.is_keyframe for r in references[s]] for s in names}
+    assert len({tuple(k) for k in schedules.values()}) > 1, schedules
+
+    # Every stream counts its own frames 0, 1, 2, ... (the warm-up frames included).
+    for stream in names:
+        indices = [m.frame_index for m in multi.probe.messages(f"{MULTI_NODE}/{stream}/stats")]
+        assert indices == list(range(len(indices))), (stream, indices)
+        assert len(indices) >= 1 + frames_per_stream
+    assert "[ERROR]" not in multi.process.output()
+
+
+def test_one_camera_stopping_leaves_the_others_running(multi, frames):
+    """cams/left goes silent: front and rear keep their outputs, and cams/left's diagnostics
+    say it stopped receiving while the others stay healthy."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    content = multi_content(frames)
+    # Every stream receiving (the previous test left them idle), then cams/left stops.
+    multi.send({s: multi.message(s, content[s][19], 2.0) for s in MULTI_INPUTS})
+    start = time.monotonic()
+    since = {s: len(multi.statuses(s)) for s in MULTI_INPUTS}
+    before = {s: len(multi.probe.messages(f"{MULTI_NODE}/{s}/labels")) for s in MULTI_INPUTS}
+    t = 0
+    stopped = None
+    while stopped is None:  # front and rear at their pace, cams/left silent
+        assert time.monotonic() - start < FRAME_TIMEOUT, multi.process.output()
+        batch = {s: multi.message(s, content[s][20 + t % 20]) for s in ("front", "rear")}
+        multi.send(batch)
+        t += 1
+        stopped = next((d for d in multi.statuses("cams/left", since["cams/left"])
+                        if "stopped receiving" in d[1]), None)
+    level, _, values = stopped
+    assert level == DiagnosticStatus.STALE and float(values["seconds_since_input"]) > 3.0
+    assert values["stream"] == "cams/left" and values["topic"] == "/cams/left/image_raw"
+    for stream in ("front", "rear"):  # still receiving: not stale, and their outputs kept coming
+        latest = multi.statuses(stream)[-1]
+        assert latest[0] != DiagnosticStatus.STALE, (stream, latest)
+        assert float(latest[2]["seconds_since_input"]) < 3.0
+        after = len(multi.probe.messages(f"{MULTI_NODE}/{stream}/labels"))
+        assert after - before[stream] == t
+    assert len(multi.probe.messages(f"{MULTI_NODE}/cams/left/labels")) == before["cams/left"]
+
+    # The camera comes back (its stamps jumped too): segmented again, from a keyframe.
+    since = len(multi.statuses("cams/left"))
+    gap = time.monotonic() - start
+    out = multi.send({"cams/left": multi.message("cams/left", content["cams/left"][30], gap)})
+    stats = out["cams/left"]["stats"]
+    assert stats.is_keyframe and stats.reset_reason.startswith("time gap")
+    multi.send({s: multi.message(s, content[s][31]) for s in MULTI_INPUTS})
+    wait_for(lambda: any("stopped" not in d[1] for d in multi.statuses("cams/left", since)),
+             30.0, "cams/left no longer reported stopped")
+    assert_clean_exit(multi.process, multi.process.stop(signal.SIGINT))
+
+
+def test_clashing_stream_names_in_a_params_file_exit_with_one_clear_line(rclpy_module,
+                                                                         tmp_path):
+    """image_topics from a user's params file; two topics giving one stream name are refused
+    at start-up like any other bad parameter."""
+    text = PARAMS_FILE.read_text(encoding="utf-8")
+    old = next(line for line in text.splitlines() if line.startswith("    image_topics: "))
+    params = tmp_path / "user.yaml"
+    params.write_text(text.replace(old, "    image_topics: [front/image, /front/image_raw]"),
+                      encoding="utf-8")
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
+        "--params-file", str(params), "-r", f"__ns:=/failing_{tmp_path.name}",
+    ], dict(os.environ), tmp_path / "node.log")
+    code = process.wait_exit(180.0)
+    output = process.output()
+    assert code == 1, output
+    fatal = [line for line in output.splitlines() if line.startswith("[FATAL]")]
+    assert len(fatal) == 1 and "cannot start" in fatal[0], output
+    assert "'front/image' and '/front/image_raw' both give the stream name 'front'" in fatal[0]
+    assert "Traceback" not in output
