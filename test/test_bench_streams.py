@@ -19,9 +19,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_KEYS = {
     "streams", "setup", "baseline", "processes", "frames_per_stream", "frames_total",
     "per_stream_fps", "per_stream_fps_min", "total_fps", "latency_ms", "rss_mb",
-    "rss_mb_per_process", "rss_end_mb", "cuda_peak_mb", "frames_mb", "keyframes_per_stream",
+    "rss_mb_per_process", "rss_end_mb", "rss_loaded_mb", "cuda_peak_mb", "frames_mb",
+    "keyframes_per_stream",
     "max_keyframes_per_batch", "batch_sizes", "timed_span_s", "padding_rounds", "load_s",
-    "threads_per_process", "notes", "runs", "repeats",
+    "threads_per_process", "cpus", "notes", "runs", "repeats",
 }
 # A tiny random-weight Accel: ResNet-18 both ways, 16-channel N_feat.
 TINY = ["--model", "camvid34", "--reference-backbone", "resnet18", "--update-backbone",
@@ -56,6 +57,7 @@ def test_streams_end_to_end_one_node_against_separate_processes(
     # 3 frames round up to 2 whole keyframe cycles.
     assert meta["frames_per_stream"] == 4 and meta["stagger_keyframes"]
     assert meta["thread_split"] == {"split": {"1": 1, "2": 1}}
+    assert meta["cpus"] is None or len(meta["cpus"]) == 1  # every child on the same one CPU
     plan = [(r["streams"], r["setup"], r["baseline"]) for r in report["rows"]]
     assert plan == [(1, "one_node", None), (1, "separate", "split"),
                     (2, "one_node", None), (2, "separate", "split")]
@@ -74,6 +76,8 @@ def test_streams_end_to_end_one_node_against_separate_processes(
         assert row["rss_mb"] > 0 and len(row["rss_mb_per_process"]) == row["processes"]
         assert row["rss_mb"] == pytest.approx(sum(row["rss_mb_per_process"]))
         assert row["threads_per_process"] == 1 and row["repeats"] == 1
+        if meta["cpus"] is not None:
+            assert row["cpus"] == meta["cpus"]  # the children really ran on those CPUs
     node_two = report["rows"][2]
     assert node_two["max_keyframes_per_batch"] == 1  # staggered: never both streams at once
 
@@ -163,6 +167,9 @@ def test_settings_round_to_cycles_split_threads_and_stagger() -> None:
     assert settings.baselines() == ("split", "full")
     assert [settings.separate_threads("split", n) for n in (1, 2, 4, 8)] == [4, 2, 1, 1]
     assert settings.separate_threads("full", 4) == 4
+    cpus = settings.cpus()
+    assert cpus is None or (0 < len(cpus) <= 4 and cpus == sorted(cpus))
+    assert bench_streams.StreamsSettings(pin=False).cpus() is None
     assert [settings.stagger_offset(i, 4) for i in range(4)] == [0, 1, 2, 4]
     unstaggered = bench_streams.StreamsSettings(stagger=False)
     assert unstaggered.stagger_offset(3, 4) == 0

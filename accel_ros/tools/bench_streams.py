@@ -32,7 +32,9 @@ Measured per set-up:
 
 Separate processes get the same keyframe phases as the node's streams (process i runs
 round(i * k / N) extra warm-up frames), so neither side wins by a lucky keyframe alignment.
-OpenCV's thread count follows torch's in every child, so a child uses the cores it was given.
+OpenCV's thread count follows torch's in every child, and every child of every set-up is pinned
+(sched_setaffinity) to the same T CPUs, so "the same cores" holds even on a bigger machine
+(`--no-pin` lets the scheduler place them).
 
 Targets (issue 12): resident memory of one node with N streams <= 1.3x one single-stream node;
 total throughput of one node >= 1.2x N separate processes, with p99 latency no worse.
@@ -95,6 +97,7 @@ class StreamsSettings:
     flow_scale: float = 0.5
     stagger: bool = True
     separate: str = "split"
+    pin: bool = True  # every child on the same `threads` CPUs
     # "default" / a path: load that checkpoint (as the node does); a preset name: random
     # weights of that architecture. Overrides below make a random-weight variant of either.
     model: str = "default"
@@ -150,6 +153,13 @@ class StreamsSettings:
         """Torch threads of each of `count` separate processes: the node's T shared out
         (`split`), or T each (`full`, oversubscribed)."""
         return max(1, self.threads // count) if baseline == "split" else self.threads
+
+    def cpus(self) -> list[int] | None:
+        """The CPUs every child is pinned to: the first T this process may use (all of them
+        when T is more), or None when not pinning or the platform cannot."""
+        if not self.pin or not hasattr(os, "sched_getaffinity"):
+            return None
+        return sorted(os.sched_getaffinity(0))[: self.threads]
 
     def stagger_offset(self, index: int, count: int) -> int:
         """Keyframe offset of stream `index` of `count`, as the pipeline staggers them."""
@@ -261,6 +271,9 @@ def worker(spec: dict[str, Any]) -> int:
     """One child: load, warm up, report ready, wait for "go", time the loop, report done, keep
     running untimed rounds until "stop", report the result. `spec["api"]` is "batch" (one
     node: every stream per `process_batch` call) or "single" (one stream, `process`)."""
+    if spec.get("cpus"):
+        # Before torch loads: its OpenMP pool then starts on these CPUs.
+        os.sched_setaffinity(0, spec["cpus"])
     import cv2
     import torch
 
@@ -328,6 +341,7 @@ def worker(spec: dict[str, Any]) -> int:
         "result",
         streams=names,
         threads=torch.get_num_threads(),
+        cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         begin=begin,
         end=end,
         latency_ms=latencies,
@@ -466,6 +480,7 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     values = np.asarray(frame_latencies)
     peaks = [r["peak_rss_mb"] for r in results]
     ends = [r["rss_end_mb"] for r in results if r["rss_end_mb"] is not None]
+    loaded = [r["rss_loaded_mb"] for r in results if r["rss_loaded_mb"] is not None]
     cuda = [r["cuda_peak_mb"] for r in results if r["cuda_peak_mb"] is not None]
     return {
         "frames_per_stream": rounds,
@@ -482,6 +497,8 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
         "rss_mb": float(sum(peaks)),
         "rss_mb_per_process": peaks,
         "rss_end_mb": float(sum(ends)) if ends else None,
+        # Resident after load, before any frame: what the loop's activations add is the rest.
+        "rss_loaded_mb": float(sum(loaded)) if loaded else None,
         "cuda_peak_mb": float(sum(cuda)) if cuda else None,
         "frames_mb": float(sum(r["frames_mb"] for r in results)),
         "keyframes_per_stream": keyframes_per_stream,
@@ -491,6 +508,7 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
         "padding_rounds": [r["padding_rounds"] for r in results],
         "load_s": float(max(r["load_s"] for r in results)),
         "threads_per_process": results[0]["threads"],
+        "cpus": sorted({c for r in results for c in (r.get("cpus") or [])}) or None,
         "notes": sorted({n for r in results for n in r["fast_path_notes"]}),
     }
 
@@ -547,7 +565,7 @@ def _specs(
     ).to_dict()
     common = {
         "pipeline": pipeline, "checkpoint": checkpoint, "model_config": config,
-        "warmup": settings.warmup_rounds, "rounds": settings.rounds,
+        "warmup": settings.warmup_rounds, "rounds": settings.rounds, "cpus": settings.cpus(),
     }
     names = [f"cam{i}" for i in range(count)]
     if setup == "one_node":
@@ -574,7 +592,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row = dict(runs[-1])
     for key in ("per_stream_fps", "per_stream_fps_min", "total_fps", "rss_mb", "timed_span_s"):
         row[key] = _median([r[key] for r in runs])
-    for key in ("rss_end_mb", "cuda_peak_mb"):
+    for key in ("rss_end_mb", "rss_loaded_mb", "cuda_peak_mb"):
         values = [r[key] for r in runs if r[key] is not None]
         row[key] = _median(values) if values else None
     row["latency_ms"] = {
@@ -707,6 +725,7 @@ def run_streams_benchmark(
                            for n in settings.streams}
                 for baseline in settings.baselines()
             },
+            "cpus": settings.cpus(),
             "height": settings.height,
             "width": settings.width,
             "mode": settings.mode,
@@ -764,7 +783,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"keyframes {'staggered' if meta['stagger_keyframes'] else 'not staggered'}, "
         f"{meta['frames_per_stream']} timed frames per stream, median of {meta['repeats']} "
         "run(s)",
-        f"one node: {meta['threads']} torch threads; separate processes' threads each ({split})",
+        f"one node: {meta['threads']} torch threads; separate processes' threads each ({split}); "
+        + (f"every process on CPUs {meta['cpus']}" if meta["cpus"] else "processes not pinned"),
         f"model: {meta['model']}",
         "latency = wall time of the call that produced the frame; RSS = peak resident memory "
         "(ru_maxrss), summed over processes",
@@ -781,6 +801,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{lat['p99']:8.1f} {row['rss_mb']:8.0f} {per_process:>8} "
             f"{row['max_keyframes_per_batch'] if row['setup'] == 'one_node' else '-':>12}"
         )
+    spreads = [s for row in report["rows"] if row["processes"] > 1
+               for s in row["runs"]["start_spread_ms"]]
+    if spreads:
+        lines.append(f"separate processes started their timed loops within {max(spreads):.1f} ms "
+                     "of each other")
     for item in report["comparisons"]:
         if item["ratio"] is None:
             continue
@@ -849,6 +874,7 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
 # -- CLI (through `accel-ros bench --streams`) -------------------------------------------------
 STREAMS_ONLY = (
     ("--separate-threads", "separate_threads", "split"), ("--no-stagger", "no_stagger", False),
+    ("--no-pin", "no_pin", False),
     ("--update-backbone", "update_backbone", None), ("--head-channels", "head_channels", None),
     ("--stream-timeout", "stream_timeout", 1800.0),
 )
@@ -871,6 +897,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--separate-threads", choices=SEPARATE_CHOICES, default="split",
                        help="threads of each separate process: split = max(1, T // N), "
                        "full = T each (oversubscribed), both")
+    group.add_argument("--no-pin", action="store_true",
+                       help="do not pin every child to the same --threads CPUs")
     group.add_argument("--no-stagger", action="store_true",
                        help="do not stagger keyframes across streams (nor processes)")
     group.add_argument("--update-backbone", default=None,
@@ -936,6 +964,7 @@ def settings_from_args(args: argparse.Namespace) -> StreamsSettings:
         flow_scale=args.flow_scale,
         stagger=not args.no_stagger,
         separate=args.separate_threads,
+        pin=not args.no_pin,
         model=args.model or "default",
         reference_backbone=args.reference_backbone,
         update_backbone=args.update_backbone,
