@@ -100,7 +100,7 @@ def _child(streams: int, latencies: list[float], span: float, keyframes: list[li
     """A child's result as the worker reports it."""
     return {
         "streams": [f"cam{i}" for i in range(streams)], "threads": 1, "begin": 10.0,
-        "end": 10.0 + span, "latency_ms": latencies, "reported_total_ms": latencies,
+        "end": 10.0 + span, "latency_ms": latencies,
         "keyframes": keyframes, "batch_sizes": [streams] * len(latencies),
         "padding_rounds": 0, "load_s": 1.0, "peak_rss_mb": peak, "rss_loaded_mb": peak,
         "rss_end_mb": peak, "cuda_peak_mb": None, "frames_mb": 1.0, "fast_path_notes": [],
@@ -206,3 +206,10 @@ def test_each_stream_has_its_own_moving_content() -> None:
     assert difference > 10  # visibly different streets
     order = [bench_streams.ping_pong_index(4, i) for i in range(8)]
     assert order == [0, 1, 2, 3, 2, 1, 0, 1]
+
+
+def test_a_child_that_dies_is_reported_with_its_stderr(tmp_path: Path) -> None:
+    spec = {"streams": ["cam0"], "frames": [str(tmp_path / "missing.npy")], "threads": 1,
+            "api": "single", "cpus": None}
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 1 before 'ready'.*missing"):
+        bench_streams.run_children([spec], tmp_path, timeout_s=120)

@@ -36,6 +36,9 @@ Fast paths given on the command line (--channels-last, --precision, --compile, -
 --overlap-flow) are measured one by one against the plain fp32 path, plus all of them together
 when more than one is given.
 
+Several cameras: `--streams 1,2,4` measures one node serving N streams (`process_batch`)
+against N separate single-stream processes on the same cores (tools/bench_streams.py).
+
 --accuracy FILE pairs timings with mIoU for the accuracy-vs-time plot (paper Fig. 4). Accepted:
   1. `accel-ros eval`'s eval.json: {"per_interval": {mode: {"k": miou}}}; modes reference and
      dff map to those variants, accel and deeplab to the run's single accel*/deeplab* variant;
