@@ -2,6 +2,7 @@
 
     ros2 launch accel_ros accel.launch.py image_topic:=/camera/image_raw device:=cuda:0
     ros2 launch accel_ros accel.launch.py params_file:=/path/my.yaml use_rviz:=false
+    ros2 launch accel_ros accel.launch.py image_topics:=front/image,left/image,right/image
 
 Every argument except `params_file` and `use_rviz` is the node parameter of the same name
 (NODE_PARAMETERS); an empty value keeps the parameters file's. Not run here: launch_ros has no
@@ -22,6 +23,8 @@ PACKAGE = "accel_ros"
 # Launch arguments passed to the node as parameters of the same name: (name, default, help).
 NODE_PARAMETERS = (
     ("image_topic", "/camera/image_raw", "sensor_msgs/Image topic to segment"),
+    ("image_topics", "", "several cameras in one node, comma-separated (front/image,left/image); "
+     "outputs under ~/<stream>/"),
     ("input_transport", "", "raw or compressed (<image_topic>/compressed)"),
     ("preset", "", "model preset: lite (shipped), camvid34, accel18/34/50/101"),
     ("checkpoint", "", "default (shipped weights), none, or a .pt path"),
@@ -33,7 +36,9 @@ def _nodes(context, *args, **kwargs):  # OpaqueFunction passes extra args
     overrides = {}
     for name, _, _ in NODE_PARAMETERS:
         value = LaunchConfiguration(name).perform(context).strip()
-        if value:
+        if value and name == "image_topics":  # a launch argument is a string: split it
+            overrides[name] = [topic.strip() for topic in value.split(",") if topic.strip()]
+        elif value:
             overrides[name] = value
     share = get_package_share_directory(PACKAGE)
     nodes = [
