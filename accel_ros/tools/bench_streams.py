@@ -12,7 +12,7 @@ unless told otherwise):
   gives each max(1, T // N) torch threads (the fair split of the same cores); `full` gives each
   T threads (oversubscribed: what N default nodes get); `both` runs the two.
 
-Every child renders nothing while timed: each stream's frames (a synthetic camera moving over a
+No child renders frames while timed: each stream's frames (a synthetic camera moving over a
 different synthetic street, `data/motion.py`) are made once by the parent, stored as .npy and
 loaded by the children before the clock starts. Per child: `--warmup` untimed rounds (default
 one keyframe cycle), then a "ready" line; the parent waits until every child of the set-up is
