@@ -511,6 +511,12 @@ class InterruptingSegmenter:
         self.calls += 1
         return self.segmenter.process(frame, stamp)
 
+    check_frame = staticmethod(AccelSegmenter.check_frame)
+
+    def process_batch(self, frames):
+        """`segment` batches by camera; one camera's batches hold one frame."""
+        return [self.process(item.frame, item.stamp) for item in frames]
+
 
 @pytest.mark.parametrize("hard", [False, True])
 def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, tiny_model, hard):

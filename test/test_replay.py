@@ -56,6 +56,12 @@ class RecordingSegmenter:
         self.calls.append((frame.copy(), stamp, result))
         return result
 
+    check_frame = staticmethod(AccelSegmenter.check_frame)
+
+    def process_batch(self, frames):
+        """`segment` batches by camera; one camera's batches hold one frame."""
+        return [self.process(item.frame, item.stamp) for item in frames]
+
 
 def write_test_bag(
     path: Path, images: list[np.ndarray], storage: str, corrupt: dict[int, str] | None = None

@@ -8,7 +8,7 @@ with the input message's header and bag time), a video of colourised overlays, o
 overlay PNGs. Every decodable input frame gives exactly one output; an undecodable one is
 reported, counted as skipped, and the run goes on. Several camera topics of one bag (`topic` a
 list, or `all_topics`) run as streams of one segmenter, each with its own keyframe cache and
-its own output topics; frames of different cameras are batched (`_run_streams`). Bags a crash
+its own output topics; frames of different cameras are batched (`_run`). Bags a crash
 cut short are read up to the damage (bagread.py) and the run says what was recovered; Ctrl-C
 stops after the current frame(s) and still closes the output, so a bag output is always a
 valid rosbag2.
@@ -469,10 +469,7 @@ def segment(
                 _warn(f"not copying {skipped}", quiet)
             summary.start()
             with _ctrl_c_stops() as stop:
-                if len(cameras) > 1:
-                    _run_streams(source, sink, segmenter, summary, quiet, stop)
-                else:
-                    _run(source, sink, segmenter, summary, quiet, stop)
+                _run(source, sink, segmenter, summary, quiet, stop)
             if stop.is_set():
                 summary.extra["interrupted"] = (
                     f"Ctrl-C after {summary.frames} frames; the output holds them")
@@ -485,40 +482,6 @@ def segment(
     written = bagio.bag_output(output_path, storage)[0] if kind == "bag" else output_path
     summary.extra["output"] = f"{written} ({kind})"
     return summary
-
-
-def _run(
-    source: BagSource | FileSource,
-    sink: BagSink | OverlaySink,
-    segmenter: Any,
-    summary: RunSummary,
-    quiet: bool,
-    stop: threading.Event | None = None,
-) -> None:
-    with tqdm(total=source.total or None, unit="frame", disable=quiet, desc="segment",
-              file=sys.stderr) as bar:
-        started = time.perf_counter()
-        for item in source:
-            if isinstance(item, Passthrough):
-                sink.passthrough(item)
-                started = time.perf_counter()
-                continue
-            bar.update(1)
-            error = item.error
-            if error is None:
-                try:
-                    result = segmenter.process(item.rgb, item.stamp_seconds)
-                except ValueError as exc:  # malformed frame; the segmenter's cache is intact
-                    error = str(exc)
-            if error is not None:
-                summary.skip(f"{item.name}: {error}")
-                _warn(f"skipping {item.name}: {error}", quiet, bar)
-            else:
-                sink.write(item, result, time.perf_counter() - started)
-                summary.add(result)
-            started = time.perf_counter()
-            if stop is not None and stop.is_set():
-                break
 
 
 def check_streams_output(topics: Sequence[str], kind: str) -> None:
@@ -554,59 +517,66 @@ class TopicTallies(dict[str, TopicTally]):
         return "\n    ".join(lines)
 
 
-def _run_streams(
-    source: BagSource,
+def _run(
+    source: BagSource | FileSource,
     sink: BagSink | OverlaySink,
     segmenter: Any,
     summary: RunSummary,
     quiet: bool,
     stop: threading.Event | None = None,
 ) -> None:
-    """Several camera topics through one segmenter, one stream per topic.
+    """Every frame of `source` through one segmenter: one stream per camera topic of a bag
+    (a video, an image folder or a one-camera bag is one stream).
 
-    The bag is walked in recording order; frames gather into a batch of at most one frame per
-    camera, which runs (`process_batch`) when a camera comes round again, and at the end.
+    The source is walked in recording order; frames gather into a batch of at most one frame
+    per camera, which runs (`process_batch`) once every camera is in it, when a camera comes
+    round again (one ran at a lower rate), and at the end.
     Everything read meanwhile (other topics' messages, the batch's frames) is written when the
     batch is done, in recording order, so the output bag keeps the input's order. A frame that
     does not decode or that the segmenter refuses (`check_frame`) is skipped and counted
     against its camera before it joins a batch, so it never costs the others their frame.
     Time gaps and resolution changes are judged per stream by the segmenter.
     """
-    from ..model.pipeline import StreamFrame
+    from ..model.pipeline import DEFAULT_STREAM, StreamFrame
 
     cameras = list(source.topics)
-    segmenter.configure_streams(cameras)
+    several = len(cameras) > 1
     tallies = TopicTallies((topic, TopicTally()) for topic in cameras)
-    summary.extra["topics"] = tallies
-    summary.extra["timings"] = ("each batch's stage times shared among its frames (the "
-                                "/stats messages carry the whole batch's)")
+    if several:
+        segmenter.configure_streams(cameras)
+        summary.extra["topics"] = tallies
+        summary.extra["timings"] = ("each batch's stage times shared among its frames (the "
+                                    "/stats messages carry the whole batch's)")
     pending: list[Passthrough | Frame] = []  # read since the batch began, in recording order
     batch: dict[str, Frame] = {}
-    decode_s: dict[str, float] = {}  # per camera in the batch: its read + decode time
+    decode_s: dict[str, float] = {}  # per stream in the batch: its read + decode time
+
+    def stream(frame: Frame) -> str:
+        return frame.topic if several and frame.topic is not None else DEFAULT_STREAM
 
     def flush() -> None:
         started = time.perf_counter()
-        results = _process_batch(segmenter, list(batch.values()), StreamFrame)
+        results = _process_batch(segmenter, batch, StreamFrame)
         batch_s = time.perf_counter() - started
         for entry in pending:
             if isinstance(entry, Passthrough):
                 sink.passthrough(entry)
                 continue
-            assert entry.topic is not None
-            outcome = results[entry.topic]
+            outcome = results[stream(entry)]
             if isinstance(outcome, str):
-                _skip(entry, outcome)
+                skip(entry, outcome)
                 continue
-            sink.write(entry, outcome, decode_s[entry.topic] + batch_s)
+            sink.write(entry, outcome, decode_s[stream(entry)] + batch_s)
             summary.add(_BatchShare(outcome))
-            tallies[entry.topic].add(outcome)
+            if several:
+                tallies[stream(entry)].add(outcome)
         pending.clear()
         batch.clear()
         decode_s.clear()
 
-    def _skip(frame: Frame, error: str) -> None:
-        assert frame.topic is not None
-        tallies[frame.topic].skipped += 1
+    def skip(frame: Frame, error: str) -> None:
+        if several:
+            tallies[stream(frame)].skipped += 1
         summary.skip(f"{frame.name}: {error}")
         _warn(f"skipping {frame.name}: {error}", quiet, bar)
 
@@ -622,7 +592,6 @@ def _run_streams(
                 started = time.perf_counter()
                 continue
             bar.update(1)
-            assert item.topic is not None
             error = item.error
             if error is None:
                 try:
@@ -630,13 +599,15 @@ def _run_streams(
                 except ValueError as exc:
                     error = str(exc)
             if error is not None:
-                _skip(item, error)
+                skip(item, error)
             else:
-                if item.topic in batch:
+                if stream(item) in batch:
                     flush()
-                batch[item.topic] = item
+                batch[stream(item)] = item
                 pending.append(item)
-                decode_s[item.topic] = time.perf_counter() - started
+                decode_s[stream(item)] = time.perf_counter() - started
+                if len(batch) == max(len(cameras), 1):
+                    flush()  # every camera is in: no reason to wait (one camera: every frame)
             started = time.perf_counter()
             if stop is not None and stop.is_set():
                 break  # the batch in hand is finished below
@@ -657,25 +628,25 @@ class _BatchShare:
 
 
 def _process_batch(
-    segmenter: Any, frames: list[Frame], stream_frame: Any
+    segmenter: Any, frames: dict[str, Frame], stream_frame: Any
 ) -> dict[str, Any]:
-    """{camera topic: SegmentationResult, or the error that skips its frame} for a batch of
-    frames of distinct cameras. A ValueError leaves every stream's cache as it was, so after
-    one the frames are run one at a time: only the frame at fault is lost."""
-    batch = [stream_frame(f.topic, f.rgb, f.stamp_seconds) for f in frames]
+    """{stream: SegmentationResult, or the error that skips its frame} for a batch of frames
+    of distinct streams. A ValueError leaves every stream's cache as it was, so after one the
+    frames are run one at a time: only the frame at fault is lost."""
+    batch = [stream_frame(name, f.rgb, f.stamp_seconds) for name, f in frames.items()]
     try:
         results = segmenter.process_batch(batch)
     except ValueError as error:
         if len(batch) == 1:
-            return {frames[0].topic: str(error)}
+            return {batch[0].stream: str(error)}
         outcomes: dict[str, Any] = {}
-        for frame, entry in zip(frames, batch, strict=True):
+        for entry in batch:
             try:
-                outcomes[frame.topic] = segmenter.process_batch([entry])[0]
+                outcomes[entry.stream] = segmenter.process_batch([entry])[0]
             except ValueError as alone:
-                outcomes[frame.topic] = str(alone)
+                outcomes[entry.stream] = str(alone)
         return outcomes
-    return {frame.topic: result for frame, result in zip(frames, results, strict=True)}
+    return {entry.stream: result for entry, result in zip(batch, results, strict=True)}
 
 
 @contextmanager
