@@ -89,9 +89,26 @@ def test_cuda_matches_cpu_labels_in_fp32(tiny_config, moving_frames) -> None:
 def test_cuda_upload_is_pinned_uint8(tiny_config, moving_frames) -> None:
     seg = _segmenter(tiny_config)
     seg.process(moving_frames[0])
-    staging = seg._upload._staging
+    staging = seg._upload.staging()
     assert staging is not None and staging.is_pinned() and staging.dtype == torch.uint8
     np.testing.assert_array_equal(staging.numpy(), moving_frames[0])
+
+
+@needs_cuda
+def test_cuda_batch_frames_stage_in_their_own_buffers(tiny_config, moving_frames) -> None:
+    """Frames of one batch are staged while the previous frame's copy may be in flight: each
+    needs its own page-locked buffer, and each stream gets its own frame's labels."""
+    from accel_ros.model import StreamFrame
+
+    seg = _segmenter(tiny_config)
+    seg.configure_streams(["a", "b"])
+    flipped = np.ascontiguousarray(moving_frames[0][:, ::-1])
+    results = seg.process_batch([StreamFrame("a", moving_frames[0]), StreamFrame("b", flipped)])
+    np.testing.assert_array_equal(seg._upload.staging(0).numpy(), moving_frames[0])
+    np.testing.assert_array_equal(seg._upload.staging(1).numpy(), flipped)
+    for result, frame in zip(results, (moving_frames[0], flipped), strict=True):
+        alone = AccelSegmenter(seg.model, PipelineConfig(device="cuda", keyframe_interval=3))
+        assert float((result.labels == alone.process(frame).labels).mean()) >= 0.995
 
 
 @needs_cuda

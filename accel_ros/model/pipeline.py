@@ -137,26 +137,34 @@ class FrameUploader:
     """Host frame (from `frame_to_tensor`) -> (1, 3, H, W) float32 in [0, 1] on `device`.
 
     uint8 frames cross the bus as uint8 (a quarter of the float bytes) and become float on the
-    device. On CUDA they go through one page-locked staging buffer per frame size, so the copy
-    is a true asynchronous DMA (`non_blocking` does nothing for pageable memory). The buffer is
-    reused on the next frame, which is safe because `process` returns only after its labels
-    reached the host, i.e. after this copy finished on the same stream. Float tensor frames are
-    moved as they are."""
+    device. On CUDA they go through a page-locked staging buffer, so the copy is a true
+    asynchronous DMA (`non_blocking` does nothing for pageable memory). Each frame of a batch
+    has its own buffer (`slot` = its place in the batch): the copies are still in flight while
+    the next frame is staged. A buffer is reused by the next batch, which is safe because
+    `process_batch` returns only after its labels reached the host, i.e. after these copies
+    finished on the same stream. Float tensor frames are moved as they are."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.pinned = device.type == "cuda"
-        self._staging: torch.Tensor | None = None
+        self._staging: dict[int, torch.Tensor] = {}  # slot -> pinned (H, W, 3) uint8
 
-    def __call__(self, host: torch.Tensor) -> torch.Tensor:
+    def staging(self, slot: int = 0) -> torch.Tensor | None:
+        """The page-locked buffer of batch slot `slot` (None before its first CUDA frame)."""
+        return self._staging.get(slot)
+
+    def __call__(self, host: torch.Tensor, slot: int = 0) -> torch.Tensor:
         if host.dtype != torch.uint8:
             return host.to(self.device, non_blocking=host.is_pinned()).float()
         hwc = host[0].permute(1, 2, 0)  # the array's own (H, W, 3) layout: contiguous
         if self.pinned:
-            if self._staging is None or self._staging.shape != hwc.shape:
-                self._staging = torch.empty(hwc.shape, dtype=torch.uint8, pin_memory=True)
-            self._staging.copy_(hwc)
-            hwc = self._staging.to(self.device, non_blocking=True)
+            staging = self._staging.get(slot)
+            if staging is None or staging.shape != hwc.shape:
+                staging = self._staging[slot] = torch.empty(
+                    hwc.shape, dtype=torch.uint8, pin_memory=True
+                )
+            staging.copy_(hwc)
+            hwc = staging.to(self.device, non_blocking=True)
         else:
             hwc = hwc.to(self.device)
         # (1, 3, H, W) with channels-last strides, as the permuted array view always had.
@@ -465,8 +473,8 @@ class AccelSegmenter:
         timer = StageTimer(self.device, self.sync_stages)
         uses_flow = cfg.mode in ("accel", "dff")
         with cuda_device_context(self.device), self._autocast():
-            for job in jobs:
-                job.image = self._prepare_image(job.host)
+            for slot, job in enumerate(jobs):
+                job.image = self._prepare_image(job.host, slot)
                 job.keyframe = self._is_keyframe_due(job.state)
             if uses_flow:
                 self._flow_steps(jobs, timer)
@@ -504,11 +512,11 @@ class AccelSegmenter:
         state.frame_index += 1
         return _Job(item.stream, state, host, item.stamp, reason)
 
-    def _prepare_image(self, host: torch.Tensor) -> torch.Tensor:
+    def _prepare_image(self, host: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """Host frame -> (1, 3, H', W') float on the device, resized to the network input size
-        and in the requested memory format."""
+        and in the requested memory format. `slot`: the frame's place in its batch."""
         cfg = self.pipeline_config
-        image = self._upload(host)
+        image = self._upload(host, slot)
         size = self.input_size
         if size is not None and tuple(size) != tuple(image.shape[-2:]):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
