@@ -25,7 +25,12 @@ def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
     assert code == 0 and report["passed"], report["failures"]
     steps = report["steps"]
     assert set(steps) == {
-        "parity", "cuda_tests", "flow_epe", "bench", "bench_torch_flow", "bench_compile"
+        "parity", "cuda_tests", "flow_epe", "bench", "bench_torch_flow", "bench_streams",
+        "bench_compile",
+    }
+    streams = json.loads((tmp_path / "bench_streams.json").read_text())
+    assert {(row["streams"], row["setup"]) for row in streams["rows"]} == {
+        (1, "one_node"), (1, "separate"), (2, "one_node"), (2, "separate")
     }
     torch_flow = json.loads((tmp_path / "bench_torch_flow.json").read_text())
     assert torch_flow["meta"]["flow"] == "torch"

@@ -20,9 +20,13 @@ fits and says so), in this order, each step writing its JSON before the next sta
    fp16, CUDA graphs, both (latency unsynchronised, stage columns from a synchronised pass);
    then DFF / Accel k=5 with the on-device torch flow; then torch.compile for Accel k=5 (and
    the reference for the ratio) if time is left. JSON + PNG.
+5. several cameras (`bench --streams 1,2,4` at 360x480, 4 CPU threads): one process serving
+   N streams with one model against N separate processes (each with its own CUDA context and
+   weights), before torch.compile, which needs the most time.
 
 Outputs under --out: device_check.json (everything, rewritten after every step),
-bench.json, bench.png, bench_torch_flow.json, bench_compile.json, pytest.txt. On the CPU
+bench.json, bench.png, bench_torch_flow.json, bench_streams.json, bench_streams.png,
+bench_compile.json, pytest.txt. On the CPU
 (`--device cpu --tiny`) every step runs at toy size with CUDA-only parts falling back, which
 is what CI checks.
 """
@@ -283,6 +287,28 @@ def benchmark(check: Check, kind: str = "main") -> dict[str, Any]:
     return {"table": table.splitlines(), "json": f"{name}.json"}
 
 
+# -- 5. several cameras ------------------------------------------------------------------------
+def streams(check: Check) -> dict[str, Any]:
+    """One process serving 1, 2, 4 cameras (`process_batch`, one model) against as many
+    separate single-camera processes, at the shipped input size on the device."""
+    from .bench_streams import StreamsSettings, format_table, run_streams_benchmark, write_plot
+
+    tiny = check.tiny
+    settings = StreamsSettings(
+        streams=(1, 2) if tiny else (1, 2, 4),
+        height=check.height if tiny else 360, width=check.width if tiny else 480,
+        frames=2 if tiny else 30, warmup=1 if tiny else None,
+        threads=1 if tiny else 4, device=check.device, model=check.checkpoint,
+        clip_frames=4 if tiny else 16, timeout_s=120.0 if tiny else 240.0,
+    )
+    report = run_streams_benchmark(settings, lambda message: print(message, flush=True))
+    (check.out / "bench_streams.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_plot(report, check.out / "bench_streams.png")
+    table = format_table(report)
+    print(table, flush=True)
+    return {"table": table.splitlines(), "json": "bench_streams.json"}
+
+
 def run(check: Check) -> int:
     runner = Runner(check)
     device = torch.device(check.device)
@@ -301,6 +327,7 @@ def run(check: Check) -> int:
     runner.step("flow_epe", 15, lambda: flow(check))
     runner.step("bench", 60, lambda: benchmark(check))
     runner.step("bench_torch_flow", 20, lambda: benchmark(check, "torch_flow"))
+    runner.step("bench_streams", 90, lambda: streams(check))
     if check.tiny:
         runner.report["steps"]["bench_compile"] = {"skipped": "tiny run (inductor is slow)"}
     else:
