@@ -73,6 +73,7 @@ from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
 from ..model.fastpath import CompiledCall, CudaGraphCall
 from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
 from . import bench_streams
+from .report import write_json
 
 MODEL_KEY = "--model"
 # variant -> (pipeline mode, preset that supplies the update branch or None; MODEL_KEY: the
@@ -1149,9 +1150,7 @@ def main(args: argparse.Namespace) -> int:
         }
     print(format_table(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(report, args.json)}")
     if args.plot is not None:
         print(f"wrote {write_plot(report, args.plot, accuracy)}")
     return 0

@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from .report import write_json
+
 MODULE = "accel_ros.tools.bench_streams"
 # Lines of the parent/child protocol on the child's stdout start with this, so stray prints
 # (library warnings) cannot be mistaken for them.
@@ -992,9 +994,7 @@ def main(args: argparse.Namespace) -> int:
     report = run_streams_benchmark(settings, log)
     print(format_table(report))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"wrote {args.json}")
+        print(f"wrote {write_json(report, args.json)}")
     if args.plot is not None:
         print(f"wrote {write_plot(report, args.plot)}")
     return 0

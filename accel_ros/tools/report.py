@@ -1,11 +1,14 @@
 """Run summaries shared by the tools: frame/keyframe/skip counts, throughput and a per-stage
-latency table (runs, mean, median, p90, max, per-frame cost in ms). numpy only, no torch."""
+latency table (runs, mean, median, p90, max, per-frame cost in ms), and the JSON report file
+the benchmarks write. numpy only, no torch."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,3 +148,11 @@ class RunSummary:
             lines.append(f"  ... and {len(self.skipped) - max_skipped} more skipped")
         lines.append(format_latency_table(self.timings))
         return "\n".join(lines)
+
+
+def write_json(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a benchmark report as indented JSON (creating the folder); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return path
