@@ -38,6 +38,7 @@ import numpy as np
 
 from .bridge import ImageConversionError, message_to_rgb8
 from .config import DEFAULT_PRESET, PRESETS, PipelineConfig, load_yaml
+from .messages import stamp_to_seconds
 from .palette import PALETTES, colorize, overlay
 
 NODE_NAME = "accel_segmentation"
@@ -1032,8 +1033,7 @@ class BatchProcessor:
 
 def _header_seconds(msg: Any) -> float | None:
     """The message's header stamp in seconds; None when unstamped (0)."""
-    stamp = msg.header.stamp
-    return (float(stamp.sec) + float(stamp.nanosec) * 1e-9) or None
+    return stamp_to_seconds(msg.header.stamp) or None
 
 
 @dataclass(frozen=True)
