@@ -223,3 +223,45 @@ def test_train_rejects_missing_data_root(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--data-root"):
         train.main(args)
     assert not (tmp_path / "run").exists()
+
+
+def test_joint_stage_tunes_update_and_fusion_and_freezes_the_reference(
+    fake_camvid: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage", "joint",
+                        "--joint-epochs", "2", "--offsets", "1", "2", *TINY])
+    torch.manual_seed(args.seed)
+    before = train._build(args).state_dict()  # what main() builds from the same seed
+    assert train.main(args) == 0
+    rows = read_csv(out / "joint" / "metrics.csv")
+    # 8 train frames x 2 offsets = 16 pairs at batch 2: 8 iterations per epoch.
+    assert [(row["epoch"], row["iteration"]) for row in rows] == [("1", "8"), ("2", "16")]
+    assert all(0.0 <= float(row["val_miou"]) <= 1.0 for row in rows)
+    log = (out / "joint" / "log.txt").read_text()
+    assert "joint: 16 train pairs" in log and "val mIoU before fine-tuning" in log
+    model, extra = load_checkpoint(out / train.FINAL_NAME)
+    after = model.state_dict()
+    changed = {key.split(".")[0] for key in before
+               if before[key].is_floating_point() and not torch.equal(before[key], after[key])}
+    assert changed == {"update", "fusion"}
+    assert set(extra["val_miou"]) == {"joint"}
+    assert extra["stages"]["joint"]["aux_weight"] == pytest.approx(0.4)
+
+
+def test_pair_cache_keeps_current_frames_only_when_asked(fake_camvid: Path) -> None:
+    frames = frames_module.load_frames("camvid", fake_camvid, "val", 11)
+    model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                                 head_channels=16, num_classes=11)).eval()
+    lean = train.build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"))
+    assert lean.current is None
+    with pytest.raises(ValueError, match="without its current frames"):
+        lean.frames(torch.tensor([0]), torch.device("cpu"))
+    full = train.build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"),
+                                  keep_frames=True)
+    assert full.current.shape == (len(frames) * 2, 3, 32, 48)
+    assert full.current.dtype == torch.uint8
+    # The kept frames are exactly the frames N_U was scored on.
+    with torch.no_grad():
+        rescored = train._update_scores(model, full.frames(torch.arange(4), torch.device("cpu")))
+    assert torch.allclose(rescored, full.update[:4], atol=1e-5)

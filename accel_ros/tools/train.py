@@ -7,6 +7,11 @@
    roll; exact labels), warped with DIS flow as at inference, loss on the current frame. Both
    branches are frozen, so their outputs (warped reference scores, update scores) are computed
    once and cached: the stage takes minutes on a CPU.
+4. `joint` (optional, after `fusion`; the paper's end-to-end fine-tune): N_U and the fusion
+   trained together on the same pairs, loss on the fused scores (plus `--joint-aux-weight` x
+   N_U's own loss, so N_U alone stays a usable single-frame model). The reference stays
+   frozen, so its warped scores are still cached; N_U learns to correct them rather than to
+   segment on its own. `--stage all` runs stages 1-3; ask for `joint` by name.
 
 Every stage writes `<out>/<stage>/{last.pt, last_state.pt, final.pt, metrics.csv, metrics.json,
 curves.png}`; the run ends with `<out>/accel_camvid.pt` (fp16 weights with `--half`). The
@@ -36,6 +41,7 @@ from ..metrics import IGNORE_INDEX, ConfusionMeter
 from ..model import AccelNet, load_checkpoint, save_checkpoint
 
 STAGE_ORDER = ("reference", "update", "fusion")
+STAGES = (*STAGE_ORDER, "joint")  # `--stage all` runs STAGE_ORDER; `joint` is asked for by name
 FINAL_NAME = "accel_camvid.pt"
 
 
@@ -328,13 +334,21 @@ class PairCache:
 
     warped: (P, K, h, w) reference scores of the keyframe warped to the current frame;
     update: (P, K, h, w) update-branch scores of the current frame; labels: (P, H, W) uint8;
-    offsets: (P,) keyframe offsets.
+    offsets: (P,) keyframe offsets; current: (P, 3, H, W) uint8 current frames, kept only
+    for the joint stage (which recomputes the update scores as N_U trains).
     """
 
     warped: torch.Tensor
     update: torch.Tensor
     labels: torch.Tensor
     offsets: torch.Tensor
+    current: torch.Tensor | None = None
+
+    def frames(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """(B,) pair indices -> (B, 3, H, W) float current frames in [0, 1]."""
+        if self.current is None:
+            raise ValueError("this pair cache was built without its current frames")
+        return self.current[index].to(device).float().div_(255.0)
 
 
 @torch.no_grad()
@@ -347,13 +361,15 @@ def build_pair_cache(
     flow_scale: float = 0.5,
     seed: int = 0,
     flip: bool = False,
+    keep_frames: bool = False,
 ) -> PairCache:
     """Frozen-branch outputs for (keyframe, current) pairs at 30-fps-like offsets.
 
     Each labelled frame becomes a synthetic camera-motion clip (`data/clips.motion_clips`:
     zoom, pan, roll; exact labels on every frame). The keyframe's N_R features are warped
     incrementally through the clip with the pipeline's own flow (DIS) and `AccelNet.propagate`,
-    as at inference; `flip` mirrors half of the clips (augmentation).
+    as at inference; `flip` mirrors half of the clips (augmentation); `keep_frames` keeps the
+    current frames (uint8) for the joint stage.
     """
     from ..data.clips import motion_clips
     from ..model import build_flow
@@ -362,7 +378,7 @@ def build_pair_cache(
     length = max(offsets) + 1
     resized = [resize_pair(frames.images[i], frames.labels[i], size) for i in range(len(frames))]
     flow = build_flow("dis", flow_scale)
-    warped, update, labels, pair_offsets = [], [], [], []
+    warped, update, labels, pair_offsets, current = [], [], [], [], []
     clips = motion_clips([r[0] for r in resized], [r[1] for r in resized], length, seed,
                          frames.names, flip=flip)
     for clip in clips:
@@ -377,25 +393,41 @@ def build_pair_cache(
                 update.append(update_scores[step - 1 : step].cpu())
                 labels.append(torch.from_numpy(np.ascontiguousarray(clip.labels[step])))
                 pair_offsets.append(step)
+                if keep_frames:
+                    current.append(torch.from_numpy(clip.frames[step]).permute(2, 0, 1).clone())
     if not warped:
         raise ValueError(f"no (keyframe, current) pairs at offsets {offsets}")
     return PairCache(torch.cat(warped), torch.cat(update), torch.stack(labels),
-                     torch.tensor(pair_offsets))
+                     torch.tensor(pair_offsets), torch.stack(current) if keep_frames else None)
 
 
 @torch.no_grad()
 def evaluate_fusion(
-    model: AccelNet, cache: PairCache, device: torch.device, batch_size: int = 32
+    model: AccelNet,
+    cache: PairCache,
+    device: torch.device,
+    batch_size: int = 32,
+    live_update: bool = False,
 ) -> tuple[float, float]:
-    """(mIoU, pixel accuracy) of fused scores over all cached pairs."""
+    """(mIoU, pixel accuracy) of fused scores over all cached pairs; `live_update` scores the
+    current frames with today's N_U instead of the cached update scores (joint stage)."""
     model.eval()
     meter = ConfusionMeter(model.config.num_classes)
     size = tuple(cache.labels.shape[-2:])
+    if live_update:
+        batch_size = min(batch_size, 8)  # whole frames through N_U, not score maps
     for start in range(0, len(cache.labels), batch_size):
-        sl = slice(start, start + batch_size)
-        fused = model.fusion(cache.warped[sl].to(device), cache.update[sl].to(device))
-        meter.update(model.upsample(fused, size).argmax(1).cpu(), cache.labels[sl])
+        index = torch.arange(start, min(start + batch_size, len(cache.labels)))
+        update = (_update_scores(model, cache.frames(index, device)) if live_update
+                  else cache.update[index].to(device))
+        fused = model.fusion(cache.warped[index].to(device), update)
+        meter.update(model.upsample(fused, size).argmax(1).cpu(), cache.labels[index])
     return meter.mean_iou(), meter.pixel_accuracy()
+
+
+def _update_scores(model: AccelNet, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> s_U (N, K, h, w)."""
+    return model.update_scores(model.update_features(images))
 
 
 def train_fusion(
@@ -481,6 +513,121 @@ def train_fusion(
          f"{final_miou}")
     return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
             "elapsed_s": round(elapsed, 1), "offsets": list(offsets)}
+
+
+# --------------------------------------------------------------------------------------------
+# stage 4 (optional): N_U and the fusion together, reference frozen
+# --------------------------------------------------------------------------------------------
+def train_joint(
+    model: AccelNet,
+    train: FrameSet,
+    val: FrameSet | None,
+    args: argparse.Namespace,
+    folder: Path,
+    device: torch.device,
+    weights: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Fine-tune N_U and the score fusion end to end on cached warped reference scores.
+
+    Loss: cross-entropy of the fused scores + `args.joint_aux_weight` x that of N_U's own
+    scores. N_U's BatchNorm statistics adapt; the reference branch is untouched.
+    """
+    if model.fusion is None or model.fuses_features or model.update is None:
+        raise ValueError("the joint stage fine-tunes N_U with score fusion; this model has none")
+    folder.mkdir(parents=True, exist_ok=True)
+    size = (args.height, args.width)
+    offsets = tuple(args.offsets)
+    _log(folder, f"joint: caching warped reference scores for offsets {offsets} ...")
+    train_cache = build_pair_cache(model, train, offsets, size, device, args.flow_scale,
+                                   seed=args.seed, flip=True, keep_frames=True)
+    val_cache = (
+        build_pair_cache(model, val, offsets, size, device, args.flow_scale,
+                         seed=args.seed + 1, keep_frames=True)
+        if val else None
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    update = model.update
+    for p in (*update.parameters(), *model.fusion.parameters()):
+        p.requires_grad_(True)
+    groups = _branch_param_groups(update, args.backbone_lr_mult)
+    # The 1x1 fusion is tiny and starts trained; it moves at the fusion stage's 10x step.
+    groups.append({"params": list(model.fusion.parameters()), "lr_mult": 10.0})
+    optimizer = _optimizer(groups, argparse.Namespace(
+        optimizer=args.optimizer, lr=args.joint_lr, weight_decay=args.weight_decay))
+    log, epoch, iteration, elapsed = _begin_stage(folder, "joint", model, optimizer, args.resume)
+    criterion = _criterion(weights, device)
+    count = len(train_cache.labels)
+    steps_per_epoch = max(1, count // args.batch_size)
+    total_iters = steps_per_epoch * args.joint_epochs
+    if args.max_iters is not None:
+        total_iters = min(total_iters, args.max_iters)
+    budget = args.joint_budget
+    _log(folder, f"joint: {count} train pairs, {steps_per_epoch} it/epoch, up to {total_iters} "
+         f"iterations, budget {budget or '-'} min, aux weight {args.joint_aux_weight}")
+    if val_cache is not None and epoch == 0:
+        before, _ = evaluate_fusion(model, val_cache, device, live_update=True)
+        _log(folder, f"joint: val mIoU before fine-tuning {before:.4f}")
+    from tqdm import tqdm
+
+    done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
+    while not done and epoch < args.joint_epochs:
+        model.eval()
+        update.train()
+        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + 3)
+        order = torch.randperm(count, generator=generator)
+        losses = []
+        started = time.monotonic()
+        bar = tqdm(range(steps_per_epoch), desc=f"joint epoch {epoch + 1}/{args.joint_epochs}",
+                   file=sys.stderr, mininterval=30 if not sys.stderr.isatty() else 0.5,
+                   leave=False)
+        for step in bar:
+            progress = _progress(iteration, total_iters,
+                                 elapsed + time.monotonic() - started, budget)
+            if progress >= 1:
+                done = True
+                break
+            lr = poly_lr(args.joint_lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)
+            chosen = order[step * args.batch_size : (step + 1) * args.batch_size]
+            targets = train_cache.labels[chosen].long().to(device)
+            update_scores = _update_scores(model, train_cache.frames(chosen, device))
+            fused = model.fusion(train_cache.warped[chosen].to(device), update_scores)
+            loss = criterion(model.upsample(fused, size), targets)
+            if args.joint_aux_weight > 0:
+                loss = loss + args.joint_aux_weight * criterion(
+                    model.upsample(update_scores, size), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            iteration += 1
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        elapsed += time.monotonic() - started
+        if not losses:
+            break
+        epoch += 1
+        val_miou, val_acc = (evaluate_fusion(model, val_cache, device, live_update=True)
+                             if val_cache else (None, None))
+        row = {"stage": "joint", "epoch": epoch, "iteration": iteration,
+               "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
+               "val_miou": val_miou, "val_pixel_acc": val_acc, "elapsed_s": round(elapsed, 1)}
+        log.add(row)
+        _log(folder, json.dumps(row))
+        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, "joint")
+        if iteration >= total_iters:
+            done = True
+    for p in model.parameters():
+        p.requires_grad_(True)
+    final_miou = log.rows[-1]["val_miou"] if log.rows else None
+    save_checkpoint(folder / "final.pt", model, extra=_extra(args, "joint", epoch, final_miou))
+    _log(folder, f"joint: finished after {epoch} epochs / {iteration} iterations, val mIoU "
+         f"(offsets {offsets}) {final_miou}")
+    return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
+            "elapsed_s": round(elapsed, 1), "offsets": list(offsets),
+            "aux_weight": args.joint_aux_weight}
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,7 +723,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--stage", choices=(*STAGE_ORDER, "all"), default="all")
+    parser.add_argument("--stage", choices=(*STAGES, "all"), default="all",
+                        help="one stage, or all = reference, update, fusion (joint: by name)")
     parser.add_argument("--data", choices=("camvid", "synthetic"), default="camvid")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="CamVid root (SegNet layout: train/, trainannot/, val/, valannot/)")
@@ -593,6 +741,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--update-epochs", type=int, default=None,
                         help="epochs of the update stage (default: --epochs)")
     parser.add_argument("--fusion-epochs", type=int, default=20)
+    parser.add_argument("--joint-epochs", type=int, default=8,
+                        help="epochs of the optional joint stage (N_U + fusion)")
+    parser.add_argument("--joint-lr", type=float, default=3e-4,
+                        help="joint stage: N_U head learning rate (backbone x "
+                             "--backbone-lr-mult, fusion x 10)")
+    parser.add_argument("--joint-aux-weight", type=float, default=0.4,
+                        help="joint stage: weight of N_U's own loss beside the fused loss")
+    parser.add_argument("--joint-budget", type=float, default=None, metavar="MIN",
+                        help="joint stage: wall-clock minutes (the poly LR anneals over them)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--fusion-batch-size", type=int, default=32)
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
@@ -695,18 +852,19 @@ def main(args: argparse.Namespace) -> int:
     for stage in stages:
         folder = out / stage
         epochs = {"reference": args.epochs, "update": args.update_epochs or args.epochs,
-                  "fusion": args.fusion_epochs}[stage]
+                  "fusion": args.fusion_epochs, "joint": args.joint_epochs}[stage]
         if args.resume and stage_finished(folder, epochs):
             loaded, extra = load_checkpoint(folder / "final.pt")
             model.load_state_dict(loaded.state_dict())
             _log(out, f"{stage}: already finished (resume), loaded {folder / 'final.pt'}")
             summary.setdefault(stage, {"val_miou": extra.get("val_miou")})
             continue
-        if stage == "fusion":
+        if stage in ("fusion", "joint"):
             if model.update is None:
-                _log(out, "fusion: skipped (model has no update branch)")
+                _log(out, f"{stage}: skipped (model has no update branch)")
                 continue
-            summary[stage] = train_fusion(model, train, val, args, folder, device, weights)
+            trainer = train_fusion if stage == "fusion" else train_joint
+            summary[stage] = trainer(model, train, val, args, folder, device, weights)
         else:
             if stage == "update" and model.update is None:
                 _log(out, "update: skipped (model has no update branch)")
@@ -715,7 +873,7 @@ def main(args: argparse.Namespace) -> int:
                                           epochs, weights)
         summary_path.write_text(json.dumps(summary, indent=1))
     rows = []
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         path = out / stage / "metrics.json"
         if path.is_file():
             rows += json.loads(path.read_text())
