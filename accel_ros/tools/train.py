@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,28 +225,76 @@ def train_branch(
     if args.max_iters is not None:
         total_iters = min(total_iters, args.max_iters)
     budget = args.time_budget.get(branch) if args.time_budget else None
-    log, epoch, iteration, elapsed = _begin_stage(
-        folder, branch, model, optimizer, args.resume
-    )
+    start = _begin_stage(folder, branch, model, optimizer, args.resume)
     criterion = _criterion(weights, device)
-    use_amp = device.type == "cuda" and not args.no_amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     _log(folder, f"{branch}: {len(train)} frames, {steps_per_epoch} it/epoch, up to "
          f"{total_iters} iterations, budget {budget or '-'} min, size {size}, device {device}")
-    from tqdm import tqdm
 
-    done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
-    while not done and epoch < epochs:
+    def train_mode() -> None:
         model.eval()
         net.train()  # only the branch being trained updates its BatchNorm statistics
-        # Seeded per epoch, so a resumed run draws what an uninterrupted one would have.
+
+    def batch_loss(chosen: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        batch = [
+            augment(train.images[i], train.labels[i], crop, generator, args.scale_range,
+                    reference_height=size[0])
+            for i in chosen
+        ]
+        images = torch.stack([b[0] for b in batch]).to(device)
+        targets = torch.stack([b[1] for b in batch]).to(device)
+        return criterion(branch_logits(model, branch, images).float(), targets)
+
+    def validate() -> tuple[float, float]:
+        return evaluate_branch(model, branch, val, size, device)
+
+    return _run_epochs(branch, model, optimizer, args, folder, device, start,
+                       epochs=epochs, count=len(train), total_iters=total_iters,
+                       base_lr=args.lr, budget=budget, train_mode=train_mode,
+                       batch_loss=batch_loss, validate=validate if val is not None else None)
+
+
+def _run_epochs(
+    stage: str,
+    model: AccelNet,
+    optimizer: torch.optim.Optimizer,
+    args: argparse.Namespace,
+    folder: Path,
+    device: torch.device,
+    start: tuple[MetricsLog, int, int, float],
+    *,
+    epochs: int,
+    count: int,
+    total_iters: int,
+    base_lr: float,
+    budget: float | None,
+    train_mode: Callable[[], None],
+    batch_loss: Callable[[np.ndarray, torch.Generator], torch.Tensor],
+    validate: Callable[[], tuple[float, float]] | None,
+) -> dict[str, Any]:
+    """The epoch loop of the branch and joint stages; returns the stage summary.
+
+    Each epoch shuffles the `count` samples with a generator seeded by (seed, epoch, stage),
+    so a resumed run draws what an uninterrupted one would have; the poly learning rate
+    follows the iterations or the wall-clock `budget` (minutes), whichever runs out first;
+    every epoch ends with a metrics row (validated every `--val-every` epochs and at the end)
+    and resumable state. `batch_loss(indices, generator)` is the loss of one batch.
+    """
+    from tqdm import tqdm
+
+    log, epoch, iteration, elapsed = start
+    steps_per_epoch = max(1, count // args.batch_size)
+    use_amp = device.type == "cuda" and not args.no_amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
+    while not done and epoch < epochs:
+        train_mode()
         generator = torch.Generator().manual_seed(
-            args.seed * 7919 + epoch * 31 + STAGE_ORDER.index(branch)
+            args.seed * 7919 + epoch * 31 + STAGES.index(stage)
         )
-        order = torch.randperm(len(train), generator=generator).numpy()
+        order = torch.randperm(count, generator=generator).numpy()
         losses = []
         started = time.monotonic()
-        bar = tqdm(range(steps_per_epoch), desc=f"{branch} epoch {epoch + 1}/{epochs}",
+        bar = tqdm(range(steps_per_epoch), desc=f"{stage} epoch {epoch + 1}/{epochs}",
                    file=sys.stderr, mininterval=30 if not sys.stderr.isatty() else 0.5,
                    leave=False)
         for step in bar:
@@ -254,19 +303,12 @@ def train_branch(
             if progress >= 1:
                 done = True
                 break
-            lr = poly_lr(args.lr, progress)
+            lr = poly_lr(base_lr, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             chosen = order[step * args.batch_size : (step + 1) * args.batch_size]
-            batch = [
-                augment(train.images[i], train.labels[i], crop, generator, args.scale_range,
-                        reference_height=size[0])
-                for i in chosen
-            ]
-            images = torch.stack([b[0] for b in batch]).to(device)
-            targets = torch.stack([b[1] for b in batch]).to(device)
             with torch.autocast(device.type, enabled=use_amp):
-                loss = criterion(branch_logits(model, branch, images).float(), targets)
+                loss = batch_loss(chosen, generator)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -280,21 +322,21 @@ def train_branch(
             break
         epoch += 1
         val_miou, val_acc = (None, None)
-        if val is not None and (epoch % args.val_every == 0 or done or epoch == epochs):
-            val_miou, val_acc = evaluate_branch(model, branch, val, size, device)
-        row = {"stage": branch, "epoch": epoch, "iteration": iteration,
+        if validate is not None and (epoch % args.val_every == 0 or done or epoch == epochs):
+            val_miou, val_acc = validate()
+        row = {"stage": stage, "epoch": epoch, "iteration": iteration,
                "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
                "val_miou": val_miou, "val_pixel_acc": val_acc, "elapsed_s": round(elapsed, 1)}
         log.add(row)
         _log(folder, json.dumps(row))
-        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, branch)
+        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, stage)
         if iteration >= total_iters:
             done = True
     final_miou = log.rows[-1]["val_miou"] if log.rows else None
-    if val is not None and final_miou is None:
-        final_miou, _ = evaluate_branch(model, branch, val, size, device)
-    save_checkpoint(folder / "final.pt", model, extra=_extra(args, branch, epoch, final_miou))
-    _log(folder, f"{branch}: finished after {epoch} epochs / {iteration} iterations, "
+    if validate is not None and final_miou is None:
+        final_miou, _ = validate()
+    save_checkpoint(folder / "final.pt", model, extra=_extra(args, stage, epoch, final_miou))
+    _log(folder, f"{stage}: finished after {epoch} epochs / {iteration} iterations, "
          f"val mIoU {final_miou}")
     return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
             "elapsed_s": round(elapsed, 1)}
@@ -384,7 +426,7 @@ def build_pair_cache(
     for clip in clips:
         images = to_tensor(clip.frames).to(device)  # (T, 3, H, W)
         features = model.reference_features(images[:1])
-        update_scores = model.update_scores(model.update_features(images[1:]))
+        update_scores = _update_scores(model, images[1:])
         for step in range(1, length):
             step_flow = flow(images[step - 1 : step], images[step : step + 1])
             features = model.propagate(features, step_flow, image_size=size)
@@ -555,7 +597,7 @@ def train_joint(
     groups.append({"params": list(model.fusion.parameters()), "lr_mult": 10.0})
     optimizer = _optimizer(groups, argparse.Namespace(
         optimizer=args.optimizer, lr=args.joint_lr, weight_decay=args.weight_decay))
-    log, epoch, iteration, elapsed = _begin_stage(folder, "joint", model, optimizer, args.resume)
+    start = _begin_stage(folder, "joint", model, optimizer, args.resume)
     criterion = _criterion(weights, device)
     count = len(train_cache.labels)
     steps_per_epoch = max(1, count // args.batch_size)
@@ -565,69 +607,37 @@ def train_joint(
     budget = args.joint_budget
     _log(folder, f"joint: {count} train pairs, {steps_per_epoch} it/epoch, up to {total_iters} "
          f"iterations, budget {budget or '-'} min, aux weight {args.joint_aux_weight}")
-    if val_cache is not None and epoch == 0:
+    if val_cache is not None and start[1] == 0:
         before, _ = evaluate_fusion(model, val_cache, device, live_update=True)
         _log(folder, f"joint: val mIoU before fine-tuning {before:.4f}")
-    from tqdm import tqdm
 
-    done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
-    while not done and epoch < args.joint_epochs:
+    def train_mode() -> None:
         model.eval()
         update.train()
-        generator = torch.Generator().manual_seed(args.seed * 7919 + epoch * 31 + 3)
-        order = torch.randperm(count, generator=generator)
-        losses = []
-        started = time.monotonic()
-        bar = tqdm(range(steps_per_epoch), desc=f"joint epoch {epoch + 1}/{args.joint_epochs}",
-                   file=sys.stderr, mininterval=30 if not sys.stderr.isatty() else 0.5,
-                   leave=False)
-        for step in bar:
-            progress = _progress(iteration, total_iters,
-                                 elapsed + time.monotonic() - started, budget)
-            if progress >= 1:
-                done = True
-                break
-            lr = poly_lr(args.joint_lr, progress)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_mult", 1.0)
-            chosen = order[step * args.batch_size : (step + 1) * args.batch_size]
-            targets = train_cache.labels[chosen].long().to(device)
-            update_scores = _update_scores(model, train_cache.frames(chosen, device))
-            fused = model.fusion(train_cache.warped[chosen].to(device), update_scores)
-            loss = criterion(model.upsample(fused, size), targets)
-            if args.joint_aux_weight > 0:
-                loss = loss + args.joint_aux_weight * criterion(
-                    model.upsample(update_scores, size), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            iteration += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
-        bar.close()
-        elapsed += time.monotonic() - started
-        if not losses:
-            break
-        epoch += 1
-        val_miou, val_acc = (evaluate_fusion(model, val_cache, device, live_update=True)
-                             if val_cache else (None, None))
-        row = {"stage": "joint", "epoch": epoch, "iteration": iteration,
-               "lr": optimizer.param_groups[0]["lr"], "train_loss": float(np.mean(losses)),
-               "val_miou": val_miou, "val_pixel_acc": val_acc, "elapsed_s": round(elapsed, 1)}
-        log.add(row)
-        _log(folder, json.dumps(row))
-        _save_state(folder, model, optimizer, args, epoch, iteration, elapsed, log.rows, "joint")
-        if iteration >= total_iters:
-            done = True
-    for p in model.parameters():
-        p.requires_grad_(True)
-    final_miou = log.rows[-1]["val_miou"] if log.rows else None
-    save_checkpoint(folder / "final.pt", model, extra=_extra(args, "joint", epoch, final_miou))
-    _log(folder, f"joint: finished after {epoch} epochs / {iteration} iterations, val mIoU "
-         f"(offsets {offsets}) {final_miou}")
-    return {"epochs": epoch, "iterations": iteration, "val_miou": final_miou,
-            "elapsed_s": round(elapsed, 1), "offsets": list(offsets),
-            "aux_weight": args.joint_aux_weight}
+
+    def batch_loss(chosen: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+        targets = train_cache.labels[chosen].long().to(device)
+        update_scores = _update_scores(model, train_cache.frames(chosen, device))
+        fused = model.fusion(train_cache.warped[chosen].to(device), update_scores)
+        loss = criterion(model.upsample(fused, size).float(), targets)
+        if args.joint_aux_weight > 0:
+            loss = loss + args.joint_aux_weight * criterion(
+                model.upsample(update_scores, size).float(), targets)
+        return loss
+
+    def validate() -> tuple[float, float]:
+        return evaluate_fusion(model, val_cache, device, live_update=True)
+
+    try:
+        summary = _run_epochs("joint", model, optimizer, args, folder, device, start,
+                              epochs=args.joint_epochs, count=count, total_iters=total_iters,
+                              base_lr=args.joint_lr, budget=budget, train_mode=train_mode,
+                              batch_loss=batch_loss,
+                              validate=validate if val_cache is not None else None)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return {**summary, "offsets": list(offsets), "aux_weight": args.joint_aux_weight}
 
 
 # --------------------------------------------------------------------------------------------
