@@ -265,3 +265,39 @@ def test_pair_cache_keeps_current_frames_only_when_asked(fake_camvid: Path) -> N
     with torch.no_grad():
         rescored = train._update_scores(model, full.frames(torch.arange(4), torch.device("cpu")))
     assert torch.allclose(rescored, full.update[:4], atol=1e-5)
+
+
+def test_average_checkpoints_means_weights_and_refuses_other_models(tmp_path: Path) -> None:
+    from accel_ros.model import average_checkpoints, save_checkpoint
+    from accel_ros.tools.cli import main as cli_main
+
+    config = ModelConfig(reference_backbone="resnet18", update_backbone=None, head_channels=16,
+                         num_classes=5)
+    torch.manual_seed(0)
+    first, second = AccelNet(config), AccelNet(config)
+    with torch.no_grad():
+        for module in (first, second):
+            module.reference.backbone.stem[1].running_mean.uniform_(-1, 1)  # not zeros in both
+    save_checkpoint(tmp_path / "a.pt", first, extra={"cycle": 1})
+    save_checkpoint(tmp_path / "b.pt", second, extra={"cycle": 2})
+    model, extra = average_checkpoints([tmp_path / "a.pt", tmp_path / "b.pt"])
+    for key, value in model.state_dict().items():
+        a, b = first.state_dict()[key], second.state_dict()[key]
+        expected = (a + b) / 2 if a.is_floating_point() else b
+        assert torch.allclose(value, expected), key
+    assert extra == {"cycle": 2}
+
+    assert cli_main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"),
+                     "--out", str(tmp_path / "avg.pt")]) == 0
+    loaded, extra = load_checkpoint(tmp_path / "avg.pt")
+    assert extra["averaged_from"] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    head = model.reference.head.classify.weight
+    assert torch.allclose(loaded.reference.head.classify.weight, head)
+
+    other = ModelConfig(reference_backbone="resnet18", update_backbone=None, head_channels=8,
+                        num_classes=5)
+    save_checkpoint(tmp_path / "c.pt", AccelNet(other))
+    with pytest.raises(ValueError, match="another architecture"):
+        average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([tmp_path / "a.pt"])

@@ -1,7 +1,13 @@
 """Accel model: pure torch, no ROS imports (importable and runnable without ROS)."""
 
 from .accel import AccelNet, SegmentationBranch
-from .checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import (
+    DEFAULT_CHECKPOINT,
+    average_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .flow import (
     DISFlow,
     FarnebackFlow,
@@ -37,6 +43,7 @@ __all__ = [
     "StreamFrame",
     "TorchFlow",
     "ZeroFlow",
+    "average_checkpoints",
     "build_flow",
     "build_flow_estimator",
     "build_model",

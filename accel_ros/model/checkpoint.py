@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,31 @@ def load_checkpoint(
     model.load_state_dict(state)
     return model, dict(payload.get("extra", {}))
 
+
+def average_checkpoints(
+    paths: Sequence[str | Path],
+) -> tuple[AccelNet, dict[str, Any]]:
+    """Weight average of checkpoints of one architecture (snapshots of one training lineage,
+    e.g. two fine-tuning cycles of the same reference). Floating tensors, BatchNorm running
+    statistics included, are averaged; integer tensors (BatchNorm step counts) come from the
+    last checkpoint, and so does `extra`. Returns (model, extra)."""
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    models = [load_checkpoint(path) for path in paths]
+    model, extra = models[-1]
+    for path, (other, _) in zip(paths, models, strict=True):
+        if other.config != model.config:
+            raise ValueError(
+                f"{path} has another architecture than {paths[-1]}: "
+                "only checkpoints of one model can be averaged"
+            )
+    states = [other.state_dict() for other, _ in models]
+    model.load_state_dict({
+        key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point()
+        else value
+        for key, value in states[-1].items()
+    })
+    return model, extra
 
 def _current_key(key: str, config: ModelConfig) -> str:
     """State-dict key of a first-release ("mlp" head) checkpoint under today's module names."""

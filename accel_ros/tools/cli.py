@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "make-bag": "replay",
     "bench": "bench",
     "train": "train",
+    "average": "train",
     "eval": "evaluate",
 }
 

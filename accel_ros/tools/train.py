@@ -815,7 +815,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None,
                         help="use only the first N frames of each split (smoke tests)")
     parser.set_defaults(handler=main)
+    average = subparsers.add_parser(
+        "average",
+        help="weight-average checkpoints of one model (e.g. two fine-tuning cycles)",
+        description="Average the weights (BatchNorm statistics included) of checkpoints of one "
+                    "architecture, such as the ends of two fine-tuning cycles of one reference; "
+                    "the last checkpoint's `extra` is kept, with the sources recorded.",
+    )
+    average.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT")
+    average.add_argument("--out", type=Path, required=True)
+    average.add_argument("--half", action="store_true", help="store fp16 weights")
+    average.set_defaults(handler=average_main)
     return parser
+
+
+def average_main(args: argparse.Namespace) -> int:
+    """`accel-ros average A.pt B.pt ... --out C.pt`."""
+    from ..model import average_checkpoints
+
+    model, extra = average_checkpoints(args.checkpoints)
+    extra["averaged_from"] = [str(path) for path in args.checkpoints]
+    out = save_checkpoint(args.out, model, extra=extra, half=args.half)
+    print(f"averaged {len(args.checkpoints)} checkpoints -> {out}")
+    return 0
 
 
 def main(args: argparse.Namespace) -> int:
