@@ -386,7 +386,7 @@ class PairCache:
     offsets: torch.Tensor
     current: torch.Tensor | None = None
 
-    def frames(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def frames(self, index: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
         """(B,) pair indices -> (B, 3, H, W) float current frames in [0, 1]."""
         if self.current is None:
             raise ValueError("this pair cache was built without its current frames")
@@ -452,7 +452,7 @@ def evaluate_fusion(
     live_update: bool = False,
 ) -> tuple[float, float]:
     """(mIoU, pixel accuracy) of fused scores over all cached pairs; `live_update` scores the
-    current frames with today's N_U instead of the cached update scores (joint stage)."""
+    current frames with N_U as it is now instead of the cached update scores (joint stage)."""
     model.eval()
     meter = ConfusionMeter(model.config.num_classes)
     size = tuple(cache.labels.shape[-2:])
