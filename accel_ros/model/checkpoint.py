@@ -109,6 +109,7 @@ def average_checkpoints(
     })
     return model, extra
 
+
 def _current_key(key: str, config: ModelConfig) -> str:
     """State-dict key of a first-release ("mlp" head) checkpoint under today's module names."""
     if config.feature_head != "mlp":

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .report import write_json
+
 # Tolerances against the CPU fp32 pipeline (labels: share of equal pixels, worst frame;
 # max_probability: mean |difference|). Warped frames carry DIS flow computed from frames that
 # were resized on the device, so fp32 is allowed a little more than kernel rounding.
@@ -279,7 +281,7 @@ def benchmark(check: Check, kind: str = "main") -> dict[str, Any]:
         )
     name = "bench" if kind == "main" else f"bench_{kind}"
     report = run_benchmark(settings, lambda message: print(message, flush=True))
-    (check.out / f"{name}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json(report, check.out / f"{name}.json")
     if kind == "main":
         write_plot(report, check.out / "bench.png")
     table = format_table(report)
@@ -302,7 +304,7 @@ def streams(check: Check) -> dict[str, Any]:
         clip_frames=4 if tiny else 16, timeout_s=120.0 if tiny else 240.0,
     )
     report = run_streams_benchmark(settings, lambda message: print(message, flush=True))
-    (check.out / "bench_streams.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_json(report, check.out / "bench_streams.json")
     write_plot(report, check.out / "bench_streams.png")
     table = format_table(report)
     print(table, flush=True)

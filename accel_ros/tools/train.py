@@ -220,10 +220,7 @@ def train_branch(
     optimizer = _optimizer(_branch_param_groups(net, args.backbone_lr_mult), args)
     size = (args.height, args.width)
     crop = tuple(args.crop) if args.crop else size
-    steps_per_epoch = max(1, len(train) // args.batch_size)
-    total_iters = steps_per_epoch * epochs
-    if args.max_iters is not None:
-        total_iters = min(total_iters, args.max_iters)
+    steps_per_epoch, total_iters = _iteration_plan(len(train), epochs, args)
     budget = args.time_budget.get(branch) if args.time_budget else None
     start = _begin_stage(folder, branch, model, optimizer, args.resume)
     criterion = _criterion(weights, device)
@@ -248,9 +245,20 @@ def train_branch(
         return evaluate_branch(model, branch, val, size, device)
 
     return _run_epochs(branch, model, optimizer, args, folder, device, start,
-                       epochs=epochs, count=len(train), total_iters=total_iters,
+                       epochs=epochs, count=len(train), steps_per_epoch=steps_per_epoch,
+                       total_iters=total_iters,
                        base_lr=args.lr, budget=budget, train_mode=train_mode,
                        batch_loss=batch_loss, validate=validate if val is not None else None)
+
+
+def _iteration_plan(count: int, epochs: int, args: argparse.Namespace) -> tuple[int, int]:
+    """(iterations per epoch, total iterations) for `count` samples in `args.batch_size`
+    batches over `epochs`, capped by `--max-iters`."""
+    steps_per_epoch = max(1, count // args.batch_size)
+    total_iters = steps_per_epoch * epochs
+    if args.max_iters is not None:
+        total_iters = min(total_iters, args.max_iters)
+    return steps_per_epoch, total_iters
 
 
 def _run_epochs(
@@ -264,6 +272,7 @@ def _run_epochs(
     *,
     epochs: int,
     count: int,
+    steps_per_epoch: int,
     total_iters: int,
     base_lr: float,
     budget: float | None,
@@ -282,7 +291,6 @@ def _run_epochs(
     from tqdm import tqdm
 
     log, epoch, iteration, elapsed = start
-    steps_per_epoch = max(1, count // args.batch_size)
     use_amp = device.type == "cuda" and not args.no_amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     done = iteration >= total_iters or _progress(iteration, total_iters, elapsed, budget) >= 1
@@ -467,6 +475,16 @@ def evaluate_fusion(
     return meter.mean_iou(), meter.pixel_accuracy()
 
 
+def _train_only(model: AccelNet, *modules: torch.nn.Module) -> None:
+    """Freeze every parameter of `model` except those of `modules` (the stage restores
+    `requires_grad` on all parameters when it ends)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(True)
+
+
 def _update_scores(model: AccelNet, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> s_U (N, K, h, w)."""
     return model.update_scores(model.update_features(images))
@@ -497,10 +515,7 @@ def train_fusion(
     )
     _log(folder, f"fusion: {len(train_cache.labels)} train pairs, "
          f"{len(val_cache.labels) if val_cache else 0} val pairs")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.fusion.parameters():
-        p.requires_grad_(True)
+    _train_only(model, model.fusion)
     optimizer = _optimizer(model.fusion.parameters(), argparse.Namespace(
         optimizer=args.optimizer, lr=args.fusion_lr, weight_decay=0.0))
     log, epoch, iteration, elapsed = _begin_stage(
@@ -587,11 +602,8 @@ def train_joint(
                          seed=args.seed + 1, keep_frames=True)
         if val else None
     )
-    for p in model.parameters():
-        p.requires_grad_(False)
     update = model.update
-    for p in (*update.parameters(), *model.fusion.parameters()):
-        p.requires_grad_(True)
+    _train_only(model, update, model.fusion)
     groups = _branch_param_groups(update, args.backbone_lr_mult)
     # The 1x1 fusion is tiny and starts trained; it moves at the fusion stage's 10x step.
     groups.append({"params": list(model.fusion.parameters()), "lr_mult": 10.0})
@@ -600,10 +612,7 @@ def train_joint(
     start = _begin_stage(folder, "joint", model, optimizer, args.resume)
     criterion = _criterion(weights, device)
     count = len(train_cache.labels)
-    steps_per_epoch = max(1, count // args.batch_size)
-    total_iters = steps_per_epoch * args.joint_epochs
-    if args.max_iters is not None:
-        total_iters = min(total_iters, args.max_iters)
+    steps_per_epoch, total_iters = _iteration_plan(count, args.joint_epochs, args)
     budget = args.joint_budget
     _log(folder, f"joint: {count} train pairs, {steps_per_epoch} it/epoch, up to {total_iters} "
          f"iterations, budget {budget or '-'} min, aux weight {args.joint_aux_weight}")
@@ -630,7 +639,8 @@ def train_joint(
 
     try:
         summary = _run_epochs("joint", model, optimizer, args, folder, device, start,
-                              epochs=args.joint_epochs, count=count, total_iters=total_iters,
+                              epochs=args.joint_epochs, count=count,
+                              steps_per_epoch=steps_per_epoch, total_iters=total_iters,
                               base_lr=args.joint_lr, budget=budget, train_mode=train_mode,
                               batch_loss=batch_loss,
                               validate=validate if val_cache is not None else None)
