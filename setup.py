@@ -72,8 +72,8 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "accel-ros = accel_ros.tools.cli:main",
-            "accel_segmentation_node = accel_ros.node:main",
+            "accel-ros = accel_ros.cli.main:main",
+            "accel_segmentation_node = accel_ros.ros.node:main",
         ],
     },
 )

@@ -24,10 +24,11 @@ from mcap.writer import CompressionType
 from mcap.writer import Writer as McapWriter
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from accel_ros import bridge
+from accel_ros.cli import main as cli
 from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.io import bag_reader, bridge, rosbag
 from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
-from accel_ros.tools import bagio, bagread, cli, replay
+from accel_ros.replay import runner as replay
 
 HEIGHT, WIDTH = 32, 48
 CAMERA = "/camera/image_raw"
@@ -44,12 +45,12 @@ def frames(count: int, seed: int = 0) -> list[np.ndarray]:
 
 def camera_payloads(images: list[np.ndarray]) -> list[bytes]:
     """CDR of one rgb8 Image per frame; frame_id cam_<i> makes every payload unique."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     out = []
     for index, rgb in enumerate(images):
-        header = bagio.make_header(typestore, START_NS + index * PERIOD_NS, f"cam_{index}")
-        msg = bagio.image_message(typestore, rgb, "rgb8", header)
-        out.append(bytes(typestore.serialize_cdr(msg, bagio.IMAGE_TYPE)))
+        header = rosbag.make_header(typestore, START_NS + index * PERIOD_NS, f"cam_{index}")
+        msg = rosbag.image_message(typestore, rgb, "rgb8", header)
+        out.append(bytes(typestore.serialize_cdr(msg, rosbag.IMAGE_TYPE)))
     return out
 
 
@@ -58,13 +59,13 @@ def write_ros2_mcap(path: Path, payloads: list[bytes], *, chunk_size: int,
                     chatter: bool = True) -> None:
     """An MCAP laid out as rosbag2's MCAP plugin writes it (ros2msg schemas, cdr channels with
     offered_qos_profiles, chunk CRCs), camera messages interleaved with a small String topic."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     string_cls = typestore.types["std_msgs/msg/String"]
     with path.open("wb") as stream:
         writer = McapWriter(stream, chunk_size=chunk_size, compression=compression)
         writer.start(profile="ros2", library="test")
         ids = {}
-        for topic, msgtype in ((CAMERA, bagio.IMAGE_TYPE), ("/chatter", string_cls.__msgtype__)):
+        for topic, msgtype in ((CAMERA, rosbag.IMAGE_TYPE), ("/chatter", string_cls.__msgtype__)):
             msgdef, _ = typestore.generate_msgdef(msgtype, ros_version=2)
             schema = writer.register_schema(msgtype, "ros2msg", msgdef.encode())
             ids[topic] = writer.register_channel(topic, "cdr", schema,
@@ -104,8 +105,8 @@ def camera_in_time(count: int, last_ns: int) -> int:
     return sum(1 for i in range(count) if START_NS + i * PERIOD_NS <= last_ns)
 
 
-def recovered_camera(path: Path) -> tuple[int, bagread.RecoveryReport]:
-    bag = bagread.open_bag(path)
+def recovered_camera(path: Path) -> tuple[int, bag_reader.RecoveryReport]:
+    bag = bag_reader.open_bag(path)
     count = sum(1 for c, _, _ in bag.messages() if c.topic == CAMERA)
     declared = sum(c.msgcount for c in bag.connections if c.topic == CAMERA)
     assert count == declared  # the scan and the read agree
@@ -207,7 +208,7 @@ def test_mcap_bad_chunk_crc_costs_only_that_chunk(tmp_path, plain_mcap):
     assert [d.offset for d in report.damage] == [start]
     assert "CRC" in str(report.damage[0]) and f"at byte {start}" in str(report.damage[0])
     # The frames before the damage are all there, in order, byte for byte.
-    bag = bagread.open_bag(broken)
+    bag = bag_reader.open_bag(broken)
     camera = [bytes(raw) for c, _, raw in bag.messages() if c.topic == CAMERA]
     assert camera == [raw for i, raw in enumerate(payloads)
                       if not first_ns <= START_NS + i * PERIOD_NS <= last_ns]
@@ -245,7 +246,7 @@ def test_power_loss_zero_tail_and_undecodable_chunk(tmp_path, plain_mcap):
 
 def test_truncated_file_inside_a_bag_folder_reports_exact_loss(tmp_path):
     folder = tmp_path / "cam"
-    written = bagio.write_camera_bag(folder, frames(12), storage="mcap")
+    written = rosbag.write_camera_bag(folder, frames(12), storage="mcap")
     storage = next(folder.glob("*.mcap"))
     data = storage.read_bytes()
     cut = len(data) * 2 // 3
@@ -264,14 +265,14 @@ def test_truncated_file_inside_a_bag_folder_reports_exact_loss(tmp_path):
 def test_db3_folder_without_metadata_is_read_like_reindex(tmp_path):
     folder = tmp_path / "nometa"
     images = frames(5)
-    bagio.write_camera_bag(folder, images, storage="sqlite3")
+    rosbag.write_camera_bag(folder, images, storage="sqlite3")
     (folder / "metadata.yaml").unlink()
-    assert bagio.is_rosbag(folder)
+    assert rosbag.is_rosbag(folder)
     count, report = recovered_camera(folder)
     assert count == 5 and not report.damaged
     assert any("no metadata.yaml" in note and "ros2 bag reindex" in note and "nometa_0.db3"
                in note for note in report.notes)
-    source = replay.open_source(folder, None, None, bagio.make_typestore())
+    source = replay.open_source(folder, None, None, rosbag.make_typestore())
     decoded = [item.rgb for item in source if isinstance(item, replay.Frame)]
     assert len(decoded) == 5
     np.testing.assert_array_equal(decoded[3], images[3])
@@ -289,7 +290,7 @@ def test_db3_never_closed_keeps_committed_messages(tmp_path):
         " serialization_format TEXT NOT NULL, offered_qos_profiles TEXT NOT NULL);"
         "CREATE TABLE messages(id INTEGER PRIMARY KEY, topic_id INTEGER NOT NULL,"
         " timestamp INTEGER NOT NULL, data BLOB NOT NULL);")
-    conn.execute("INSERT INTO topics VALUES(1, ?, ?, 'cdr', '')", (CAMERA, bagio.IMAGE_TYPE))
+    conn.execute("INSERT INTO topics VALUES(1, ?, ?, 'cdr', '')", (CAMERA, rosbag.IMAGE_TYPE))
     conn.commit()
     for index, raw in enumerate(payloads):
         conn.execute("INSERT INTO messages(topic_id, timestamp, data) VALUES(1, ?, ?)",
@@ -311,21 +312,21 @@ def test_db3_never_closed_keeps_committed_messages(tmp_path):
 def test_unreadable_storage_files_raise_one_line_bag_errors(tmp_path):
     garbage = tmp_path / "garbage.mcap"
     garbage.write_bytes(b"this is not an mcap file at all")
-    with pytest.raises(bagread.BagError, match=r"garbage.mcap: not an MCAP file"):
-        bagread.open_bag(garbage)
+    with pytest.raises(bag_reader.BagError, match=r"garbage.mcap: not an MCAP file"):
+        bag_reader.open_bag(garbage)
     (tmp_path / "empty.mcap").write_bytes(b"")
-    with pytest.raises(bagread.BagError, match=r"empty.mcap: not an MCAP file .it is empty"):
-        bagread.open_bag(tmp_path / "empty.mcap")
+    with pytest.raises(bag_reader.BagError, match=r"empty.mcap: not an MCAP file .it is empty"):
+        bag_reader.open_bag(tmp_path / "empty.mcap")
     (tmp_path / "bad.db3").write_bytes(b"SQLite format 3\x00" + b"\xff" * 200)
-    with pytest.raises(bagread.BagError, match=r"bad.db3: unreadable sqlite3 database"):
-        bagread.open_bag(tmp_path / "bad.db3")
+    with pytest.raises(bag_reader.BagError, match=r"bad.db3: unreadable sqlite3 database"):
+        bag_reader.open_bag(tmp_path / "bad.db3")
     other = tmp_path / "other.db3"
     sqlite3.connect(other).execute("CREATE TABLE t(x)").connection.commit()
-    with pytest.raises(bagread.BagError, match=r"other.db3: not a rosbag2 sqlite3 file"):
-        bagread.open_bag(other)
-    with pytest.raises(bagread.BagError, match=r"unknown bag format '.bag'"):
+    with pytest.raises(bag_reader.BagError, match=r"other.db3: not a rosbag2 sqlite3 file"):
+        bag_reader.open_bag(other)
+    with pytest.raises(bag_reader.BagError, match=r"unknown bag format '.bag'"):
         (tmp_path / "ros1.bag").write_bytes(b"#ROSBAG V2.0\n")
-        bagread.open_bag(tmp_path / "ros1.bag")
+        bag_reader.open_bag(tmp_path / "ros1.bag")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,13 +411,13 @@ def test_segment_truncated_mcap_writes_one_output_per_recovered_frame(
 
 def bag_with(path: Path, topics: dict[str, str], messages: int = 1) -> Path:
     """A rosbag2 (MCAP) with the given {topic: type} connections and `messages` each."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         for topic, msgtype in topics.items():
             connection = writer.add_connection(topic, msgtype, typestore=typestore)
             for index in range(messages):
-                if msgtype == bagio.IMAGE_TYPE:
-                    header = bagio.make_header(typestore, START_NS, "cam")
+                if msgtype == rosbag.IMAGE_TYPE:
+                    header = rosbag.make_header(typestore, START_NS, "cam")
                     msg = typestore.types[msgtype](
                         **bridge.from_rgb8(frames(1)[0], "rgb8", header))
                 else:
@@ -427,7 +428,7 @@ def bag_with(path: Path, topics: dict[str, str], messages: int = 1) -> Path:
 
 
 def test_bad_inputs_are_one_line_with_the_file_and_exit_2(tmp_path, capsys, tiny_checkpoint):
-    string, image = "std_msgs/msg/String", bagio.IMAGE_TYPE
+    string, image = "std_msgs/msg/String", rosbag.IMAGE_TYPE
     cases = {
         "missing": (tmp_path / "missing.mcap", (), "input not found: "),
         "unknown format": (tmp_path / "notes.txt", (), "cannot read"),
@@ -450,7 +451,7 @@ def test_bad_inputs_are_one_line_with_the_file_and_exit_2(tmp_path, capsys, tiny
     }
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "junk.mcap").write_bytes(b"junk" * 10)
-    (tmp_path / "head.mcap").write_bytes(bagread.MCAP_MAGIC + b"\x01\x30")
+    (tmp_path / "head.mcap").write_bytes(bag_reader.MCAP_MAGIC + b"\x01\x30")
     for name, (source, extra, message) in cases.items():
         out = tmp_path / f"out_{name.replace(' ', '_').replace(',', '')}"
         code = segment_cli(source, out, tiny_checkpoint, *extra)
@@ -521,7 +522,7 @@ class InterruptingSegmenter:
 @pytest.mark.parametrize("hard", [False, True])
 def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, tiny_model, hard):
     source = tmp_path / "in"
-    bagio.write_camera_bag(source, frames(8), storage="mcap", start_ns=START_NS)
+    rosbag.write_camera_bag(source, frames(8), storage="mcap", start_ns=START_NS)
     segmenter = AccelSegmenter(tiny_model, PipelineConfig(mode="deeplab", device="cpu"))
     out = tmp_path / "out"
     handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup or a background job
@@ -548,7 +549,7 @@ def test_ctrl_c_in_the_cli_exits_130_naming_the_valid_output(
     real = model_package.build_segmenter
     monkeypatch.setattr(model_package, "build_segmenter",
                         lambda *a, **k: InterruptingSegmenter(real(*a, **k), at=1))
-    bagio.write_camera_bag(tmp_path / "in.mcap", frames(5), start_ns=START_NS)
+    rosbag.write_camera_bag(tmp_path / "in.mcap", frames(5), start_ns=START_NS)
     assert segment_cli(tmp_path / "in", tmp_path / "out.db3", tiny_checkpoint) == 130
     err = capsys.readouterr().err
     assert err.strip() == (f"accel-ros segment: interrupted by Ctrl-C after 2 frames; "
@@ -575,13 +576,13 @@ def test_custom_message_types_of_a_recovered_bag_are_copied(tmp_path):
         writer.finish()
     data = path.read_bytes()
     cut_copy(path, tmp_path / "cut.mcap", len(data) - 40)  # the summary is gone
-    bag = bagread.open_bag(tmp_path / "cut.mcap")
+    bag = bag_reader.open_bag(tmp_path / "cut.mcap")
     (connection,) = bag.connections
     assert (connection.msgtype, connection.msgcount, connection.digest) == (
         "vendor_msgs/msg/Note", 3, "")
-    typestore = bagio.make_typestore()
-    out = bagio.open_writer(tmp_path / "copy.mcap")
-    copied = bagio.copy_connection(out, connection, typestore)
+    typestore = rosbag.make_typestore()
+    out = rosbag.open_writer(tmp_path / "copy.mcap")
+    copied = rosbag.copy_connection(out, connection, typestore)
     for conn, stamp, payload in bag.messages():
         assert conn is connection
         out.write(copied, stamp, payload)
@@ -602,11 +603,11 @@ def test_message_compressed_bag_is_decompressed(tmp_path):
     writer = RosbagsWriter(path, version=9, storage_plugin=StoragePlugin.MCAP)
     writer.set_compression(CompressionMode.MESSAGE, CompressionFormat.ZSTD)
     with writer:
-        connection = writer.add_connection(CAMERA, bagio.IMAGE_TYPE,
-                                           typestore=bagio.make_typestore())
+        connection = writer.add_connection(CAMERA, rosbag.IMAGE_TYPE,
+                                           typestore=rosbag.make_typestore())
         for index, raw in enumerate(payloads):
             writer.write(connection, START_NS + index, raw)
     stored = next(path.glob("*.mcap")).read_bytes()
     assert payloads[0] not in stored  # really compressed on disk
-    bag = bagread.open_bag(path)
+    bag = bag_reader.open_bag(path)
     assert [bytes(raw) for _, _, raw in bag.messages()] == payloads

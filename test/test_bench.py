@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from accel_ros.bench import single_stream as bench
 from accel_ros.model import STAGES
-from accel_ros.tools import bench
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULT_KEYS = {

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accel_ros.tools import bench, bench_streams
+from accel_ros.bench import single_stream as bench
+from accel_ros.bench import streams as bench_streams
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_KEYS = {

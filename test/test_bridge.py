@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from rosbags.typesys import Stores, get_typestore
 
-from accel_ros.bridge import (
+from accel_ros.io.bridge import (
     ENCODINGS,
     ImageConversionError,
     array_to_image,

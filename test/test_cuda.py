@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from accel_ros.bench import device_check
 from accel_ros.config import PipelineConfig
 from accel_ros.model import AccelNet, AccelSegmenter
-from accel_ros.tools import device_check
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -9,8 +9,9 @@ import json
 import numpy as np
 
 import accel_ros.model
+from accel_ros import demo
+from accel_ros.io import video
 from accel_ros.metrics import confusion_matrix
-from accel_ros.tools import demo, video
 
 
 def test_demo_entry_end_to_end(tmp_path, capsys):

@@ -16,9 +16,9 @@ from test_train import PNG_MAGIC, write_fake_camvid
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.clips import motion_clips, sequence_clips
 from accel_ros.data.frames import FrameSet, to_tensor
+from accel_ros.learn import evaluate
 from accel_ros.metrics import ConfusionMeter
 from accel_ros.model import AccelNet, DISFlow, save_checkpoint
-from accel_ros.tools import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

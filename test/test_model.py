@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -142,9 +143,13 @@ def test_bad_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         build_model("camvid34", str(tmp_path / "missing.pt"))
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ValueError, match="not a readable checkpoint"):
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError, match="is not a checkpoint of this package") as refused:
         load_checkpoint(garbage)
+    # One short line, and never torch's advice to unpickle an untrusted file.
+    message = str(refused.value)
+    assert "\n" not in message and len(message) < 200 + len(str(garbage))
+    assert "weights_only" not in message and refused.value.__cause__ is None
     foreign = tmp_path / "resnet.pt"
     torch.save(resnet18(weights=None).state_dict(), foreign)
     with pytest.raises(ValueError, match="load_backbone"):

@@ -14,9 +14,9 @@ import pytest
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from accel_ros.bridge import from_array, from_rgb8, image_to_array, rgb8_to_compressed
 from accel_ros.config import ModelConfig, PipelineConfig, load_yaml
-from accel_ros.messages import (
+from accel_ros.io.bridge import from_array, from_rgb8, image_to_array, rgb8_to_compressed
+from accel_ros.io.messages import (
     STATS_MSG_TEXT,
     STATS_TYPE_NAME,
     register_stats_type,
@@ -25,7 +25,7 @@ from accel_ros.messages import (
     stats_fields,
     stats_to_json,
 )
-from accel_ros.node_logic import (
+from accel_ros.ros.node_logic import (
     ERROR,
     OK,
     PARAMETER_SPECS,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from accel_ros.bridge import from_rgb8, image_to_array, rgb8_to_compressed
+from accel_ros.io.bridge import from_rgb8, image_to_array, rgb8_to_compressed
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "camvid"
@@ -464,7 +464,7 @@ def test_outputs_in_every_encoding_carry_the_input_header(raw, frames, stats_cla
     # The generated message has exactly the fields the bag tools write.
     from rosbags.typesys import Stores, get_typestore
 
-    from accel_ros.messages import register_stats_type
+    from accel_ros.io.messages import register_stats_type
 
     rosbags_cls = register_stats_type(get_typestore(Stores.ROS2_JAZZY))
     assert list(stats_class.get_fields_and_field_types()) == [
@@ -610,10 +610,10 @@ def test_future_stamp_gives_no_negative_latency(raw, frames):
 
 
 def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_path):
-    """accel_ros.ros_replay: a rosbag2 of the frames played at camera rate into the node."""
+    """accel_ros.ros.bag_player: a rosbag2 of the frames played at camera rate into the node."""
     import cv2
 
-    from accel_ros.ros_replay import make_bag
+    from accel_ros.ros.bag_player import make_bag
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -622,7 +622,7 @@ def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_
     bag = tmp_path / "bag"
     assert make_bag(folder, bag, rate=10.0) == 12
     result = subprocess.run(
-        [sys.executable, "-m", "accel_ros.ros_replay", "play", str(bag), "--rate", "10",
+        [sys.executable, "-m", "accel_ros.ros.bag_player", "play", str(bag), "--rate", "10",
          "--json", str(tmp_path / "latency.json")],
         env=msgs_env(colcon_install), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -878,7 +878,7 @@ def test_several_cameras_headers_counts_and_routing_by_content(multi, frames, ti
     """Every output carries its own stream's header; each stream counts its own frames from 0;
     each stream's labels are what an independent segmenter fed only that stream gives."""
     from accel_ros.model import build_segmenter
-    from accel_ros.node_logic import default_parameters, parse_parameters
+    from accel_ros.ros.node_logic import default_parameters, parse_parameters
 
     content = multi_content(frames)
     # Warm-up: the first frames of each stream until all three came back (discovery).

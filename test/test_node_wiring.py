@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 import yaml
 
-from accel_ros.bridge import from_rgb8, image_to_array
 from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.messages import STATS_MSG_TEXT
-from accel_ros.node_logic import PARAMETERS
+from accel_ros.io.bridge import from_rgb8, image_to_array
+from accel_ros.io.messages import STATS_MSG_TEXT
+from accel_ros.ros.node_logic import PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 64, 96
@@ -257,7 +257,7 @@ def _stats_class() -> type:
 
 @pytest.fixture(params=[False, True], ids=["stats-as-json", "stats-message"])
 def node_module(request, monkeypatch):
-    """accel_ros.node imported against the stand-in (sys.modules is restored afterwards)."""
+    """accel_ros.ros.node imported against the stand-in (sys.modules is restored afterwards)."""
     stats_class = _stats_class() if request.param else None
     for name, mod in _stand_in_modules(stats_class).items():
         monkeypatch.setitem(sys.modules, name, mod)
@@ -266,8 +266,8 @@ def node_module(request, monkeypatch):
         monkeypatch.setitem(sys.modules, "accel_ros_msgs", None)
         monkeypatch.setitem(sys.modules, "accel_ros_msgs.msg", None)
     monkeypatch.setitem(sys.modules, "cv_bridge", None)  # numpy bridge, deterministically
-    monkeypatch.delitem(sys.modules, "accel_ros.node", raising=False)
-    return importlib.import_module("accel_ros.node")
+    monkeypatch.delitem(sys.modules, "accel_ros.ros.node", raising=False)
+    return importlib.import_module("accel_ros.ros.node")
 
 
 def _stand_in_image(mod: Any, rgb: np.ndarray, encoding: str = "rgb8", sec: int = 100) -> Any:
@@ -517,7 +517,7 @@ def test_every_launch_argument_is_a_declared_node_parameter():
     source = (ROOT / "launch" / "accel.launch.py").read_text(encoding="utf-8")
     assert '"accel_segmentation_node"' in source  # the console script of setup.py
     setup = (ROOT / "setup.py").read_text(encoding="utf-8")
-    assert "accel_segmentation_node = accel_ros.node:main" in setup
+    assert "accel_segmentation_node = accel_ros.ros.node:main" in setup
     assert 'name="accel_segmentation"' in source
     # The parameters file applies to any node name and namespace.
     assert list(yaml.safe_load((ROOT / "config/accel.yaml").read_text())) == ["/**"]
@@ -554,9 +554,10 @@ def test_model_and_tools_import_without_ros():
                "accel_ros_msgs", "launch", "launch_ros"]
     code = (
         f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
-        "import accel_ros.model, accel_ros.node_logic, accel_ros.messages, accel_ros.ros_replay\n"
-        "import accel_ros.tools.cli\n"
-        "try:\n    import accel_ros.node\nexcept ImportError:\n    print('node needs ROS')\n"
+        "import accel_ros.model, accel_ros.ros.node_logic, accel_ros.io.messages\n"
+        "import accel_ros.ros.bag_player\n"
+        "import accel_ros.cli.main\n"
+        "try:\n    import accel_ros.ros.node\nexcept ImportError:\n    print('node needs ROS')\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=300, cwd=ROOT)

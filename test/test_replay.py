@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from accel_ros import bridge
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import generate_clip
+from accel_ros.io import bridge, rosbag, video
 from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
-from accel_ros.tools import bagio, replay, video
-from accel_ros.tools.report import RunSummary, format_latency_table, latency_rows
+from accel_ros.replay import runner as replay
+from accel_ros.report import RunSummary, format_latency_table, latency_rows
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 6
 CAMERA = "/camera/image_raw"
@@ -69,7 +69,7 @@ def write_test_bag(
     """Camera topic (bgr8, header stamps offset from bag time) plus a /chatter String topic.
     `corrupt` maps a frame index to "short" (data shorter than step * height) or "garbage"
     (raw non-CDR bytes). Returns the raw camera payloads as written."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     image_cls = typestore.types["sensor_msgs/msg/Image"]
     string_cls = typestore.types["std_msgs/msg/String"]
     plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
@@ -80,7 +80,7 @@ def write_test_bag(
         for index, rgb in enumerate(images):
             bag_ns = START_NS + index * PERIOD_NS
             # Header stamp 5 ms before receive time: the tool must keep it, not bag time.
-            header = bagio.make_header(typestore, bag_ns - 5_000_000, f"cam_{index}")
+            header = rosbag.make_header(typestore, bag_ns - 5_000_000, f"cam_{index}")
             fields = bridge.from_rgb8(rgb, "bgr8", header)
             kind = (corrupt or {}).get(index)
             if kind == "short":
@@ -99,7 +99,7 @@ def write_test_bag(
 def read_bag(path: Path) -> dict[str, list[tuple[int, object, bytes]]]:
     """{topic: [(bag time ns, deserialised message or None if undecodable, raw bytes), ...]}
     of a rosbag2."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     out: dict[str, list[tuple[int, object, bytes]]] = {}
     with Reader(path) as reader:
         for connection, timestamp, raw in reader.messages():
@@ -141,7 +141,7 @@ def test_bag_round_trip(tmp_path, tiny_model, clip_images, storage, mode):
         for topic in ("labels", "color", "stats"):
             timestamp, msg, _ = out[f"{CAMERA}/{topic}"][index]
             assert timestamp == bag_ns
-            assert bagio.header_stamp_ns(msg.header) == header_ns
+            assert rosbag.header_stamp_ns(msg.header) == header_ns
             assert msg.header.frame_id == f"cam_{index}"
         _, labels, _ = out[f"{CAMERA}/labels"][index]
         assert (labels.encoding, labels.height, labels.width, labels.step) == (
@@ -193,7 +193,7 @@ def test_make_bag_cli_compressed_then_segment_cli(tmp_path, tiny_model):
     made = read_bag(bag)
     topic = f"{CAMERA}/compressed"
     assert list(made) == [topic]
-    stamps = [bagio.header_stamp_ns(msg.header) for _, msg, _ in made[topic]]
+    stamps = [rosbag.header_stamp_ns(msg.header) for _, msg, _ in made[topic]]
     assert stamps == [t for t, _, _ in made[topic]]
     assert np.diff(stamps).tolist() == [33_333_333, 33_333_334, 33_333_333]
     assert {msg.header.frame_id for _, msg, _ in made[topic]} == {"camera"}
@@ -216,12 +216,12 @@ def test_make_bag_cli_compressed_then_segment_cli(tmp_path, tiny_model):
 
 
 def test_topic_selection(tmp_path, clip_images):
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     path = tmp_path / "two_cameras"
-    header = bagio.make_header(typestore, START_NS, "cam")
+    header = rosbag.make_header(typestore, START_NS, "cam")
     messages = {
-        "/left/image_raw": bagio.camera_message(typestore, clip_images[0], "rgb8", header),
-        "/right/image/compressed": bagio.camera_message(typestore, clip_images[0], "png",
+        "/left/image_raw": rosbag.camera_message(typestore, clip_images[0], "rgb8", header),
+        "/right/image/compressed": rosbag.camera_message(typestore, clip_images[0], "png",
                                                         header),
         "/chatter": typestore.types["std_msgs/msg/String"](data="hi"),
     }
@@ -232,16 +232,16 @@ def test_topic_selection(tmp_path, clip_images):
     with Reader(path) as reader:
         connections = list(reader.connections)  # the reader empties its own on close
     with pytest.raises(ValueError, match="2 image topics") as error:
-        bagio.select_image_topic(connections, None)
+        rosbag.select_image_topic(connections, None)
     assert "/left/image_raw" in str(error.value) and "/right/image/compressed" in str(error.value)
-    assert bagio.select_image_topic(connections, "/right/image/compressed") == (
+    assert rosbag.select_image_topic(connections, "/right/image/compressed") == (
         "/right/image/compressed", "sensor_msgs/msg/CompressedImage")
     with pytest.raises(ValueError, match="not an image"):
-        bagio.select_image_topic(connections, "/chatter")
+        rosbag.select_image_topic(connections, "/chatter")
     with pytest.raises(ValueError, match="not in the bag"):
-        bagio.select_image_topic(connections, "/missing")
+        rosbag.select_image_topic(connections, "/missing")
     one = [c for c in connections if c.topic != "/right/image/compressed"]
-    assert bagio.select_image_topic(one, None) == ("/left/image_raw", "sensor_msgs/msg/Image")
+    assert rosbag.select_image_topic(one, None) == ("/left/image_raw", "sensor_msgs/msg/Image")
 
 
 def test_video_in_video_out(tmp_path, tiny_model, clip_images):
@@ -309,7 +309,7 @@ def test_output_kind_and_bad_inputs(tmp_path):
         replay.output_kind(bag)
     with pytest.raises(ValueError, match="not one of"):
         replay.output_kind(tmp_path / "x", "gif")
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     with pytest.raises(FileNotFoundError, match="input not found"):
         replay.open_source(tmp_path / "missing.mcap", None, None, typestore)
     empty = tmp_path / "empty"

@@ -13,11 +13,11 @@ import pytest
 import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from accel_ros import bridge
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import generate_clip
+from accel_ros.io import bridge, rosbag
 from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
-from accel_ros.tools import bagio, replay
+from accel_ros.replay import runner as replay
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 7
 START_NS = 1_700_000_000_000_000_000
@@ -72,14 +72,14 @@ def write_rig_bag(
     frame's pixel data; `gap` {topic: frame index} moves that camera's header stamps from
     there on 2 s later (a gap > max_time_gap for that camera alone). Returns {topic: [(bag
     time, header stamp, frame_id), ...]} as written."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     string_cls = typestore.types["std_msgs/msg/String"]
     encodings = {FRONT: "rgb8", LEFT: "bgr8", REAR: "png"}
     written: dict[str, list[tuple[int, int, str]]] = {topic: [] for topic in clips}
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         connections = {}
         for topic in clips:
-            msgtype = bagio.COMPRESSED_TYPE if encodings[topic] == "png" else bagio.IMAGE_TYPE
+            msgtype = rosbag.COMPRESSED_TYPE if encodings[topic] == "png" else rosbag.IMAGE_TYPE
             connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
         chatter = writer.add_connection("/chatter", string_cls.__msgtype__, typestore=typestore)
         for tick in range(FRAMES):
@@ -93,8 +93,8 @@ def write_rig_bag(
                 if gap and topic in gap and index >= gap[topic]:
                     stamp_ns += 2_000_000_000
                 frame_id = f"{topic.split('/')[1]}_{index}"
-                header = bagio.make_header(typestore, stamp_ns, frame_id)
-                msg = bagio.camera_message(typestore, frames[index], encodings[topic], header)
+                header = rosbag.make_header(typestore, stamp_ns, frame_id)
+                msg = rosbag.camera_message(typestore, frames[index], encodings[topic], header)
                 if corrupt and corrupt.get(topic) == index:
                     msg.data = msg.data[:-7]  # an Image shorter than step * height
                 msgtype = connections[topic].msgtype
@@ -108,7 +108,7 @@ def write_rig_bag(
 
 def read_bag(path: Path) -> dict[str, list[tuple[int, object]]]:
     """{topic: [(bag time ns, deserialised message), ...]} of a rosbag2."""
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     out: dict[str, list[tuple[int, object]]] = {}
     with Reader(path) as reader:
         for connection, timestamp, raw in reader.messages():
@@ -136,7 +136,7 @@ def single_topic_labels(model: AccelNet, bag: Path, topic: str, out: Path,
                         stagger: bool = False) -> list[np.ndarray]:
     """Labels of `topic` segmented alone by a fresh segmenter (the single-stream path)."""
     replay.segment(bag, out, make_segmenter(model, stagger), topic=topic, quiet=True)
-    return labels_of(read_bag(out)[f"{bagio.output_base(topic)}/labels"])
+    return labels_of(read_bag(out)[f"{rosbag.output_base(topic)}/labels"])
 
 
 class BatchRecorder:
@@ -189,16 +189,16 @@ def test_three_cameras_match_single_stream_runs(tmp_path, tiny_model, clips):
     assert f"{REAR}: 4 frames, 2 keyframes, 0 skipped" in text
 
     out = read_bag(dst)
-    outputs = {f"{bagio.output_base(t)}/{kind}" for t in CAMERAS
+    outputs = {f"{rosbag.output_base(t)}/{kind}" for t in CAMERAS
                for kind in ("labels", "color", "stats")}
     assert set(out) == {*CAMERAS, "/chatter", *outputs}
     assert "/rear/image_raw/labels" in outputs  # image_transport's /compressed dropped
     assert len(out["/chatter"]) == FRAMES
     for topic in CAMERAS:
-        base = bagio.output_base(topic)
+        base = rosbag.output_base(topic)
         assert len(out[topic]) == counts[topic]  # copied through
         for kind in ("labels", "color", "stats"):
-            got = [(t, bagio.header_stamp_ns(m.header), m.header.frame_id)
+            got = [(t, rosbag.header_stamp_ns(m.header), m.header.frame_id)
                    for t, m in out[f"{base}/{kind}"]]
             assert got == written[topic], (topic, kind)
         stats = [msg for _, msg in out[f"{base}/stats"]]
@@ -218,7 +218,7 @@ def test_three_cameras_match_single_stream_runs(tmp_path, tiny_model, clips):
             every = REAR_EVERY if topic == REAR else 1
             if tick % every == 0:
                 mixed[topic].append(shared.process(clips[topic][tick // every]).labels)
-    assert min(agreement(labels_of(out[f"{bagio.output_base(t)}/labels"]), mixed[t])
+    assert min(agreement(labels_of(out[f"{rosbag.output_base(t)}/labels"]), mixed[t])
                for t in CAMERAS) < 0.9
 
 
@@ -259,17 +259,17 @@ def test_corrupt_frame_and_time_gap_stay_in_their_camera(tmp_path, tiny_model, c
     left = [(t, m.header.frame_id) for t, m in out["/left/image_raw/labels"]]
     assert left == [(t, f) for i, (t, _, f) in enumerate(written[LEFT]) if i != 2]
     for topic in (FRONT, REAR):
-        base = bagio.output_base(topic)
+        base = rosbag.output_base(topic)
         assert [t for t, _ in out[f"{base}/labels"]] == [t for t, _, _ in written[topic]]
     # The time gap resets the rear camera's cache only, at its frame 2.
-    reasons = {t: [s.reset_reason for _, s in out[f"{bagio.output_base(t)}/stats"]]
+    reasons = {t: [s.reset_reason for _, s in out[f"{rosbag.output_base(t)}/stats"]]
                for t in CAMERAS}
     assert [bool(r) for r in reasons[REAR]] == [False, False, True, False]
     assert "time gap" in reasons[REAR][2]
     assert not any(reasons[FRONT]) and not any(reasons[LEFT])
     # Each camera still agrees with its own run alone (which also skips / resets).
     for topic in CAMERAS:
-        base = bagio.output_base(topic)
+        base = rosbag.output_base(topic)
         alone = single_topic_labels(tiny_model, bag, topic, tmp_path / f"alone{base}")
         assert agreement(labels_of(out[f"{base}/labels"]), alone) >= AGREEMENT, topic
 
@@ -309,7 +309,7 @@ def test_a_frame_refused_inside_a_batch_costs_only_itself(tmp_path, tiny_model, 
 def test_topic_choice(tmp_path, tiny_model, clips):
     bag = tmp_path / "rig"
     write_rig_bag(bag, clips)
-    typestore = bagio.make_typestore()
+    typestore = rosbag.make_typestore()
     source = replay.open_source(bag, [LEFT, FRONT, LEFT], None, typestore)
     assert list(source.topics) == [LEFT, FRONT]  # as given, once each
     assert source.total == 2 * FRAMES
@@ -347,25 +347,25 @@ def test_topic_choice(tmp_path, tiny_model, clips):
 def test_select_image_topics():
     from rosbags.interfaces import Connection, ConnectionExtRosbag2
 
-    def connection(topic: str, msgtype: str = bagio.IMAGE_TYPE) -> Connection:
+    def connection(topic: str, msgtype: str = rosbag.IMAGE_TYPE) -> Connection:
         return Connection(id=0, topic=topic, msgtype=msgtype, msgdef=None, digest="",
                           msgcount=1, ext=ConnectionExtRosbag2("cdr", []), owner=None)
 
     cam = [connection("/cam/image_raw"), connection("/cam/image_raw/labels"),
            connection("/cam/image_raw/color"), connection("/cam/image_raw/stats", "x/msg/S")]
     # A segmented single-camera bag: the camera is still the only candidate.
-    assert bagio.select_image_topics(cam) == {"/cam/image_raw": bagio.IMAGE_TYPE}
-    assert list(bagio.select_image_topics(cam, all_topics=True)) == ["/cam/image_raw"]
+    assert rosbag.select_image_topics(cam) == {"/cam/image_raw": rosbag.IMAGE_TYPE}
+    assert list(rosbag.select_image_topics(cam, all_topics=True)) == ["/cam/image_raw"]
     both = [connection("/cam/image_raw"),
-            connection("/cam/image_raw/compressed", bagio.COMPRESSED_TYPE)]
+            connection("/cam/image_raw/compressed", rosbag.COMPRESSED_TYPE)]
     with pytest.raises(ValueError, match="would both write /cam/image_raw/labels"):
-        bagio.select_image_topics(both, all_topics=True)
-    assert list(bagio.select_image_topics(both, "/cam/image_raw/compressed")) == [
+        rosbag.select_image_topics(both, all_topics=True)
+    assert list(rosbag.select_image_topics(both, "/cam/image_raw/compressed")) == [
         "/cam/image_raw/compressed"]
     with pytest.raises(ValueError, match="results of /cam/image_raw"):
-        bagio.select_image_topics(cam, ["/cam/image_raw", "/cam/image_raw/labels"])
+        rosbag.select_image_topics(cam, ["/cam/image_raw", "/cam/image_raw/labels"])
     with pytest.raises(ValueError, match="no image topic"):
-        bagio.select_image_topics([connection("/chatter", "std_msgs/msg/String")],
+        rosbag.select_image_topics([connection("/chatter", "std_msgs/msg/String")],
                                   all_topics=True)
 
 
@@ -382,8 +382,8 @@ def test_make_bag_rig_then_segment_all_topics_cli(tmp_path, tiny_model, capsys):
     front = [msg for _, msg in made["/front/image_raw"]]
     rear = [msg for _, msg in made["/rear/image_raw"]]
     assert [m.header.frame_id for m in front + rear] == ["camera_0"] * 4 + ["camera_1"] * 4
-    assert [bagio.header_stamp_ns(m.header) for m in front] == [
-        bagio.header_stamp_ns(m.header) for m in rear]
+    assert [rosbag.header_stamp_ns(m.header) for m in front] == [
+        rosbag.header_stamp_ns(m.header) for m in rear]
     # Two streets, not one.
     assert np.abs(bridge.to_rgb8(front[0]).astype(int)
                   - bridge.to_rgb8(rear[0]).astype(int)).mean() > 10

@@ -15,9 +15,9 @@ import torch
 
 from accel_ros.config import ModelConfig
 from accel_ros.data import frames as frames_module
+from accel_ros.learn import train
 from accel_ros.metrics import IGNORE_INDEX
 from accel_ros.model import AccelNet, load_checkpoint
-from accel_ros.tools import train
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -268,8 +268,8 @@ def test_pair_cache_keeps_current_frames_only_when_asked(fake_camvid: Path) -> N
 
 
 def test_average_checkpoints_means_weights_and_refuses_other_models(tmp_path: Path) -> None:
+    from accel_ros.cli.main import main as cli_main
     from accel_ros.model import average_checkpoints, save_checkpoint
-    from accel_ros.tools.cli import main as cli_main
 
     config = ModelConfig(reference_backbone="resnet18", update_backbone=None, head_channels=16,
                          num_classes=5)

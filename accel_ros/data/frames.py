@@ -63,7 +63,7 @@ def _load_camvid(
     root: Path, split: str, num_classes: int, limit: int | None,
     sequences: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
 ) -> FrameSet:
-    from ..data.camvid import list_camvid, load_item, sequence_segments
+    from .camvid import list_camvid, load_item, sequence_segments
 
     items = [
         item for item in list_camvid(root, split)
@@ -94,7 +94,7 @@ def _load_camvid(
 def _load_synthetic(
     split: str, size: tuple[int, int], num_classes: int, limit: int | None, seed: int
 ) -> FrameSet:
-    from ..data.synthetic import generate_clip
+    from .synthetic import generate_clip
 
     clips, length = (4, 12) if split == "train" else (1, 12)
     base = seed * 1000 + (0 if split == "train" else 500)

@@ -3,8 +3,10 @@
 from .accel import AccelNet, SegmentationBranch
 from .checkpoint import (
     DEFAULT_CHECKPOINT,
+    LoadedModel,
     average_checkpoints,
     load_checkpoint,
+    load_model,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "DISFlow",
     "FarnebackFlow",
     "FlowEstimator",
+    "LoadedModel",
     "SegmentationBranch",
     "SegmentationResult",
     "StreamFrame",
@@ -51,6 +54,7 @@ __all__ = [
     "feature_size",
     "flow_to_features",
     "load_checkpoint",
+    "load_model",
     "resize_flow",
     "resolve_checkpoint",
     "resolve_device",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config import DEFAULT_PRESET, PRESETS, ModelConfig, preset
 from .accel import AccelNet
 
 FORMAT = "accel_ros/1"
@@ -68,7 +70,11 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt/foreign files
-        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+        # torch's own message suggests weights_only=False, i.e. running the file's pickled
+        # code: never pass that on for a file we cannot vouch for.
+        raise ValueError(
+            f"{path} is not a checkpoint of this package (unreadable: {type(error).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not an accel_ros checkpoint (expected format {FORMAT!r}); "
@@ -82,6 +88,41 @@ def load_checkpoint(
     }
     model.load_state_dict(state)
     return model, dict(payload.get("extra", {}))
+
+
+@dataclass
+class LoadedModel:
+    """A model and where it came from: `path` is the checkpoint file (None for random
+    weights), `extra` what the checkpoint recorded (training data, resolution, ...)."""
+
+    model: AccelNet
+    path: Path | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        return f"checkpoint {self.path}" if self.path else "random weights"
+
+
+def load_model(spec: str | Path | ModelConfig | None = "default", **overrides: Any) -> LoadedModel:
+    """The one way every tool gets a model from a user's choice.
+
+    `spec`: a preset name (random weights of that preset), "default" (the shipped checkpoint),
+    a checkpoint path, a `ModelConfig` (random weights), or None/"none"/"" (random weights of
+    DEFAULT_PRESET). `overrides` are ModelConfig fields; with a checkpoint they ask for a
+    variant of its architecture, which starts from random weights since the stored ones no
+    longer fit. A checkpoint carries its own config, so a path needs no preset."""
+    if isinstance(spec, ModelConfig):
+        return LoadedModel(AccelNet(dataclasses.replace(spec, **overrides)))
+    if spec is not None and str(spec) in PRESETS:
+        return LoadedModel(AccelNet(preset(str(spec), **overrides)))
+    path = resolve_checkpoint(spec)
+    if path is None:
+        return LoadedModel(AccelNet(preset(DEFAULT_PRESET, **overrides)))
+    model, extra = load_checkpoint(path)
+    if overrides:
+        return LoadedModel(AccelNet(dataclasses.replace(model.config, **overrides)))
+    return LoadedModel(model, path, extra)
 
 
 def average_checkpoints(

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig, preset
+from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
 from .accel import AccelNet
-from .checkpoint import load_checkpoint, resolve_checkpoint
+from .checkpoint import load_model, resolve_checkpoint
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .flow import FlowEstimator, build_flow
 from .warp import check_flow
@@ -735,14 +735,10 @@ class AccelSegmenter:
 
 
 def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> AccelNet:
-    """A model from a checkpoint ("default" = shipped, a path) or random weights (None/"none").
-    A checkpoint carries its own config, which wins over `model`."""
-    path = resolve_checkpoint(checkpoint)
-    if path is not None:
-        net, _ = load_checkpoint(path)
-        return net
-    config = preset(model) if isinstance(model, str) else model
-    return AccelNet(config)
+    """A model from a checkpoint ("default" = shipped, a path) or random weights (None/"none")
+    of `model` (a preset name or a ModelConfig). A checkpoint carries its own config, which
+    wins over `model`. The node's and the tools' split of the choice into two options."""
+    return load_model(checkpoint if resolve_checkpoint(checkpoint) else model).model
 
 
 def build_segmenter(

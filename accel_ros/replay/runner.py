@@ -9,7 +9,7 @@ overlay PNGs. Every decodable input frame gives exactly one output; an undecodab
 reported, counted as skipped, and the run goes on. Several camera topics of one bag (`topic` a
 list, or `all_topics`) run as streams of one segmenter, each with its own keyframe cache and
 its own output topics; frames of different cameras are batched (`_run`). Bags a crash
-cut short are read up to the damage (bagread.py) and the run says what was recovered; Ctrl-C
+cut short are read up to the damage (bag_reader.py) and the run says what was recovered; Ctrl-C
 stops after the current frame(s) and still closes the output, so a bag output is always a
 valid rosbag2.
 """
@@ -31,9 +31,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..config import DEFAULT_PRESET, FLOW_METHODS, MODES, PRESETS
+from ..io import bag_reader, rosbag, video
 from ..palette import colorize, get_palette, overlay
-from . import bagio, bagread, video
-from .report import RunSummary
+from ..report import RunSummary
 
 OUTPUT_KINDS = ("bag", "video", "png")
 DEFAULT_TOPIC = "/camera/image_raw"
@@ -70,7 +70,7 @@ class Frame:
     def stamp_seconds(self) -> float:
         """Header stamp if the publisher set one, else the bag/frame time."""
         if self.header is not None:
-            stamp_ns = bagio.header_stamp_ns(self.header)
+            stamp_ns = rosbag.header_stamp_ns(self.header)
             if stamp_ns > 0:
                 return stamp_ns * 1e-9
         return self.timestamp * 1e-9
@@ -78,8 +78,8 @@ class Frame:
 
 class BagSource:
     """Every recoverable message of a rosbag2 in recording order; the camera topics' ones also
-    decoded. `topics` are the cameras to segment (see bagio.select_image_topics), `topic` the
-    first of them; `report` says what a damaged bag gave up (see bagread)."""
+    decoded. `topics` are the cameras to segment (see rosbag.select_image_topics), `topic` the
+    first of them; `report` says what a damaged bag gave up (see bag_reader)."""
 
     def __init__(
         self,
@@ -91,7 +91,7 @@ class BagSource:
     ) -> None:
         self.path = Path(path)
         self.typestore = typestore
-        self._bag = bagread.open_bag(self.path)
+        self._bag = bag_reader.open_bag(self.path)
         try:
             self._select(topic, all_topics)
         except BaseException:
@@ -103,23 +103,23 @@ class BagSource:
         self.report = self._bag.report
         self.connections = list(self._bag.connections)
         try:
-            self.topics = bagio.select_image_topics(self.connections, topic,
+            self.topics = rosbag.select_image_topics(self.connections, topic,
                                                     all_topics=all_topics)
         except ValueError as error:
             if not self.connections:
-                raise bagread.BagError(f"{self.path}: {_empty_reason(self.report)}") from None
-            raise bagread.BagError(f"{self.path}: {error}") from None
+                raise bag_reader.BagError(f"{self.path}: {_empty_reason(self.report)}") from None
+            raise bag_reader.BagError(f"{self.path}: {error}") from None
         self.topic, self.msgtype = next(iter(self.topics.items()))
         self.counts = {t: sum(c.msgcount for c in self.connections if c.topic == t)
                        for t in self.topics}
         self.total = sum(self.counts.values())
         if self.total == 0:
-            raise bagread.BagError(f"{self.path}: no message on {', '.join(self.topics)}: "
+            raise bag_reader.BagError(f"{self.path}: no message on {', '.join(self.topics)}: "
                                    f"{_empty_reason(self.report)}")
         # A camera without messages is reported rather than refused: the others still run.
         self.notes = [f"{t} has no message in the bag" for t, n in self.counts.items() if not n]
         if all_topics:
-            earlier = bagio.replay_output_topics(bagio.image_topics(self.connections))
+            earlier = rosbag.replay_output_topics(rosbag.image_topics(self.connections))
             self.notes += [f"not segmenting {t}: it holds an earlier replay's results for {of}"
                            for t, of in sorted(earlier.items())]
 
@@ -134,7 +134,7 @@ class BagSource:
             indices[topic] += 1
             name = f"{topic} message {index} (t={timestamp * 1e-9:.6f})"
             try:
-                header, rgb = bagio.decode_image(self.typestore, rawdata, connection.msgtype)
+                header, rgb = rosbag.decode_image(self.typestore, rawdata, connection.msgtype)
                 yield Frame(index, timestamp, header, rgb, name, topic=topic)
             except ValueError as error:
                 yield Frame(index, timestamp, None, None, name, str(error), topic=topic)
@@ -143,7 +143,7 @@ class BagSource:
         self._bag.close()
 
 
-def _empty_reason(report: bagread.RecoveryReport) -> str:
+def _empty_reason(report: bag_reader.RecoveryReport) -> str:
     """Why a bag gave nothing: empty, or damaged before its first complete message."""
     if report.damage:
         return f"nothing recoverable before the damage ({report.damage[0]})"
@@ -191,7 +191,7 @@ def open_source(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
-    if bagio.is_rosbag(path):
+    if rosbag.is_rosbag(path):
         return BagSource(path, topic, typestore, all_topics=all_topics)
     topics = _topic_list(topic)
     if all_topics or len(topics) > 1:
@@ -236,12 +236,12 @@ def output_kind(path: str | Path, requested: str | None = None) -> str:
         kind = requested
     elif video.is_video_path(path):
         kind = "video"
-    elif path.is_dir() and not bagio.is_rosbag(path):
+    elif path.is_dir() and not rosbag.is_rosbag(path):
         kind = "png"
     else:
         kind = "bag"
-    if kind == "bag" and bagio.bag_output(path)[0].exists():
-        folder = bagio.bag_output(path)[0]
+    if kind == "bag" and rosbag.bag_output(path)[0].exists():
+        folder = rosbag.bag_output(path)[0]
         raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
     if kind == "png" and path.exists() and not path.is_dir():
         raise ValueError(f"PNG output {path} exists and is not a directory")
@@ -250,7 +250,7 @@ def output_kind(path: str | Path, requested: str | None = None) -> str:
 
 class BagSink:
     """rosbag2 output: input topics copied through, plus labels, color and stats topics for
-    each camera topic (`bagio.output_topics`: ``<topic>/labels`` ...).
+    each camera topic (`rosbag.output_topics`: ``<topic>/labels`` ...).
 
     `topic` is the camera topic, or several; a frame's outputs go to its own topic's
     (`Frame.topic`, the first topic when unset). For video/image input (no input bag) the
@@ -278,11 +278,11 @@ class BagSink:
         if not cameras:
             raise ValueError("a bag output needs a camera topic")
         # {camera topic: {"labels" | "color" | "stats": output topic}}
-        self.outputs = {camera: bagio.output_topics(camera) for camera in cameras}
+        self.outputs = {camera: rosbag.output_topics(camera) for camera in cameras}
         self.topics = self.outputs[cameras[0]]  # the first camera's (the only one, usually)
         regenerated = {name for names in self.outputs.values() for name in names.values()}
         self.skipped_topics: list[str] = []
-        self._writer = bagio.open_writer(path, storage)
+        self._writer = rosbag.open_writer(path, storage)
         try:
             self._copied: dict[int, Any] = {}
             for connection in connections:
@@ -299,10 +299,10 @@ class BagSink:
             self._camera = None
             if not connections:
                 self._camera = self._writer.add_connection(
-                    cameras[0], bagio.IMAGE_TYPE, typestore=typestore
+                    cameras[0], rosbag.IMAGE_TYPE, typestore=typestore
                 )
-            types = {"labels": bagio.IMAGE_TYPE, "color": bagio.IMAGE_TYPE,
-                     "stats": bagio.STATS_TYPE}
+            types = {"labels": rosbag.IMAGE_TYPE, "color": rosbag.IMAGE_TYPE,
+                     "stats": rosbag.STATS_TYPE}
             self._out = {
                 camera: {kind: self._writer.add_connection(name, types[kind],
                                                            typestore=typestore)
@@ -323,7 +323,7 @@ class BagSink:
                 == list(getattr(connection.ext, "offered_qos_profiles", []) or [])
             ):
                 return previous
-        return bagio.copy_connection(self._writer, connection, self.typestore)
+        return rosbag.copy_connection(self._writer, connection, self.typestore)
 
     def passthrough(self, item: Passthrough) -> None:
         out = self._copied.get(item.connection.id)
@@ -331,23 +331,23 @@ class BagSink:
             self._writer.write(out, item.timestamp, item.rawdata)
 
     def write(self, frame: Frame, result: Any, elapsed_s: float) -> None:
-        from ..messages import stats_fields
+        from ..io.messages import stats_fields
 
         ts = self.typestore
         header = frame.header
         if header is None:
-            header = bagio.make_header(ts, frame.timestamp, self.frame_id)
+            header = rosbag.make_header(ts, frame.timestamp, self.frame_id)
         if self._camera is not None:
-            msg = bagio.image_message(ts, frame.rgb, "rgb8", header)
+            msg = rosbag.image_message(ts, frame.rgb, "rgb8", header)
             self._writer.write(self._camera, frame.timestamp,
-                               ts.serialize_cdr(msg, bagio.IMAGE_TYPE))
-        labels = bagio.image_message(ts, result.labels, "mono8", header)
-        color = bagio.image_message(ts, colorize(result.labels, self.palette), "rgb8", header)
+                               ts.serialize_cdr(msg, rosbag.IMAGE_TYPE))
+        labels = rosbag.image_message(ts, result.labels, "mono8", header)
+        color = rosbag.image_message(ts, colorize(result.labels, self.palette), "rgb8", header)
         stamp = frame.stamp_seconds
         # Offline there is no transport: "end to end" is decode + segment time of this frame
         # (of its batch, when several cameras run together).
         fields = stats_fields(result, mode=self.mode, stamp=stamp, now=stamp + elapsed_s)
-        stats = ts.types[bagio.STATS_TYPE](header=header, **fields)
+        stats = ts.types[rosbag.STATS_TYPE](header=header, **fields)
         out = self._out[frame.topic or self._default]
         for kind, msg in (("labels", labels), ("color", color), ("stats", stats)):
             connection = out[kind]
@@ -431,14 +431,14 @@ def segment(
     here.
 
     `topic` is a bag's camera topic, or several, and `all_topics` takes every image topic of
-    the bag (see bagio.select_image_topics). With several, each camera is a stream of the one
+    the bag (see rosbag.select_image_topics). With several, each camera is a stream of the one
     segmenter (`configure_streams`, `process_batch`), its outputs go to its own
     ``<topic>/labels``..., and ``summary.extra["topics"]`` (a `TopicTallies`) counts frames,
     keyframes and skips per camera; a bag output is then required."""
     kind = output_kind(output_path, output_format)
     if kind == "bag":
-        bagio.bag_output(output_path, storage)  # a contradicting suffix fails before any work
-    typestore = bagio.make_typestore()
+        rosbag.bag_output(output_path, storage)  # a contradicting suffix fails before any work
+    typestore = rosbag.make_typestore()
     palette = palette or segmenter.model_config.palette
     get_palette(palette)  # an unknown name fails here, not after the first frame
     mode = segmenter.pipeline_config.mode
@@ -479,7 +479,7 @@ def segment(
         source.close()
     summary.stop()
     summary.extra["input"] = f"{input_path}" + (f" [{', '.join(cameras)}]" if cameras else "")
-    written = bagio.bag_output(output_path, storage)[0] if kind == "bag" else output_path
+    written = rosbag.bag_output(output_path, storage)[0] if kind == "bag" else output_path
     summary.extra["output"] = f"{written} ({kind})"
     return summary
 
@@ -700,7 +700,7 @@ def make_bag(
     quiet: bool = False,
 ) -> tuple[str, int]:
     """Write a synthetic driving clip as a camera bag. `out` names it as rosbag2 does (see
-    bagio.bag_output: ``cam.db3`` is the folder ``cam/`` with ``cam_0.db3``). For "jpeg"/"png"
+    rosbag.bag_output: ``cam.db3`` is the folder ``cam/`` with ``cam_0.db3``). For "jpeg"/"png"
     the topic is a CompressedImage on ``<topic>/compressed`` (image_transport's name).
 
     Several topics make a synchronised rig: camera i films its own street (seed + i), with
@@ -711,10 +711,10 @@ def make_bag(
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
     topics = _topic_list(topic) or [DEFAULT_TOPIC]
-    folder, storage = bagio.bag_output(out, storage)
+    folder, storage = rosbag.bag_output(out, storage)
     if folder.exists():
         raise ValueError(f"output {folder} exists already; a rosbag2 output needs a new path")
-    if encoding in bagio.COMPRESSED_FORMATS:
+    if encoding in rosbag.COMPRESSED_FORMATS:
         topics = [t if t.endswith("/compressed") else f"{t}/compressed" for t in topics]
     if len(set(topics)) != len(topics):
         raise ValueError(f"camera topics repeat: {', '.join(topics)}")
@@ -731,7 +731,7 @@ def make_bag(
     bar = tqdm(total=frames * len(topics), desc="make-bag", unit="frame", disable=quiet,
                file=sys.stderr)
     with bar:
-        counts = bagio.write_cameras_bag(
+        counts = rosbag.write_cameras_bag(
             out, {name: _counted(images, bar) for name, images in cameras.items()},
             encoding=encoding, frame_ids=frame_ids, fps=fps, storage=storage,
         )
@@ -778,7 +778,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                      help="resize frames to H W before the network")
     seg.add_argument("--overlay-alpha", type=float, default=0.5)
-    seg.add_argument("--storage", default=None, choices=sorted(bagio.STORAGES),
+    seg.add_argument("--storage", default=None, choices=sorted(rosbag.STORAGES),
                      help="storage plugin of a rosbag2 output (default: from an OUTPUT ending "
                      "in .mcap/.db3, else mcap)")
     seg.add_argument("--format", dest="output_format", default="auto",
@@ -806,7 +806,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     bag.add_argument("--encoding", default="rgb8",
                      help="any sensor_msgs encoding (rgb8, bgr8, mono8, bayer_rggb8, yuv422, "
                      "...) or jpeg/png for a CompressedImage")
-    bag.add_argument("--storage", default=None, choices=sorted(bagio.STORAGES),
+    bag.add_argument("--storage", default=None, choices=sorted(rosbag.STORAGES),
                      help="default: from OUT's suffix (.mcap, .db3), else mcap")
     bag.add_argument("--topic", nargs="+", action="extend", default=None, metavar="TOPIC",
                      help=f"camera topic(s) (default {DEFAULT_TOPIC}); several make a rig of "
@@ -825,8 +825,8 @@ def main_segment(args: argparse.Namespace) -> int:
     # Check paths, storage and topics before the (slow) model load.
     kind = output_kind(args.out, args.output_format)
     if kind == "bag":
-        bagio.bag_output(args.out, args.storage)
-    source = open_source(args.input, args.topic, args.fps, bagio.make_typestore(),
+        rosbag.bag_output(args.out, args.storage)
+    source = open_source(args.input, args.topic, args.fps, rosbag.make_typestore(),
                          all_topics=args.all_topics)
     try:
         check_streams_output(list(source.topics), kind)
@@ -877,7 +877,7 @@ def main_make_bag(args: argparse.Namespace) -> int:
         encoding=args.encoding, storage=args.storage, topic=args.topic or DEFAULT_TOPIC,
         frame_id=args.frame_id, fps=args.fps, seed=args.seed, quiet=args.quiet,
     )
-    folder, storage = bagio.bag_output(args.out, args.storage)
+    folder, storage = rosbag.bag_output(args.out, args.storage)
     files = ", ".join(sorted(p.name for p in folder.iterdir()))
     print(f"wrote {count} {args.encoding} frames on {topic} to {folder}/ ({files}; {storage})")
     return 0

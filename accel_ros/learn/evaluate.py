@@ -356,7 +356,7 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
 
 
-if __name__ == "__main__":  # `python -m accel_ros.tools.evaluate ...` without the other tools
+if __name__ == "__main__":  # `python -m accel_ros.learn.evaluate ...` without the other tools
     _parser = argparse.ArgumentParser(prog="accel-ros")
     add_parser(_parser.add_subparsers(dest="command"))
     sys.exit(main(_parser.parse_args(["eval", *sys.argv[1:]])))

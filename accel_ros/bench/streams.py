@@ -65,9 +65,9 @@ from typing import Any
 
 import numpy as np
 
-from .report import write_json
+from ..report import write_json
 
-MODULE = "accel_ros.tools.bench_streams"
+MODULE = "accel_ros.bench.streams"
 # Lines of the parent/child protocol on the child's stdout start with this, so stray prints
 # (library warnings) cannot be mistaken for them.
 PREFIX = "@accel-bench-streams "
@@ -934,7 +934,7 @@ def settings_from_args(args: argparse.Namespace) -> StreamsSettings:
     keyframe interval)."""
     import torch
 
-    from .bench import parse_intervals
+    from .single_stream import parse_intervals
 
     if (args.height is None) != (args.width is None):
         raise ValueError("give both --height and --width, or neither")

@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..config import DEFAULT_PRESET, FLOW_METHODS, PRESETS, PipelineConfig
-from ..metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from ..palette import CAMVID_CLASSES, colorize, get_palette, overlay
+from .config import DEFAULT_PRESET, FLOW_METHODS, PRESETS, PipelineConfig
+from .io.video import VideoWriter, write_image_rgb
+from .metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+from .palette import CAMVID_CLASSES, colorize, get_palette, overlay
 from .report import RunSummary
-from .video import VideoWriter, write_image_rgb
 
 DEMO_MODES = ("dff", "deeplab", "accel")
 ACCEL_VIDEO = "demo_accel.mp4"
@@ -48,7 +48,7 @@ def demo_checkpoint(name: str | None) -> str | None:
     to end, with meaningless labels. Any other value is passed through unchanged, so an
     explicit path that does not exist still fails loudly.
     """
-    from ..model import DEFAULT_CHECKPOINT
+    from .model import DEFAULT_CHECKPOINT
 
     if name is not None and str(name) == "default" and not DEFAULT_CHECKPOINT.is_file():
         print(
@@ -103,7 +103,7 @@ def run_mode(
     quiet: bool,
 ) -> ModeRun:
     """Stream `clip` (SyntheticFrames) through a fresh segmenter in `mode` sharing `model`."""
-    from ..model import AccelSegmenter
+    from .model import AccelSegmenter
 
     pipeline = PipelineConfig(mode=mode, keyframe_interval=keyframe_interval, device=device,
                               flow_method=flow)
@@ -238,8 +238,8 @@ def run_demo(
     quiet: bool = False,
 ) -> DemoResult:
     """Render the clip, run every demo mode, write videos/PNG/JSON into `out_dir`."""
-    from ..data.synthetic import SyntheticDrivingScene, scene_config
-    from ..model import build_model, resolve_checkpoint
+    from .data.synthetic import SyntheticDrivingScene, scene_config
+    from .model import build_model, resolve_checkpoint
 
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -375,7 +375,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .replay import set_threads
+    from .replay.runner import set_threads
 
     set_threads(args.threads)
     result = run_demo(

@@ -986,7 +986,7 @@ def _build(args: argparse.Namespace) -> AccelNet:
     return model
 
 
-if __name__ == "__main__":  # `python -m accel_ros.tools.train ...` without the other tools
+if __name__ == "__main__":  # `python -m accel_ros.learn.train ...` without the other tools
     _parser = argparse.ArgumentParser(prog="accel-ros")
     add_parser(_parser.add_subparsers(dest="command"))
     sys.exit(main(_parser.parse_args(["train", *sys.argv[1:]])))

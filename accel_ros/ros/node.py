@@ -1,7 +1,7 @@
 """ROS 2 node `accel_segmentation`: Accel video segmentation of one or several camera streams.
 
 The only module that imports rclpy and ROS message packages. It is deliberately thin: what to
-do with parameters, frames, statistics and errors is decided in `accel_ros.node_logic` (tested
+do with parameters, frames, statistics and errors is decided in `accel_ros.ros.node_logic` (tested
 without ROS); this file wires those decisions to subscriptions, publishers and timers.
 
 Topics (relative names, remappable):
@@ -57,8 +57,8 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from .bridge import from_array, message_to_rgb8
-from .messages import stamp_to_seconds, stats_fields, stats_to_json
+from ..io.bridge import from_array, message_to_rgb8
+from ..io.messages import stamp_to_seconds, stats_fields, stats_to_json
 from .node_logic import (
     NODE_NAME,
     PARAMETER_SPECS,
@@ -237,7 +237,7 @@ class AccelSegmentationNode(Node):
                     "checkpoint is 'none': the model has RANDOM WEIGHTS and its labels are "
                     "meaningless. Use checkpoint:=default or a trained .pt file."
                 )
-            from .model import build_segmenter  # torch import deferred until parameters pass
+            from ..model import build_segmenter  # torch import deferred until parameters pass
 
             pipeline = dataclasses.replace(self.settings.pipeline)
             try:
@@ -247,7 +247,7 @@ class AccelSegmentationNode(Node):
             except _STARTUP_ERRORS as error:  # missing checkpoint, no CUDA, ...
                 raise StartupError(f"cannot build the segmenter: {error}") from error
         self.segmenter = segmenter
-        from .model.pipeline import DEFAULT_STREAM  # torch is loaded: the segmenter exists
+        from ..model.pipeline import DEFAULT_STREAM  # torch is loaded: the segmenter exists
 
         plans = plan_streams(options, DEFAULT_STREAM)
         names = [plan.name for plan in plans]

@@ -72,8 +72,8 @@ from ..config import FLOW_METHODS, PRESETS, ModelConfig, PipelineConfig, preset
 from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
 from ..model.fastpath import CompiledCall, CudaGraphCall
 from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
-from . import bench_streams
-from .report import write_json
+from ..report import write_json
+from . import streams as bench_streams
 
 MODEL_KEY = "--model"
 # variant -> (pipeline mode, preset that supplies the update branch or None; MODEL_KEY: the

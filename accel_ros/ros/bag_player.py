@@ -3,8 +3,8 @@
 There is no `ros2 bag play` with the PyPI ROS wheels, so this is a small publisher over the
 pure-Python `rosbags` reader:
 
-    python -m accel_ros.ros_replay make-bag ../shared/camvid/val camvid_val --rate 15
-    python -m accel_ros.ros_replay play camvid_val --rate 15 --json latency.json
+    python -m accel_ros.ros.bag_player make-bag ../shared/camvid/val camvid_val --rate 15
+    python -m accel_ros.ros.bag_player play camvid_val --rate 15 --json latency.json
 
 `make-bag` (no ROS needed) writes an image folder as a rosbag2 of sensor_msgs/Image.
 `play` publishes every frame of a bag at `--rate` Hz on `--topic`, stamped with the current
@@ -46,8 +46,8 @@ def make_bag(
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
-    from .bridge import from_rgb8
-    from .messages import seconds_to_stamp
+    from ..io.bridge import from_rgb8
+    from ..io.messages import seconds_to_stamp
 
     files = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     files = files[:limit] if limit else files
@@ -228,7 +228,7 @@ def play(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m accel_ros.ros_replay",
+    parser = argparse.ArgumentParser(prog="python -m accel_ros.ros.bag_player",
                                      description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     mk = sub.add_parser("make-bag", help="image folder -> rosbag2 of sensor_msgs/Image")

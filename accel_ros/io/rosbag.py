@@ -4,7 +4,7 @@ Covers what the replay tools need: a ROS 2 typestore that also knows
 accel_ros/msg/SegmentationStats, choosing the camera topic(s), opening writers for either storage
 plugin (named as rosbag2 names its own bags), copying connections through unchanged, building
 Header/Image messages, and writing clips of RGB frames as camera topics. Reading, including
-bags a crash cut short, is in bagread.py.
+bags a crash cut short, is in bag_reader.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from .. import bridge
-from ..messages import STATS_TYPE_NAME, register_stats_type
-from .bagread import STORAGE_SUFFIXES, is_bag_folder
+from . import bridge
+from .bag_reader import STORAGE_SUFFIXES, is_bag_folder
+from .messages import STATS_TYPE_NAME, register_stats_type
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"

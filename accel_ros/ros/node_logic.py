@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .bridge import ImageConversionError, message_to_rgb8
-from .config import DEFAULT_PRESET, PRESETS, PipelineConfig, load_yaml
-from .messages import stamp_to_seconds
-from .palette import PALETTES, colorize, overlay
+from ..config import DEFAULT_PRESET, PRESETS, PipelineConfig, load_yaml
+from ..io.bridge import ImageConversionError, message_to_rgb8
+from ..io.messages import stamp_to_seconds
+from ..palette import PALETTES, colorize, overlay
 
 NODE_NAME = "accel_segmentation"
 TRANSPORTS = ("raw", "compressed")
@@ -1001,7 +1001,7 @@ class BatchProcessor:
         """One segmenter call for all pending frames; per-stream outputs or None."""
         if not pending:
             return []
-        from .model.pipeline import StreamFrame  # torch is loaded: the segmenter exists
+        from ..model.pipeline import StreamFrame  # torch is loaded: the segmenter exists
 
         try:
             # No stamps: the segmenter's own gap rule compares *processed* frames, which the

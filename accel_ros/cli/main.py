@@ -8,15 +8,15 @@ import importlib
 import os
 import sys
 
-# subcommand -> module in accel_ros.tools exposing add_parser(subparsers) and main(args) -> int
+# subcommand -> module exposing add_parser(subparsers) and main(args) -> int
 SUBCOMMANDS = {
-    "demo": "demo",
-    "segment": "replay",
-    "make-bag": "replay",
-    "bench": "bench",
-    "train": "train",
-    "average": "train",
-    "eval": "evaluate",
+    "demo": "accel_ros.demo",
+    "segment": "accel_ros.replay.runner",
+    "make-bag": "accel_ros.replay.runner",
+    "bench": "accel_ros.bench.single_stream",
+    "train": "accel_ros.learn.train",
+    "average": "accel_ros.learn.train",
+    "eval": "accel_ros.learn.evaluate",
 }
 
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module_name in dict.fromkeys(SUBCOMMANDS.values()):
-        module = importlib.import_module(f"accel_ros.tools.{module_name}")
+        module = importlib.import_module(module_name)
         module.add_parser(subparsers)
     return parser
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
-        module = importlib.import_module(f"accel_ros.tools.{SUBCOMMANDS[args.command]}")
+        module = importlib.import_module(SUBCOMMANDS[args.command])
         handler = module.main
     try:
         return int(handler(args) or 0)

@@ -1,7 +1,7 @@
 """The prepared GPU check: run it the moment a session is lent a GPU.
 
-    PYTHONPATH=$PWD python3 -m accel_ros.tools.device_check --out $OUT          # on the GPU
-    python -m accel_ros.tools.device_check --device cpu --tiny --out /tmp/dc    # CPU dry run (CI)
+    PYTHONPATH=$PWD python3 -m accel_ros.bench.device_check --out $OUT          # on the GPU
+    python -m accel_ros.bench.device_check --device cpu --tiny --out /tmp/dc    # CPU dry run (CI)
 
 One command, about 6-8 minutes on one H100 (`--budget-s`, default 450, skips what no longer
 fits and says so), in this order, each step writing its JSON before the next starts:
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .report import write_json
+from ..report import write_json
 
 # Tolerances against the CPU fp32 pipeline (labels: share of equal pixels, worst frame;
 # max_probability: mean |difference|). Warped frames carry DIS flow computed from frames that
@@ -235,7 +235,7 @@ def cuda_tests(check: Check, timeout: float) -> dict[str, Any]:
 
 # -- 3. flow -----------------------------------------------------------------------------------
 def flow(check: Check) -> dict[str, Any]:
-    from .bench import flow_epe
+    from .single_stream import flow_epe
 
     size = (48, 96) if check.tiny else (256, 512)
     pairs = 2 if check.tiny else 10
@@ -248,7 +248,7 @@ def benchmark(check: Check, kind: str = "main") -> dict[str, Any]:
     """kind "main": every variant and peer, plain / half / CUDA graphs / both; "compile":
     torch.compile of Accel k=5 against the plain reference; "torch_flow": DFF and Accel at
     k=5 with the on-device torch flow instead of DIS, plain and half."""
-    from .bench import BenchSettings, format_table, run_benchmark, write_plot
+    from .single_stream import BenchSettings, format_table, run_benchmark, write_plot
 
     tiny = check.tiny
     on_cuda = check.device != "cpu"
@@ -293,7 +293,7 @@ def benchmark(check: Check, kind: str = "main") -> dict[str, Any]:
 def streams(check: Check) -> dict[str, Any]:
     """One process serving 1, 2, 4 cameras (`process_batch`, one model) against as many
     separate single-camera processes, at the shipped input size on the device."""
-    from .bench_streams import StreamsSettings, format_table, run_streams_benchmark, write_plot
+    from .streams import StreamsSettings, format_table, run_streams_benchmark, write_plot
 
     tiny = check.tiny
     settings = StreamsSettings(
@@ -346,7 +346,7 @@ def run(check: Check) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m accel_ros.tools.device_check", description=__doc__,
+        prog="python -m accel_ros.bench.device_check", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")
