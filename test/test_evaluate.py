@@ -13,10 +13,12 @@ import pytest
 import torch
 from test_train import PNG_MAGIC, write_fake_camvid
 
-from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.cli import evaluate as evaluate_cli
+from accel_ros.config import ModelConfig, PipelineConfig, preset
 from accel_ros.data.clips import motion_clips, sequence_clips
 from accel_ros.data.frames import FrameSet, to_tensor
 from accel_ros.learn import evaluate
+from accel_ros.learn.config import EvalConfig, config_from
 from accel_ros.metrics import ConfusionMeter
 from accel_ros.model import AccelNet, DISFlow, save_checkpoint
 
@@ -121,11 +123,11 @@ def test_eval_cli_writes_json_tables_and_plots(tmp_path: Path, tiny_config: Mode
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", AccelNet(config),
                                  extra={"resolution": [32, 48]})
     parser = argparse.ArgumentParser()
-    evaluate.add_parser(parser.add_subparsers(dest="command"))
+    evaluate_cli.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "eval"
     args = parser.parse_args(["eval", "--checkpoint", str(checkpoint), "--data-root", str(root),
                               "--max-offset", "2", "--out", str(out), "--threads", "1"])
-    assert evaluate.main(args) == 0
+    assert evaluate_cli.main(args) == 0
     result = json.loads((out / "eval.json").read_text())
     for key in ("per_offset", "per_interval", "pixel_accuracy", "per_class_iou", "claims",
                 "input_size", "num_frames", "num_clips", "protocol", "offset_step_s"):
@@ -151,3 +153,18 @@ def test_eval_names_an_impossible_offset(tiny_config: ModelConfig) -> None:
     clips = sequence_clips(frames.images, frames.labels, frames.sequences, 4, 0.1)
     with pytest.raises(ValueError, match="max-offset"):
         evaluate.evaluate_clips(AccelNet(tiny_config), clips, 3)
+
+
+def test_eval_loads_its_model_through_load_model(tmp_path: Path) -> None:
+    config = ModelConfig(num_classes=11, reference_backbone="resnet18", update_backbone=None,
+                         head_channels=16)
+    path = save_checkpoint(tmp_path / "tiny.pt", AccelNet(config), extra={"val_miou": 0.5})
+    loaded = evaluate.load_eval_model(EvalConfig(checkpoint=str(path)))
+    assert loaded.path == path and loaded.extra == {"val_miou": 0.5}
+    assert loaded.model.config == config
+    # "none": random weights of --preset, not of the default preset
+    random = evaluate.load_eval_model(config_from(EvalConfig, {"checkpoint": "none",
+                                                               "preset": "camvid34"}))
+    assert random.path is None and random.model.config == preset("camvid34")
+    with pytest.raises(ValueError, match="mode"):
+        EvalConfig(modes=("accel", "flownet"))

@@ -13,11 +13,19 @@ import numpy as np
 import pytest
 import torch
 
+from accel_ros.cli import train as train_cli
 from accel_ros.config import ModelConfig
 from accel_ros.data import frames as frames_module
-from accel_ros.learn import train
+from accel_ros.data.clips import motion_clips
+from accel_ros.learn.augment import augment
+from accel_ros.learn.config import TrainConfig, config_from
+from accel_ros.learn.loop import StagePlan, poly_lr
+from accel_ros.learn.optim import class_weights
+from accel_ros.learn.pair_cache import build_pair_cache, update_scores
+from accel_ros.learn.stages import branch_logits
+from accel_ros.learn.train import FINAL_NAME, build_model, run_training
 from accel_ros.metrics import IGNORE_INDEX
-from accel_ros.model import AccelNet, load_checkpoint
+from accel_ros.model import AccelNet, DISFlow, load_checkpoint
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -57,11 +65,13 @@ def fake_camvid(tmp_path: Path) -> Path:
     return write_fake_camvid(tmp_path / "camvid")
 
 
-def parse_train(argv: list[str]) -> argparse.Namespace:
+def parse_train(argv: list[str]) -> TrainConfig:
+    """The TrainConfig `accel-ros train ARGV` runs with."""
     parser = argparse.ArgumentParser(prog="accel-ros")
-    train.add_parser(parser.add_subparsers(dest="command"))
-    # Keep the thread count the test process already has (main sets it).
-    return parser.parse_args(["train", "--threads", str(torch.get_num_threads()), *argv])
+    train_cli.add_parser(parser.add_subparsers(dest="command"))
+    # Keep the thread count the test process already has (run_training sets it).
+    args = parser.parse_args(["train", "--threads", str(torch.get_num_threads()), *argv])
+    return config_from(TrainConfig, vars(args))
 
 
 TINY = ["--preset", "camvid34", "--reference-backbone", "resnet18", "--update-backbone",
@@ -85,7 +95,7 @@ def test_a_few_steps_lower_the_loss(tiny_config: ModelConfig) -> None:
     losses = []
     for _ in range(8):
         loss = torch.nn.functional.cross_entropy(
-            train.branch_logits(model, "reference", images), targets, ignore_index=IGNORE_INDEX
+            branch_logits(model, "reference", images), targets, ignore_index=IGNORE_INDEX
         )
         optimizer.zero_grad()
         loss.backward()
@@ -102,7 +112,7 @@ def test_augment_keeps_image_and_labels_aligned() -> None:
     labels[:, 40:] = 1
     generator = torch.Generator().manual_seed(3)
     for _ in range(5):
-        out_image, out_labels = train.augment(image, labels, (30, 40), generator)
+        out_image, out_labels = augment(image, labels, (30, 40), generator)
         assert out_image.shape == (3, 30, 40) and out_image.dtype == torch.float32
         assert out_labels.shape == (30, 40) and out_labels.dtype == torch.int64
         assert set(out_labels.unique().tolist()) <= {0, 1, IGNORE_INDEX}
@@ -119,7 +129,7 @@ def test_augment_pads_with_ignore_when_zoomed_out() -> None:
     image = np.full((60, 80, 3), 128, np.uint8)
     labels = np.ones((60, 80), np.uint8)
     generator = torch.Generator().manual_seed(0)
-    _, out_labels = train.augment(image, labels, (30, 40), generator, scale_range=(0.5, 0.5))
+    _, out_labels = augment(image, labels, (30, 40), generator, scale_range=(0.5, 0.5))
     assert (out_labels == IGNORE_INDEX).sum() == 30 * 40 - 15 * 20
     assert (out_labels == 1).sum() == 15 * 20
 
@@ -129,18 +139,18 @@ def test_class_weights_favour_rare_classes() -> None:
     labels[0, :2] = 1  # class 1 is rare, class 2 absent, 255 ignored
     labels[9] = IGNORE_INDEX
     frames = frames_module.FrameSet([np.zeros((10, 10, 3), np.uint8)], [labels], ["a"])
-    weights = train.class_weights(frames, 3, "median")
+    weights = class_weights(frames, 3, "median")
     assert weights is not None
     assert weights[1] > weights[0]
     assert weights[2] == pytest.approx(1.0)  # absent: neutral
-    assert train.class_weights(frames, 3, "none") is None
+    assert class_weights(frames, 3, "none") is None
 
 
 def test_poly_lr_schedule() -> None:
-    assert train.poly_lr(0.1, 0.0) == pytest.approx(0.1)
-    assert train.poly_lr(0.1, 0.5) == pytest.approx(0.1 * 0.5**0.9)
-    assert train.poly_lr(0.1, 1.0) == 0.0
-    assert train.poly_lr(0.1, 2.0) == 0.0
+    assert poly_lr(0.1, 0.0) == pytest.approx(0.1)
+    assert poly_lr(0.1, 0.5) == pytest.approx(0.1 * 0.5**0.9)
+    assert poly_lr(0.1, 1.0) == 0.0
+    assert poly_lr(0.1, 2.0) == 0.0
 
 
 def test_loads_camvid_with_void_ignored_and_segments(fake_camvid: Path) -> None:
@@ -156,9 +166,9 @@ def test_loads_camvid_with_void_ignored_and_segments(fake_camvid: Path) -> None:
 
 def test_train_cli_all_stages_end_to_end(fake_camvid: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--epochs", "1",
-                        "--fusion-epochs", "1", "--max-iters", "1", "--half", *TINY])
-    assert train.main(args) == 0
+    config = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--epochs", "1",
+                          "--fusion-epochs", "1", "--max-iters", "1", "--half", *TINY])
+    assert run_training(config) == out / FINAL_NAME
     for stage in ("reference", "update", "fusion"):
         rows = read_csv(out / stage / "metrics.csv")
         assert len(rows) == 1
@@ -168,13 +178,13 @@ def test_train_cli_all_stages_end_to_end(fake_camvid: Path, tmp_path: Path) -> N
         assert (out / stage / "curves.png").read_bytes()[:4] == PNG_MAGIC
         assert (out / stage / "final.pt").is_file()
     assert (out / "curves.png").read_bytes()[:4] == PNG_MAGIC
-    model, extra = load_checkpoint(out / train.FINAL_NAME)
+    model, extra = load_checkpoint(out / FINAL_NAME)
     assert model.config.reference_backbone == "resnet18"
     assert model.config.head_channels == 16
     assert extra["resolution"] == [32, 48]
     assert set(extra["val_miou"]) == {"reference", "update", "fusion"}
     assert extra["recipe"]["lr"] == pytest.approx(2e-3)
-    stored = torch.load(out / train.FINAL_NAME, weights_only=True)["state_dict"]
+    stored = torch.load(out / FINAL_NAME, weights_only=True)["state_dict"]
     assert stored["fusion.conv.weight"].dtype == torch.float16  # --half
 
 
@@ -182,12 +192,12 @@ def test_resume_continues_from_the_saved_epoch(fake_camvid: Path, tmp_path: Path
     out = tmp_path / "run"
     common = ["--data-root", str(fake_camvid), "--out", str(out), "--stage", "reference",
               "--update-backbone", "none", *TINY]
-    assert train.main(parse_train([*common, "--epochs", "1"])) == 0
+    run_training(parse_train([*common, "--epochs", "1"]))
     first = read_csv(out / "reference" / "metrics.csv")
     assert [row["epoch"] for row in first] == ["1"]
     assert json.loads((out / "reference" / "progress.json").read_text())["iteration"] == 4
 
-    assert train.main(parse_train([*common, "--epochs", "2", "--resume"])) == 0
+    run_training(parse_train([*common, "--epochs", "2", "--resume"]))
     rows = read_csv(out / "reference" / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2"]
     assert [row["iteration"] for row in rows] == ["4", "8"]  # 8 frames / batch 2 per epoch
@@ -196,7 +206,7 @@ def test_resume_continues_from_the_saved_epoch(fake_camvid: Path, tmp_path: Path
     assert "resumed at epoch 1, iteration 4" in log
 
     # Resuming a finished stage with no more epochs to run changes nothing.
-    assert train.main(parse_train([*common, "--epochs", "2", "--resume"])) == 0
+    run_training(parse_train([*common, "--epochs", "2", "--resume"]))
     assert read_csv(out / "reference" / "metrics.csv") == rows
 
 
@@ -206,22 +216,21 @@ def test_holdout_sequence_is_left_out_of_training_and_validates(
     out = tmp_path / "run"
     tiny = [arg for arg in TINY]
     tiny[tiny.index("--holdout") + 1] = "0006R0"
-    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage",
-                        "reference", "--epochs", "1", *tiny])
-    assert train.main(args) == 0
+    run_training(parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage",
+                              "reference", "--epochs", "1", *tiny]))
     log = (out / "log.txt").read_text()
     assert "4 train, 4 validation (held-out 0006R0) frames" in log
     # 4 training frames (0001TP only) at batch 2: 2 iterations per epoch.
     assert json.loads((out / "reference" / "progress.json").read_text())["iteration"] == 2
-    _, extra = load_checkpoint(out / train.FINAL_NAME)
+    _, extra = load_checkpoint(out / FINAL_NAME)
     assert extra["validation"] == "held-out 0006R0"
     assert extra["train_data"] == "camvid train (4 frames, without 0006R0)"
 
 
 def test_train_rejects_missing_data_root(tmp_path: Path) -> None:
-    args = parse_train(["--out", str(tmp_path / "run"), *TINY])
+    config = parse_train(["--out", str(tmp_path / "run"), *TINY])
     with pytest.raises(ValueError, match="--data-root"):
-        train.main(args)
+        run_training(config)
     assert not (tmp_path / "run").exists()
 
 
@@ -229,18 +238,18 @@ def test_joint_stage_tunes_update_and_fusion_and_freezes_the_reference(
     fake_camvid: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    args = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage", "joint",
-                        "--joint-epochs", "2", "--offsets", "1", "2", *TINY])
-    torch.manual_seed(args.seed)
-    before = train._build(args).state_dict()  # what main() builds from the same seed
-    assert train.main(args) == 0
+    config = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--stage",
+                          "joint", "--joint-epochs", "2", "--offsets", "1", "2", *TINY])
+    torch.manual_seed(config.seed)
+    before = build_model(config)[0].state_dict()  # what run_training builds from the same seed
+    run_training(config)
     rows = read_csv(out / "joint" / "metrics.csv")
     # 8 train frames x 2 offsets = 16 pairs at batch 2: 8 iterations per epoch.
     assert [(row["epoch"], row["iteration"]) for row in rows] == [("1", "8"), ("2", "16")]
     assert all(0.0 <= float(row["val_miou"]) <= 1.0 for row in rows)
     log = (out / "joint" / "log.txt").read_text()
     assert "joint: 16 train pairs" in log and "val mIoU before fine-tuning" in log
-    model, extra = load_checkpoint(out / train.FINAL_NAME)
+    model, extra = load_checkpoint(out / FINAL_NAME)
     after = model.state_dict()
     changed = {key.split(".")[0] for key in before
                if before[key].is_floating_point() and not torch.equal(before[key], after[key])}
@@ -253,17 +262,17 @@ def test_pair_cache_keeps_current_frames_only_when_asked(fake_camvid: Path) -> N
     frames = frames_module.load_frames("camvid", fake_camvid, "val", 11)
     model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
                                  head_channels=16, num_classes=11)).eval()
-    lean = train.build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"))
+    lean = build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"))
     assert lean.current is None
     with pytest.raises(ValueError, match="without its current frames"):
         lean.frames(torch.tensor([0]), torch.device("cpu"))
-    full = train.build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"),
+    full = build_pair_cache(model, frames, (1, 2), (32, 48), torch.device("cpu"),
                                   keep_frames=True)
     assert full.current.shape == (len(frames) * 2, 3, 32, 48)
     assert full.current.dtype == torch.uint8
     # The kept frames are exactly the frames N_U was scored on.
     with torch.no_grad():
-        rescored = train._update_scores(model, full.frames(torch.arange(4), torch.device("cpu")))
+        rescored = update_scores(model, full.frames(torch.arange(4), torch.device("cpu")))
     assert torch.allclose(rescored, full.update[:4], atol=1e-5)
 
 
@@ -301,3 +310,70 @@ def test_average_checkpoints_means_weights_and_refuses_other_models(tmp_path: Pa
         average_checkpoints([tmp_path / "a.pt", tmp_path / "c.pt"])
     with pytest.raises(ValueError, match="at least two"):
         average_checkpoints([tmp_path / "a.pt"])
+
+
+def test_pair_cache_warps_clips_as_forward_does(fake_camvid: Path) -> None:
+    """The cache's warped scores come from the model's one clip warp: upsampled, they equal
+    AccelNet.forward in `dff` mode on the same clip and flows."""
+    frames = frames_module.load_frames("camvid", fake_camvid, "val", 11, limit=2)
+    model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                                 head_channels=16, num_classes=11)).eval()
+    size = (32, 48)
+    cache = build_pair_cache(model, frames, (1, 3), size, torch.device("cpu"), seed=5)
+    assert cache.offsets.tolist() == [1, 3, 1, 3]
+    resized = [frames_module.resize_pair(i, lab, size)
+               for i, lab in zip(frames.images, frames.labels, strict=True)]
+    clips = motion_clips([r[0] for r in resized], [r[1] for r in resized], 4, 5, frames.names)
+    flow = DISFlow(scale=0.5)
+    with torch.no_grad():
+        for index, clip in enumerate(clips):
+            images = frames_module.to_tensor(clip.frames)  # (4, 3, 32, 48)
+            flows = torch.stack([flow(images[t - 1 : t], images[t : t + 1])[0]
+                                 for t in range(1, 4)])
+            assert len(model.warp_clip(model.reference_features(images[:1]), flows[None],
+                                       size)) == 3  # frames 1..T-1
+            for pair, offset in ((2 * index, 1), (2 * index + 1, 3)):
+                expected = model(images[None, : offset + 1], flows[None, :offset], mode="dff")
+                cached = model.upsample(cache.warped[pair : pair + 1], size)
+                torch.testing.assert_close(cached, expected, rtol=0, atol=1e-5)
+
+
+def test_stage_plan_rounds_partial_batches_as_asked() -> None:
+    # Branch and joint stages drop the last partial batch; fusion uses every pair.
+    assert StagePlan(epochs=3, count=5, batch_size=2, base_lr=1.0).steps_per_epoch == 2
+    fusion = StagePlan(epochs=3, count=5, batch_size=2, base_lr=1.0, drop_last=False)
+    assert fusion.steps_per_epoch == 3 and fusion.total_iters == 9
+    capped = StagePlan(epochs=3, count=5, batch_size=2, base_lr=1.0, max_iters=4)
+    assert capped.total_iters == 4
+    assert StagePlan(epochs=1, count=1, batch_size=8, base_lr=1.0).steps_per_epoch == 1
+
+
+def test_train_config_checks_choices_and_records_plain_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig(stage="everything")
+    with pytest.raises(ValueError, match="time_budget"):
+        TrainConfig(time_budget=(1.0, 2.0, 3.0))
+    config = config_from(TrainConfig, {"out": tmp_path, "offsets": [1, 2], "command": "train",
+                                       "time_budget": [30.0]})
+    assert config.offsets == (1, 2) and config.epochs == TrainConfig().epochs
+    assert config.budget_of("reference") == config.budget_of("update") == 30.0
+    assert config.budget_of("fusion") is None
+    recipe = config.recipe()
+    assert recipe["out"] == str(tmp_path) and recipe["offsets"] == [1, 2]
+    assert "command" not in recipe
+    json.dumps(recipe)  # plain JSON values
+
+
+def test_fusion_stage_runs_in_the_one_loop_and_resumes(fake_camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--data-root", str(fake_camvid), "--out", str(out), "--stage", "fusion",
+              "--offsets", "1", "--fusion-batch-size", "3", *TINY]
+    run_training(parse_train([*common, "--fusion-epochs", "1"]))
+    # 8 pairs at batch 3: ceil -> 3 iterations per epoch (the last batch has 2 pairs).
+    assert json.loads((out / "fusion" / "progress.json").read_text())["iteration"] == 3
+    run_training(parse_train([*common, "--fusion-epochs", "2", "--resume"]))
+    rows = read_csv(out / "fusion" / "metrics.csv")
+    assert [(row["epoch"], row["iteration"]) for row in rows] == [("1", "3"), ("2", "6")]
+    log = (out / "fusion" / "log.txt").read_text()
+    assert "fusion: resumed at epoch 1, iteration 3" in log
+    assert "fusion: finished after 2 epochs / 6 iterations" in log

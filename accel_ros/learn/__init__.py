@@ -1,0 +1,11 @@
+"""Training and evaluation (`accel-ros train`, `average`, `eval`; the commands live in cli/).
+
+- config.py: `TrainConfig` / `EvalConfig`, every option as data, and the allowed values.
+- train.py: a run: model, data, the stages in turn, the final checkpoint.
+- stages.py: what each stage trains and on what (reference, update, fusion, joint).
+- loop.py: the one epoch loop all stages run (seeded shuffles, poly LR, rows, resume state).
+- pair_cache.py: cached (keyframe, current) pairs of the fusion and joint stages.
+- records.py: logs, metrics, curves and resumable state on disk.
+- optim.py, augment.py: losses and optimizers; augmentation.
+- evaluate.py: mIoU per keyframe offset and interval through the streaming pipeline.
+"""

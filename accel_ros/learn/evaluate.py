@@ -1,30 +1,10 @@
-"""`accel-ros eval`: mIoU per keyframe offset and per keyframe interval, for every mode.
-
-Modes (one checkpoint): `reference` (N_R on every frame), `deeplab` (N_U alone on every frame),
-`dff` (keyframe features warped by DIS flow, no update branch) and `accel` (warped reference
-scores fused with N_U's scores).
-
-Protocol: clips whose frame 0 is the keyframe are streamed through `AccelSegmenter`, the node's
-own pipeline (resizing to the checkpoint's input size, DIS flow, incremental warps, fusion,
-logits upsampled to the label size), with offset o scored on clip frame o.
-- Clips (`--clips`): `sequence` = every window of consecutive labelled frames of a sequence
-  (CamVid val: 2 video frames = 0.067 s per step; train: 1 s); `motion` = synthetic 30 fps
-  camera motion (zoom, pan, roll) on each labelled frame, exact labels on every frame: short
-  range motion for a street held out of training (`--split train --sequences 0001TP`).
-- Single-frame modes (`reference`, `deeplab`) score every distinct frame once.
-- Keyframe interval k pools one confusion matrix over offsets 0..k-1 (a stream with a keyframe
-  every k frames sees each offset once per keyframe), then takes its mIoU.
-- Confusion matrices ignore void (label 255; CamVid's id 11 is mapped to it). Every table
-  states the seconds between offset steps.
-
-Writes `<out>/eval.json`, `<out>/results.md` (markdown tables), `<out>/fig5_offsets.png`
-(mIoU vs offset and vs interval, one line per mode, after the paper's Fig. 5) and
-`<out>/table3.png` (N_R only, N_U only, DFF, Accel; after the paper's Table 3).
+"""Evaluation: mIoU per keyframe offset and per keyframe interval, for every mode, with clips
+streamed through the node's own pipeline (`AccelSegmenter`). The protocol is described in
+`accel-ros eval --help` (`accel_ros/cli/evaluate.py`); `run_eval` runs it for an `EvalConfig`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -36,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DEFAULT_PRESET, PipelineConfig, preset
+from ..config import PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
-from ..model import AccelNet, AccelSegmenter, load_checkpoint, resolve_checkpoint
+from ..model import AccelNet, AccelSegmenter, LoadedModel, load_model, resolve_checkpoint
+from .config import EVAL_MODES, EvalConfig
 
-EVAL_MODES = ("reference", "deeplab", "dff", "accel")
 SINGLE_FRAME_MODES = ("reference", "deeplab")
 MODE_LABELS = {
     "reference": "N_R every frame",
@@ -236,99 +216,90 @@ def plot_results(summary: dict[str, Any], folder: Path) -> list[Path]:
     return paths
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval",
-        help="mIoU per keyframe offset/interval for reference, deeplab, dff and accel",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", default="default",
-                        help='checkpoint path, "default" (shipped) or "none" (random weights)')
-    parser.add_argument("--preset", default=DEFAULT_PRESET, help="model for --checkpoint none")
-    parser.add_argument("--data", choices=("camvid", "synthetic"), default="camvid")
-    parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--sequences", nargs="+", default=None, metavar="SEQ",
-                        help="only these CamVid sequences of the split (e.g. a held-out one)")
-    parser.add_argument("--clips", choices=("sequence", "motion"), default="sequence",
-                        help="sequence: windows of consecutive labelled frames; motion: "
-                             "synthetic 30 fps camera motion on each labelled frame")
-    parser.add_argument("--height", type=int, default=None,
-                        help="network input height (default: the checkpoint's input size)")
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--max-offset", type=int, default=4,
-                        help="offsets 0..N and intervals 1..N+1 are evaluated")
-    parser.add_argument("--modes", nargs="+", choices=EVAL_MODES, default=list(EVAL_MODES))
-    parser.add_argument("--flow-scale", type=float, default=0.5)
-    parser.add_argument("--limit", type=int, default=None, help="first N frames only")
-    parser.add_argument("--out", type=Path, default=Path("runs/eval"))
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="seed of synthetic data")
-    parser.set_defaults(handler=main)
-    return parser
+@dataclasses.dataclass
+class EvalClips:
+    """The clips an evaluation streams, the seconds between their frames, and their kind."""
+
+    clips: list[Clip]
+    step_s: float
+    description: str
 
 
-def main(args: argparse.Namespace) -> int:
-    torch.set_num_threads(max(1, args.threads))
-    path = resolve_checkpoint(args.checkpoint)
-    extra: dict[str, Any] = {}
-    if path is None:
-        model = AccelNet(preset(args.preset))
-    else:
-        model, extra = load_checkpoint(path)
-    trained_at = model.config.input_size or extra.get("resolution") or (360, 480)
-    size = (args.height or int(trained_at[0]), args.width or int(trained_at[1]))
-    frames = load_frames(args.data, args.data_root, args.split, model.config.num_classes,
-                         args.limit, size, args.seed, sequences=tuple(args.sequences or ()))
-    length = args.max_offset + 1
-    if args.clips == "motion":
-        clips = list(motion_clips(frames.images, frames.labels, length, args.seed, frames.names))
-        step_s = clips[0].frame_time_s if clips else 1 / 30
-        clip_desc = "synthetic 30 fps camera motion (zoom, pan, roll) on each labelled frame"
-    else:
-        step_s = frame_step_seconds(frames)
-        clips = list(sequence_clips(frames.images, frames.labels, frames.sequences, length,
-                                    step_s, frames.names))
-        clip_desc = "windows of consecutive labelled frames"
-    pipeline = PipelineConfig(device=args.device, input_size=size, flow_scale=args.flow_scale)
+def load_eval_model(config: EvalConfig) -> LoadedModel:
+    """The checkpoint `config.checkpoint` names, or random weights of `config.preset` for
+    checkpoint "none"."""
+    return load_model(config.checkpoint if resolve_checkpoint(config.checkpoint) else config.preset)
+
+
+def make_clips(config: EvalConfig, frames: FrameSet) -> EvalClips:
+    """Clips of `config.max_offset` + 1 frames: windows over the labelled frames of a sequence,
+    or synthetic camera motion on each labelled frame."""
+    length = config.max_offset + 1
+    if config.clips == "motion":
+        clips = list(motion_clips(frames.images, frames.labels, length, config.seed,
+                                  frames.names))
+        return EvalClips(clips, clips[0].frame_time_s if clips else 1 / 30,
+                         "synthetic 30 fps camera motion (zoom, pan, roll) on each labelled frame")
+    step_s = frame_step_seconds(frames)
+    clips = list(sequence_clips(frames.images, frames.labels, frames.sequences, length, step_s,
+                                frames.names))
+    return EvalClips(clips, step_s, "windows of consecutive labelled frames")
+
+
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate the model `config` names on its clips; writes `<out>/eval.json`, `results.md`
+    and the plots, prints the tables, and returns the summary."""
+    torch.set_num_threads(max(1, config.threads))
+    loaded = load_eval_model(config)
+    model = loaded.model
+    trained_at = model.config.input_size or loaded.extra.get("resolution") or (360, 480)
+    size = (config.height or int(trained_at[0]), config.width or int(trained_at[1]))
+    frames = load_frames(config.data, config.data_root, config.split, model.config.num_classes,
+                         config.limit, size, config.seed, sequences=tuple(config.sequences))
+    clips = make_clips(config, frames)
+    pipeline = PipelineConfig(device=config.device, input_size=size,
+                              flow_scale=config.flow_scale)
     started = time.monotonic()
-    meters = evaluate_clips(model, clips, args.max_offset, tuple(args.modes), pipeline,
-                            progress=True, total=len(clips))
+    meters = evaluate_clips(model, clips.clips, config.max_offset, tuple(config.modes), pipeline,
+                            progress=True, total=len(clips.clips))
     summary = summarise(meters, model.config.class_names)
-    split_name = args.split + (f" ({'+'.join(args.sequences)})" if args.sequences else "")
+    split_name = config.split + (f" ({'+'.join(config.sequences)})" if config.sequences else "")
     summary.update({
-        "checkpoint": str(path) if path else None,
-        "data": args.data,
+        "checkpoint": str(loaded.path) if loaded.path else None,
+        "data": config.data,
         "split": split_name,
-        "clips": clip_desc,
-        "num_clips": len(clips),
+        "clips": clips.description,
+        "num_clips": len(clips.clips),
         "num_frames": len(frames),
-        "offset_step_s": round(step_s, 4),
+        "offset_step_s": round(clips.step_s, 4),
         "input_size": list(size),
-        "max_offset": args.max_offset,
-        "flow": f"DIS (OpenCV, preset fast) at {args.flow_scale} x input size",
+        "max_offset": config.max_offset,
+        "flow": f"DIS (OpenCV, preset fast) at {config.flow_scale} x input size",
         "protocol": "the streaming pipeline with its keyframe on clip frame 0; interval k pools "
                     "one confusion matrix over offsets 0..k-1; single-frame modes count every "
                     "frame once; logits upsampled to the label size; void ignored",
         "seconds": round(time.monotonic() - started, 1),
-        "checkpoint_extra": {k: extra[k] for k in ("train_data", "validation", "val_miou")
-                             if k in extra},
+        "checkpoint_extra": {k: loaded.extra[k] for k in ("train_data", "validation", "val_miou")
+                             if k in loaded.extra},
     })
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "eval.json").write_text(json.dumps(summary, indent=1))
+    write_results(summary, config.out)
+    return summary
+
+
+def write_results(summary: dict[str, Any], out: Path) -> list[Path]:
+    """Write eval.json, results.md and the plots into `out`; print the tables and the claim
+    check. Returns the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(summary, indent=1))
     table = markdown_table(summary)
-    (args.out / "results.md").write_text(table)
-    plots = plot_results(summary, args.out)
+    (out / "results.md").write_text(table)
+    written = [out / "eval.json", out / "results.md", *plot_results(summary, out)]
     print(table)
     for mode, verdicts in summary["claims"].items():
         print(f"{mode}: " + ", ".join(f"interval {k}: {'yes' if v else 'no'}"
                                       for k, v in verdicts.items()))
-    print(f"wrote {args.out / 'eval.json'}, {args.out / 'results.md'}, "
-          + ", ".join(str(p) for p in plots))
-    return 0
-
+    print("wrote " + ", ".join(str(path) for path in written))
+    return written
 
 def frame_step_seconds(frames: FrameSet) -> float:
     """Median time between consecutive labelled frames of one sequence, from CamVid's video
@@ -354,9 +325,3 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
 
 def _pct(value: float) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{100 * value:.1f}"
-
-
-if __name__ == "__main__":  # `python -m accel_ros.learn.evaluate ...` without the other tools
-    _parser = argparse.ArgumentParser(prog="accel-ros")
-    add_parser(_parser.add_subparsers(dest="command"))
-    sys.exit(main(_parser.parse_args(["eval", *sys.argv[1:]])))

@@ -137,15 +137,16 @@ class AccelNet(nn.Module):
 
     def fuse(
         self,
-        reference_features: torch.Tensor,
-        update_features: torch.Tensor,
+        reference_features: torch.Tensor | None,
+        update_features: torch.Tensor | None,
         reference_scores: torch.Tensor | None = None,
         update_scores: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Corrected scores (N, K, h, w) from the warped reference and the update branch.
 
-        Score fusion uses the given scores (computing any that are missing); feature fusion
-        ignores them and scores the fused features with the reference head.
+        Score fusion uses the given scores (computing any that are missing from the features;
+        with both scores given, the features may be None); feature fusion needs the features
+        and scores the fused features with the reference head.
         """
         if self.fusion is None:
             raise RuntimeError("this model has no update branch, so there is nothing to fuse")
@@ -194,6 +195,27 @@ class AccelNet(nn.Module):
         grid_flow = flow_to_features(flow, features.shape[-2:], image_size, stride)
         return warp(features, grid_flow, out_of_frame)
 
+    def warp_clip(
+        self,
+        features: torch.Tensor,
+        flows: torch.Tensor,
+        image_size: tuple[int, int],
+        out_of_frame: str = "border",
+    ) -> list[torch.Tensor]:
+        """A clip's incremental warp: keyframe features (N, C, h, w) moved frame by frame,
+        keyframe -> 1 -> ... -> T-1, each step warping the previous step's result as the
+        streaming pipeline does. The one owner of the clip warp; `forward` and training's pair
+        cache call it.
+
+        flows: (N, T-1, 2, h', w') backward flows between consecutive (H, W) = `image_size`
+        frames (see `propagate`). Returns T-1 maps (N, C, h, w): the features at frames 1..T-1.
+        """
+        warped = []
+        for step in range(flows.shape[1]):
+            features = self.propagate(features, flows[:, step], out_of_frame, image_size)
+            warped.append(features)
+        return warped
+
     # -- end-to-end training / evaluation ----------------------------------------------------
     def forward(
         self,
@@ -229,9 +251,8 @@ class AccelNet(nn.Module):
                 f"flows must be (N, T-1, 2, h, w) = ({n}, {steps - 1}, 2, h, w), "
                 f"got {tuple(flows.shape)}"
             )
-        for step in range(1, steps):
-            assert flows is not None
-            features = self.propagate(features, flows[:, step - 1], out_of_frame, (height, width))
+        if flows is not None and steps > 1:
+            features = self.warp_clip(features, flows, (height, width), out_of_frame)[-1]
         if mode == "dff" or steps == 1 or self.update is None:
             # A keyframe (T == 1) is answered by N_R alone, as at inference.
             scores = self.reference_scores(features)
