@@ -1,32 +1,68 @@
 """`accel-ros bench`: end-to-end run on a tiny config (JSON shape, table, PNG), accuracy file
-formats, the trade-off plot, option parsing, N_R sharing and the frame source."""
+formats, the trade-off plot, option parsing, N_R sharing, the frame source and the size that
+runs; deadlines, what the fast paths really did, freeing peers; and the device check (its CPU
+dry run, the time box, the CUDA-test count, parity's judgement and TF32 restore)."""
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import weakref
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from accel_ros.bench import common, device_check, variants
 from accel_ros.bench import single_stream as bench
-from accel_ros.model import STAGES
+from accel_ros.cli import bench as bench_cli
+from accel_ros.config import ModelConfig, PipelineConfig
+from accel_ros.model import STAGES, AccelNet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 RESULT_KEYS = {
     "variant", "mode", "fastpath", "keyframe_interval", "frames", "keyframes", "latency_ms",
     "fps", "stages_ms", "peak_memory_mb", "peak_extra_mb", "notes", "ratio_to_reference",
-    "ratio_range", "repeats", "stages_synchronised",
+    "ratio_range", "repeats", "stages_synchronised", "complete", "fast_paths_ran",
+    "ratio_to_plain", "ratio_to_plain_range",
 }
 
 
 def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="accel-ros")
-    bench.add_parser(parser.add_subparsers(dest="command"))
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", *argv])
     return args.handler(args)
+
+
+def test_bench_backends_are_rows_of_one_run_named_in_the_plot(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = _run_cli([
+        "--variants", "reference,accel18,tv_lraspp_mobilenet_v3_large", "--intervals", "2",
+        "--height", "32", "--width", "64", "--frames", "2", "--warmup", "1",
+        "--reference-backbone", "resnet18", "--backend", "torch,onnxruntime",
+        "--clip-frames", "4", "--device", "cpu", "--json", str(out_json), "--plot", str(out_png),
+    ])
+    assert code == 0
+    report = json.loads(out_json.read_text())
+    rows = {(r["fastpath"], r["variant"]): r for r in report["results"]}
+    # torchvision peers are not exported: no onnxruntime row claims to have run them
+    assert set(rows) == {
+        ("plain", "reference"), ("plain", "accel18"), ("plain", "tv_lraspp_mobilenet_v3_large"),
+        ("onnxruntime", "reference"), ("onnxruntime", "accel18"),
+    }
+    assert rows["plain", "accel18"]["ratio_to_plain"] is None
+    assert rows["onnxruntime", "accel18"]["ratio_to_plain"] > 0
+    assert any("backend onnxruntime" in note for note in rows["onnxruntime", "accel18"]["notes"])
+    from accel_ros.bench.single_stream import _series_times
+
+    assert ("accel18", "onnxruntime") in _series_times(report)
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    assert "x plain" in capsys.readouterr().out
 
 
 def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> None:
@@ -42,9 +78,10 @@ def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> N
     assert code == 0
     stdout = capsys.readouterr().out
     assert "accel-ros bench: 32x64 on cpu" in stdout and "overlap_flow" in stdout
+    assert "target" not in stdout  # issue targets are not the product's business
 
     report = json.loads(out_json.read_text())
-    assert set(report) == {"meta", "results", "targets"}
+    assert set(report) == {"meta", "results", "skipped"}
     meta = report["meta"]
     assert (meta["height"], meta["width"], meta["device"]) == (32, 64, "cpu")
     assert meta["reference_backbone"] == "resnet18" and meta["memory"] == "process_peak_rss"
@@ -67,6 +104,7 @@ def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> N
         low, high = result["ratio_range"]
         assert low <= result["ratio_to_reference"] <= high
         assert result["stages_synchronised"]  # CPU: one pass gives both
+        assert result["complete"] and result["fast_paths_ran"] == {}  # none requested
         # Every measurement starts from a reset cache: one keyframe per whole cycle.
         assert result["keyframes"] == (
             0 if result["mode"] == "peer" else 2 if result["keyframe_interval"] is None else 1
@@ -78,7 +116,7 @@ def test_bench_end_to_end_writes_table_json_and_png(tmp_path: Path, capsys) -> N
     assert plain[("dff", 2)]["stages_ms"]["update"] == 0.0
     assert plain[("accel18", 2)]["stages_ms"]["update"] > 0
     assert plain[("accel18", 2)]["latency_ms"]["non_keyframe"] is not None
-    assert report["targets"] == []  # interval 5 was not measured
+    assert report["skipped"] == []  # no deadline: everything ran
 
     data = out_png.read_bytes()
     assert data.startswith(PNG_MAGIC)
@@ -102,16 +140,15 @@ def _fake_report() -> dict:
     bench._add_ratios(results)
     meta = {"height": 64, "width": 128, "device": "cpu", "device_name": "test",
             "reference_backbone": "resnet101"}
-    return {"meta": meta, "results": results, "targets": bench.check_targets(results)}
+    return {"meta": meta, "results": results, "skipped": []}
 
 
-def test_targets_and_ratios_from_the_plain_path() -> None:
+def test_ratios_from_the_plain_path() -> None:
     report = _fake_report()
-    targets = {t["name"]: t for t in report["targets"]}
-    accel = targets["accel18 at keyframe interval 5 vs reference"]
-    assert accel["ratio"] == pytest.approx(120.0 / 300.0) and accel["met"]
-    dff = targets["dff at keyframe interval 5 vs reference"]
-    assert dff["ratio"] == pytest.approx(70.0 / 300.0) and dff["target"] == 0.40
+    rows = {(r["variant"], r["keyframe_interval"]): r for r in report["results"]}
+    assert rows[("accel18", 5)]["ratio_to_reference"] == pytest.approx(120.0 / 300.0)
+    assert rows[("dff", 5)]["ratio_to_reference"] == pytest.approx(70.0 / 300.0)
+    assert rows[("reference", None)]["ratio_to_reference"] == pytest.approx(1.0)
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -170,11 +207,14 @@ def test_option_parsing() -> None:
     assert bench.parse_intervals("1-10") == tuple(range(1, 11))
     with pytest.raises(ValueError, match="bad keyframe interval list"):
         bench.parse_intervals("1,x")
-    assert bench.parse_variants("Accel-18, DeepLab-101,dff") == ("accel18", "reference", "dff")
-    assert bench.parse_variants("all") == bench.FAMILY and "accel18" in bench.FAMILY
-    assert bench.parse_variants("peers,dff") == (*bench.PEERS, "dff") and len(bench.PEERS) == 4
+    assert variants.parse_variants("Accel-18, DeepLab-101,dff") == (
+        "accel18", "reference", "dff"
+    )
+    assert variants.parse_variants("all") == variants.FAMILY and "accel18" in variants.FAMILY
+    assert variants.parse_variants("peers,dff") == (*variants.PEERS, "dff")
+    assert len(variants.PEERS) == 4
     with pytest.raises(ValueError, match="unknown variants"):
-        bench.parse_variants("accel19")
+        variants.parse_variants("accel19")
     with pytest.raises(ValueError, match="both --height and --width"):
         bench.BenchSettings(height=64)
     assert bench.cycle_frames(20, 3) == 21 and bench.cycle_frames(20, None) == 20
@@ -197,7 +237,8 @@ def test_variants_share_one_reference_network() -> None:
         variants=("dff", "deeplab18", "accel18", "accel34"), reference_backbone="resnet18",
         num_classes=5,
     )
-    models = bench.build_models(settings)
+    models = variants.build_models(settings.all_variants(), settings.model,
+                                   **settings.model_overrides())
     assert set(models) == {"reference-only", "accel18", "accel34"}
     reference = models["reference-only"].reference
     assert models["accel18"].reference is reference and models["accel34"].reference is reference
@@ -206,11 +247,11 @@ def test_variants_share_one_reference_network() -> None:
 
 
 def test_frames_move_and_play_back_and_forth() -> None:
-    frames, source = bench.make_frames(4, 40, 72, seed=1)
+    frames, source = common.make_frames(4, 40, 72, seed=1)
     assert len(frames) == 4 and source
     assert all(f.shape == (40, 72, 3) and f.dtype == np.uint8 for f in frames)
     assert not np.array_equal(frames[0], frames[1])  # real motion for the flow estimator
-    order = [bench.ping_pong(list(range(4)), i) for i in range(8)]  # type: ignore[arg-type]
+    order = [common.ping_pong(list(range(4)), i) for i in range(8)]  # type: ignore[arg-type]
     assert order == [0, 1, 2, 3, 2, 1, 0, 1]
 
 
@@ -247,10 +288,304 @@ def test_flow_epe_against_exact_flow() -> None:
 
 
 def test_peer_segmenter_gives_labels_at_frame_size() -> None:
-    from accel_ros.config import PipelineConfig
-
-    peer = bench.PeerSegmenter("lraspp_mobilenet_v3_large", 5, PipelineConfig(device="cpu"))
+    peer = variants.PeerSegmenter("lraspp_mobilenet_v3_large", 5, PipelineConfig(device="cpu"))
     result = peer.process(np.zeros((40, 72, 3), np.uint8))
     assert result.labels.shape == (40, 72) and result.labels.dtype == np.uint8
     assert int(result.labels.max()) < 5 and not result.is_keyframe
     assert result.timings["feature"] > 0 and result.timings["flow"] == 0
+
+
+def test_bench_streams_moved_to_its_own_subcommand() -> None:
+    with pytest.raises(ValueError, match="accel-ros bench-streams --streams 1,2"):
+        _run_cli(["--streams", "1,2"])
+
+
+# -- the size that runs (issue 19, item 9) ----------------------------------------------------
+def test_the_network_runs_at_the_size_asked_for(tiny_config, moving_frames) -> None:
+    """A checkpoint trained at 128x160 used to be fed 128x160 whatever --height/--width said
+    (the header said otherwise); the segmenter now runs at exactly the requested size."""
+    cpu = torch.device("cpu")
+    trained = AccelNet(ModelConfig(**{**tiny_config.to_dict(), "input_size": (128, 160)}))
+    settings = bench.BenchSettings(variants=("accel",), model="some.pt", height=64, width=96,
+                                   reference_backbone=None)
+    assert settings.resolution(cpu, (128, 160)) == (64, 96)
+    unsized = bench.BenchSettings(model="some.pt", reference_backbone=None)
+    assert unsized.resolution(cpu, (360, 480)) == (360, 480)  # the model's own size
+    assert bench.BenchSettings().resolution(cpu) == (512, 1024)
+    segmenter = bench.make_segmenter(settings, {variants.MODEL_KEY: trained.eval()},
+                                     bench.FastPath("plain"), "accel", 3, cpu, (64, 96))
+    segmenter.process(moving_frames[0])
+    # Features on the 64x96 grid (stride 16: 4x6), not on the checkpoint's 128x160 (8x10).
+    assert tuple(segmenter.cache.features.shape[-2:]) == (4, 6)
+
+
+def test_a_checkpoint_without_a_size_runs_at_its_own_and_the_header_says_so(
+    tmp_path: Path, tiny_config, capsys
+) -> None:
+    from accel_ros.model import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "small.pt", AccelNet(
+        ModelConfig(**{**tiny_config.to_dict(), "input_size": (48, 80)})))
+    code = _run_cli(["--model", str(path), "--variants", "accel", "--intervals", "2",
+                     "--frames", "2", "--warmup", "1", "--clip-frames", "3", "--device", "cpu",
+                     "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    assert "accel-ros bench: 48x80 on cpu" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "b.json").read_text())["meta"]
+    assert (meta["height"], meta["width"]) == (48, 80)
+
+
+# -- deadlines, what ran, freeing --------------------------------------------------------------
+class Countdown:
+    """A deadline that passes after `checks` calls of `expired()` (no clock needed)."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks = checks
+
+    def expired(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+    def left(self) -> float:
+        return 0.0 if self.checks < 0 else 1e9
+
+    def within(self, seconds: float) -> Countdown:
+        return self
+
+
+def test_a_deadline_cuts_a_measurement_and_keeps_what_it_timed(tiny_config, moving_frames):
+    from accel_ros.model import AccelSegmenter
+
+    cpu = torch.device("cpu")
+    segmenter = AccelSegmenter(AccelNet(tiny_config),
+                               PipelineConfig(device="cpu", keyframe_interval=2))
+    # Two warm-up frames, then one timed frame before the deadline passes.
+    run = bench.measure(segmenter, moving_frames, 4, 1, bench.MemoryProbe(cpu),
+                        deadline=Countdown(3))
+    assert run is not None and run["frames"] == 1 and run["complete"] is False
+    assert bench.measure(segmenter, moving_frames, 4, 1, bench.MemoryProbe(cpu),
+                         deadline=Countdown(1)) is None  # cut during the warm-up
+
+
+def _tiny_settings(**fields) -> bench.BenchSettings:
+    defaults = {"variants": ("reference", "dff"), "intervals": (2,), "height": 32, "width": 64,
+                "frames": 2, "warmup": 1, "reference_backbone": "resnet18", "clip_frames": 4,
+                "device": "cpu"}
+    return bench.BenchSettings(**{**defaults, **fields})
+
+
+def test_an_expired_deadline_names_everything_it_did_not_run() -> None:
+    report = bench.run_benchmark(_tiny_settings(), deadline=common.Deadline.after(0))
+    assert report["results"] == []
+    assert report["skipped"] == ["run 1/1: plain reference every frame (deadline)",
+                                 "run 1/1: plain dff k=2 (deadline)"]
+    assert "not run: run 1/1: plain dff k=2 (deadline)" in bench.format_table(report)
+
+
+def test_rows_record_what_the_fast_paths_really_did(monkeypatch) -> None:
+    """Issue 20's silent fallbacks, forced on the CPU: a compile that fails at run time and
+    graphs without CUDA. The rows keep their names but say that eager code ran."""
+
+    def no_compiler(fn, **options):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler here")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    settings = _tiny_settings(variants=("accel18",), compile=True, cuda_graphs=True)
+    with pytest.warns(RuntimeWarning):
+        report = bench.run_benchmark(settings)
+    rows = {r["fastpath"]: r for r in report["results"]}
+    assert set(rows) == {"plain", "compile", "cuda_graphs", "all"}
+    assert rows["plain"]["fast_paths_ran"] == {}
+    compiled = rows["compile"]["fast_paths_ran"]["torch_compile"]
+    assert compiled["active"] is False and compiled["eager_calls"] > 0
+    assert "no C++ compiler here" in compiled["failures"]["update_features"]
+    assert any("torch.compile of update_features failed" in n for n in rows["compile"]["notes"])
+    graphs = rows["cuda_graphs"]["fast_paths_ran"]["cuda_graphs"]
+    assert graphs["active"] is False and graphs["replays"] == 0
+    assert any("CUDA graphs need a CUDA device" in n for n in rows["cuda_graphs"]["notes"])
+    assert set(rows["all"]["fast_paths_ran"]) == {"torch_compile", "cuda_graphs"}
+    assert device_check.fallbacks(report) == [
+        "compile accel18 k=2: torch_compile did not run",
+        "cuda_graphs accel18 k=2: cuda_graphs did not run",
+        "all accel18 k=2: cuda_graphs did not run",
+        "all accel18 k=2: torch_compile did not run",
+    ]
+
+
+def test_closing_a_peer_frees_its_network_at_once() -> None:
+    """A compiled (or graphed) call holds the peer's bound method: a reference cycle that kept
+    each peer's weights, on the GPU, until the next garbage collection."""
+    peer = variants.PeerSegmenter("lraspp_mobilenet_v3_large", 5,
+                                  PipelineConfig(device="cpu", torch_compile=True))
+    network = weakref.ref(peer.network)
+    gc.disable()
+    try:
+        peer.close()
+        del peer
+        assert network() is None
+    finally:
+        gc.enable()
+
+
+# -- the device check --------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:cuda_graphs is on but the device is cpu")
+def test_device_check_cpu_dry_run(tmp_path: Path) -> None:
+    """The prepared GPU check, at toy size on the CPU: every step runs and writes its report
+    into one JSON, with one log and one PNG (the tool returns at most 8 files; 5 is the cap)."""
+    # A generous budget: this checks what runs, not how fast a busy CI machine is.
+    code = device_check.main(["--device", "cpu", "--tiny", "--budget-s", "1200",
+                              "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert code == 0 and report["passed"], (report["failures"], report["not_finished"])
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == sorted(device_check.OUTPUT_FILES) and len(files) <= 5
+    assert "device check: PASSED" in (tmp_path / "device_check.log").read_text()
+    steps = report["steps"]
+    assert set(steps) == {
+        "parity", "cuda_tests", "flow_epe", "bench", "bench_torch_flow", "bench_streams",
+        "bench_compile",
+    }
+    streams = steps["bench_streams"]["report"]
+    assert {(row["streams"], row["setup"]) for row in streams["rows"]} == {
+        (1, "one_node"), (1, "separate"), (2, "one_node"), (2, "separate")
+    }
+    torch_flow = steps["bench_torch_flow"]["report"]
+    assert torch_flow["meta"]["flow"] == "torch"
+    parity = steps["parity"]["configs"]
+    assert set(parity) == set(device_check.TOLERANCES)
+    assert parity["fp32"]["vs_cpu_fp32"] == {"labels": 1.0, "max_probability": 0.0}
+    # Every fp32 path is judged and passes; CPU bf16 is reported, not judged (fp16 tolerances).
+    judged = {name for name, entry in parity.items() if entry.get("judged", True)}
+    assert judged == {"fp32", "fp32_graphs", "fp32_torch_flow"}
+    assert all(parity[name]["passed"] for name in judged)
+    assert parity["fp32_graphs"]["graphs_ran"] is False  # no CUDA: it says so
+    assert 0.5 < parity["fp16"]["vs_cpu_fp32"]["labels"] <= 1.0
+    flows = {row["method"]: row["epe"] for row in steps["flow_epe"]["methods"]}
+    assert flows["dis"] < flows["zero"] and flows["torch"] < flows["zero"]
+    bench_report = steps["bench"]["report"]
+    variant_names = {r["variant"] for r in bench_report["results"]}
+    assert {"reference", "dff", "deeplab", "accel", "tv_lraspp_mobilenet_v3_large"} <= (
+        variant_names
+    )
+    assert {r["fastpath"] for r in bench_report["results"]} == {"plain", "bf16"}
+    assert (tmp_path / "device_check.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_device_check_keeps_to_its_budget_and_names_what_it_skipped(tmp_path: Path) -> None:
+    code = device_check.main(["--device", "cpu", "--tiny", "--budget-s", "2",
+                              "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert code == 1 and report["passed"] is False  # parity never ran: no pass by omission
+    assert set(report["steps"]) == {step.name for step in device_check.STEPS}
+    assert all("skipped" in step for step in report["steps"].values())
+    assert "budget left" in report["steps"]["parity"]["skipped"]
+    assert report["elapsed_s"] < 30
+
+
+def test_the_watchdog_writes_what_there_is_then_exits(tmp_path: Path, monkeypatch) -> None:
+    runner = device_check.Runner(device_check.Check(out=tmp_path, device="cpu", budget_s=1))
+    runner.report["steps"] = {step.name: {"pending": True} for step in device_check.STEPS}
+    runner.report["steps"]["parity"] = {"passed": True}
+    runner.current = "cuda_tests"
+    runner.log("first half done")
+    exits: list[int] = []
+    monkeypatch.setattr(device_check.os, "_exit", exits.append)
+    runner._stop_hard()
+    runner._log.close()
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    assert exits == [3] and report["passed"] is False
+    stopped = report["steps"]["cuda_tests"]
+    assert "ended by the watchdog" in stopped["stopped"]
+    assert "first half done" in stopped["log_tail"]
+    assert report["steps"]["bench"] == {"skipped": "the budget ran out"}
+    assert report["steps"]["parity"] == {"passed": True}
+
+
+def test_cuda_tests_that_all_skip_fail_a_gpu_run(tmp_path: Path) -> None:
+    """Issue 20's vacuous pass: without a visible GPU every CUDA test skips and pytest exits 0;
+    on a GPU run that must fail. (On this CPU machine "cuda" is exactly that situation.)"""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the CUDA tests would run")
+    result = device_check.cuda_tests(device_check.Check(out=tmp_path, device="cuda"))
+    assert result["passed"] is False and result["executed"] == 0
+    assert result["skipped"] == result["tests"] > 0
+    assert "no CUDA test executed" in result["reason"]
+    assert not (tmp_path / "pytest.txt").exists()  # the output goes to the log
+
+
+def test_cuda_test_counts_are_judged() -> None:
+    ran = {"tests": 7, "executed": 7, "skipped": 0, "failed": 0}
+    assert device_check.judge_tests(ran, 0)["passed"]
+    partly = device_check.judge_tests({**ran, "executed": 6, "skipped": 1}, 0)
+    assert not partly["passed"] and "1 CUDA test(s) skipped" in partly["reason"]
+    failing = device_check.judge_tests({**ran, "failed": 1}, 1)
+    assert not failing["passed"] and "1 failed" in failing["reason"]
+
+
+def test_graph_parity_fails_on_cuda_when_no_graph_replayed() -> None:
+    """Graphs that fell back compare eager with eager: that must not pass as graph parity."""
+    same = {"labels": 1.0, "max_probability": 0.0}
+    fell_back = {"cuda_graphs": {"active": False, "replays": 0, "eager_calls": 12, "ops": {
+        "fuse": {"failures": {"1x5x4x6, 1x5x4x6": "RuntimeError: capture"}}}}}
+    on_gpu = device_check.judge_config("fp32_graphs", same, same, fell_back, on_cuda=True)
+    assert on_gpu["passed"] is False and on_gpu["graphs_ran"] is False
+    assert "CUDA graphs did not run" in on_gpu["reason"]
+    dry = device_check.judge_config("fp32_graphs", same, same, fell_back, on_cuda=False)
+    assert dry["passed"] and dry["graphs_ran"] is False  # the CPU dry run says, not fails
+    replayed = {"cuda_graphs": {"active": True, "replays": 12, "eager_calls": 0,
+                                "ops": {"fuse": {"failures": {}}}}}
+    assert device_check.judge_config("fp32_graphs", same, same, replayed, True)["passed"]
+
+
+def test_tf32_flags_are_restored_exactly_even_on_error() -> None:
+    before = device_check._tf32_state()
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True  # not the defaults
+        torch.backends.cudnn.allow_tf32 = False
+        changed = device_check._tf32_state()
+        with pytest.raises(RuntimeError, match="parity broke"), device_check.tf32_disabled():
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert not torch.backends.cudnn.allow_tf32
+            raise RuntimeError("parity broke")
+        assert device_check._tf32_state() == changed
+    finally:
+        device_check._restore_tf32(before)
+    assert device_check._tf32_state() == before
+
+
+def test_parity_runs_with_tf32_off_and_restores_it_when_it_fails(
+    tmp_path: Path, monkeypatch
+) -> None:
+    seen: list[bool] = []
+
+    def broken(model, frames, deadline, **pipeline):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        raise RuntimeError("device lost")
+
+    before = device_check._tf32_state()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        changed = device_check._tf32_state()
+        monkeypatch.setattr(device_check, "_run_pipeline", broken)
+        check = device_check.Check(out=tmp_path, device="cpu", tiny=True)
+        with pytest.raises(RuntimeError, match="device lost"):
+            device_check.parity(check)
+        assert seen == [False]  # TF32 was off while parity ran
+        assert device_check._tf32_state() == changed  # and is exactly as before afterwards
+    finally:
+        device_check._restore_tf32(before)
+
+
+@pytest.mark.filterwarnings("ignore:cuda_graphs is on but the device is cpu")
+def test_parity_cut_by_its_deadline_names_what_it_left_out_and_does_not_pass(
+    tmp_path: Path,
+) -> None:
+    check = device_check.Check(out=tmp_path, device="cpu", tiny=True)
+    # The CPU truth and fp32 run their 4 frames each; the deadline passes during fp16.
+    result = device_check.parity(check, Countdown(10))
+    assert set(result["configs"]) == {"fp32"}
+    assert result["not_run"] == ["fp16", "fp32_graphs", "fp16_graphs", "fp32_torch_flow"]
+    assert result["passed"] is False and "not run before the deadline" in result["reason"]

@@ -1,8 +1,9 @@
-"""`accel-ros bench --streams`: one node serving N cameras against N separate processes.
+"""`accel-ros bench-streams`: one node serving N cameras against N separate processes.
 
 One end-to-end run on a tiny random-weight model (real child processes, 1 and 2 streams, a few
 rounds) checks the report's shape and that its counts add up; the arithmetic (summaries,
-ratios, targets), the settings and the per-stream frames are checked without processes."""
+ratios), the settings, the options, the deadline and the per-stream frames are checked without
+processes."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from accel_ros.bench import single_stream as bench
+from accel_ros.bench import common
 from accel_ros.bench import streams as bench_streams
+from accel_ros.cli import bench as bench_cli
+from accel_ros.cli import bench_streams as streams_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ROW_KEYS = {
@@ -32,8 +35,8 @@ TINY = ["--model", "camvid34", "--reference-backbone", "resnet18", "--update-bac
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="accel-ros")
-    bench.add_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["bench", *argv])
+    streams_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["bench-streams", *argv])
 
 
 def test_streams_end_to_end_one_node_against_separate_processes(
@@ -42,15 +45,18 @@ def test_streams_end_to_end_one_node_against_separate_processes(
     out_json, out_png = tmp_path / "streams.json", tmp_path / "streams.png"
     args = _parse([
         "--streams", "1,2", *TINY, "--height", "48", "--width", "64", "--frames", "3",
-        "--warmup", "2", "--intervals", "2", "--threads", "1", "--clip-frames", "3",
+        "--warmup", "2", "--keyframe-interval", "2", "--threads", "1", "--clip-frames", "3",
         "--device", "cpu", "--json", str(out_json), "--plot", str(out_png),
     ])
     assert args.handler(args) == 0
     stdout = capsys.readouterr().out
-    assert "accel-ros bench --streams: 48x64 on cpu" in stdout and "one node" in stdout
+    assert "accel-ros bench-streams: 48x64 on cpu" in stdout and "one node" in stdout
+    # Measured ratios, no verdicts against issue targets.
+    assert "target" not in stdout and " met" not in stdout and "NOT met" not in stdout
 
     report = json.loads(out_json.read_text())
-    assert set(report) == {"meta", "rows", "comparisons"}
+    assert set(report) == {"meta", "rows", "comparisons", "skipped"}
+    assert report["skipped"] == []
     meta = report["meta"]
     assert (meta["height"], meta["width"], meta["mode"], meta["keyframe_interval"]) == (
         48, 64, "accel", 2
@@ -86,13 +92,13 @@ def test_streams_end_to_end_one_node_against_separate_processes(
     assert set(comparisons) == {("memory", 2), ("throughput", 1), ("throughput", 2)}
     memory = comparisons[("memory", 2)]
     assert memory["ratio"] == pytest.approx(node_two["rss_mb"] / report["rows"][0]["rss_mb"])
-    assert memory["met"] == (memory["ratio"] <= 1.3)
     throughput = comparisons[("throughput", 2)]
     assert throughput["ratio"] == pytest.approx(
         node_two["total_fps"] / report["rows"][3]["total_fps"]
     )
-    assert throughput["p99_ratio"] > 0 and isinstance(throughput["met"], bool)
-    assert comparisons[("throughput", 1)]["met"] is None  # one stream: not judged
+    assert throughput["p99_ratio"] > 0 and isinstance(throughput["p99_no_worse"], bool)
+    for item in report["comparisons"]:
+        assert "target" not in item and "met" not in item
     assert out_png.read_bytes().startswith(PNG_MAGIC)
 
 
@@ -133,12 +139,13 @@ def test_summaries_count_every_frame_and_sum_the_processes() -> None:
 
 
 def _row(streams: int, setup: str, fps: list[float], p99: list[float], rss: list[float],
-         baseline: str | None = None) -> dict:
+         baseline: str | None = None, cuda: list[float | None] | None = None) -> dict:
     return {"streams": streams, "setup": setup, "baseline": baseline, "threads_per_process": 1,
-            "runs": {"total_fps": fps, "p99_ms": p99, "rss_mb": rss}}
+            "runs": {"total_fps": fps, "p99_ms": p99, "rss_mb": rss,
+                     "cuda_peak_mb": cuda or [None] * len(fps)}}
 
 
-def test_comparisons_are_medians_of_per_run_ratios_against_the_targets() -> None:
+def test_comparisons_are_medians_of_per_run_ratios() -> None:
     rows = [
         _row(1, "one_node", [10.0, 10.0, 10.0], [100.0] * 3, [1000.0, 1000.0, 1000.0]),
         _row(1, "separate", [10.0, 10.0, 10.0], [100.0] * 3, [1000.0] * 3, "split"),
@@ -149,14 +156,28 @@ def test_comparisons_are_medians_of_per_run_ratios_against_the_targets() -> None
     items = {(c["kind"], c["streams"], c.get("baseline")): c for c in bench_streams.compare(rows)}
     memory = items[("memory", 4, None)]
     assert memory["ratio"] == pytest.approx(1.25) and memory["range"] == pytest.approx([1.2, 1.4])
-    assert memory["met"]
     split = items[("throughput", 4, "split")]
     assert split["ratio"] == pytest.approx(1.5) and split["range"] == pytest.approx([1.3, 1.8])
-    assert split["p99_no_worse"] and split["met"]
+    assert split["p99_no_worse"]
     full = items[("throughput", 4, "full")]
-    # Faster than the full-thread baseline (1.2x) but with a worse p99: not met.
-    assert full["ratio"] == pytest.approx(1.2) and not full["p99_no_worse"] and not full["met"]
-    assert items[("throughput", 1, "split")]["met"] is None
+    # Faster than the full-thread baseline (1.2x) but with a worse p99.
+    assert full["ratio"] == pytest.approx(1.2) and not full["p99_no_worse"]
+    assert items[("throughput", 1, "split")]["ratio"] == pytest.approx(1.0)
+    # On the CPU there is no device memory to compare.
+    assert not any(kind == "device_memory" for kind, _, _ in items)
+
+
+def test_on_cuda_memory_is_also_judged_by_device_memory() -> None:
+    """Issue 20: on a GPU the activations live in device memory, which host RSS misses."""
+    rows = [
+        _row(1, "one_node", [10.0] * 2, [100.0] * 2, [900.0] * 2, cuda=[1000.0, 1000.0]),
+        _row(2, "one_node", [18.0] * 2, [110.0] * 2, [910.0] * 2, cuda=[1500.0, 1700.0]),
+    ]
+    items = {c["kind"]: c for c in bench_streams.compare(rows)}
+    assert items["memory"]["ratio"] == pytest.approx(910.0 / 900.0)
+    device = items["device_memory"]
+    assert device["ratio"] == pytest.approx(1.6) and device["range"] == pytest.approx([1.5, 1.7])
+    assert "CUDA max allocated" in device["name"]
 
 
 def test_settings_round_to_cycles_split_threads_and_stagger() -> None:
@@ -180,32 +201,51 @@ def test_settings_round_to_cycles_split_threads_and_stagger() -> None:
         bench_streams.StreamsSettings(streams=(0, 2))
 
 
-def test_streams_options_parse_and_refuse_what_does_not_apply() -> None:
-    settings = bench_streams.settings_from_args(_parse(["--streams", "4,1,2", "--threads", "2"]))
+def test_streams_options_parse_and_refuse_what_does_not_apply(capsys) -> None:
+    settings = streams_cli.settings_from_args(_parse(["--streams", "4,1,2", "--threads", "2"]))
     assert settings.streams == (1, 2, 4) and (settings.height, settings.width) == (360, 480)
     assert settings.keyframe_interval == 5 and settings.mode == "accel"
     assert settings.model == "default" and settings.threads == 2
     assert settings.frames == bench_streams.DEFAULT_FRAMES
-    with pytest.raises(ValueError, match="do not apply to --streams"):
-        bench_streams.settings_from_args(_parse(["--streams", "2", "--variants", "dff"]))
-    with pytest.raises(ValueError, match="one keyframe interval"):
-        bench_streams.settings_from_args(_parse(["--streams", "2", "--intervals", "1-3"]))
-    with pytest.raises(ValueError, match="bad --streams list"):
-        bench_streams.parse_counts("1,x")
-    args = _parse(["--no-stagger", "--variants", "dff"])
-    with pytest.raises(ValueError, match="only apply with --streams"):
-        bench.main(args)
+    assert streams_cli.settings_from_args(_parse([])).streams == (1, 2, 4)
+    # Options of the single-stream bench are not options here, nor the other way round.
+    for stray in (["--variants", "dff"], ["--intervals", "1-3"], ["--precision", "fp16"]):
+        with pytest.raises(SystemExit):
+            _parse(stray)
+    with pytest.raises(ValueError, match="bad stream count list"):
+        streams_cli.parse_counts("1,x")
+    parser = argparse.ArgumentParser(prog="accel-ros")
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--no-stagger"])
+    capsys.readouterr()
+
+
+def test_a_deadline_leaves_set_ups_out_and_names_them() -> None:
+    settings = bench_streams.StreamsSettings(
+        streams=(1, 2), height=48, width=64, frames=2, warmup=1, keyframe_interval=2,
+        clip_frames=3, model="camvid34", reference_backbone="resnet18",
+        update_backbone="resnet18", head_channels=16,
+    )
+    report = bench_streams.run_streams_benchmark(settings, deadline=common.Deadline.after(0))
+    assert report["rows"] == [] and report["comparisons"] == []
+    assert [name.rsplit(" (", 1)[0] for name in report["skipped"]] == [
+        "run 1/1: N=1 one node", "run 1/1: N=1 separate (split)",
+        "run 1/1: N=2 one node", "run 1/1: N=2 separate (split)",
+    ]
+    assert all(name.endswith(" s left before the deadline)") for name in report["skipped"])
+    assert "not run: run 1/1: N=2 one node" in bench_streams.format_table(report)
 
 
 def test_each_stream_has_its_own_moving_content() -> None:
-    clips, source = bench_streams.make_stream_frames(3, 4, 40, 56, seed=2)
+    clips, source = common.make_stream_frames(3, 4, 40, 56, seed=2)
     assert len(clips) == 3 and source
     for clip in clips:
         assert clip.shape == (4, 40, 56, 3) and clip.dtype == np.uint8
         assert not np.array_equal(clip[0], clip[1])  # the camera moves
     difference = np.abs(clips[0][0].astype(int) - clips[1][0].astype(int)).mean()
     assert difference > 10  # visibly different streets
-    order = [bench_streams.ping_pong_index(4, i) for i in range(8)]
+    order = [common.ping_pong_index(4, i) for i in range(8)]
     assert order == [0, 1, 2, 3, 2, 1, 0, 1]
 
 

@@ -1,8 +1,8 @@
-"""`accel-ros bench --streams 1,2,4`: several cameras served by one node against one process
-per camera, on the same cores.
+"""`accel-ros bench-streams 1,2,4`: several cameras served by one node against one process per
+camera, on the same cores.
 
 For each stream count N, two set-ups run the same frames (360x480, Accel, keyframe interval 5
-unless told otherwise):
+unless told otherwise; the network runs at exactly that size):
 
 - **one node**: one child process loads ONE segmenter with `--threads T`, declares N streams
   (`configure_streams`, keyframes staggered across streams unless `--no-stagger`) and runs a
@@ -18,7 +18,8 @@ loaded by the children before the clock starts. Per child: `--warmup` untimed ro
 one keyframe cycle), then a "ready" line; the parent waits until every child of the set-up is
 ready and releases them together (one stdin line each), so separate processes really compete.
 A child that has finished its timed frames keeps running untimed frames until the last one has
-finished too, so every timed frame ran against all N competitors.
+finished too, so every timed frame ran against all N competitors. The child is
+bench/stream_worker.py.
 
 Measured per set-up:
 - per-frame latency = wall time of the call that produced the frame (a batch's frames all share
@@ -26,7 +27,8 @@ Measured per set-up:
 - per-stream fps = timed frames / the child's timed span; total fps = the sum over children of
   their frames / their span (one child for the node);
 - peak resident memory = `ru_maxrss` of each child after the model loaded and the loop ran
-  (summed over the separate processes), and the resident set at the end (`VmRSS`);
+  (summed over the separate processes), and the resident set at the end (`VmRSS`); on CUDA
+  also each child's peak device memory (`cuda_peak_mb`, max allocated), summed likewise;
 - keyframes: per stream, and the largest number of keyframes in one batch (staggering keeps it
   at ceil(N / k) instead of N).
 
@@ -36,17 +38,16 @@ OpenCV's thread count follows torch's in every child, and every child of every s
 (sched_setaffinity) to the same T CPUs, so "the same cores" holds even on a bigger machine
 (`--no-pin` lets the scheduler place them).
 
-Targets (issue 12): resident memory of one node with N streams <= 1.3x one single-stream node;
-total throughput of one node >= 1.2x N separate processes, with p99 latency no worse.
-`--repeats R` runs the whole plan R times, interleaved; rows are medians over the runs and each
-ratio is the median of the per-run ratios (min-max range given).
-
-Run as a module with `--worker SPEC.json` this file is the child process (internal).
+Comparisons (measured ratios, no verdicts): host memory of one node with N streams against one
+single-stream node, and the same for device memory on CUDA; total throughput and p99 latency of
+one node against N separate processes. `--repeats R` runs the whole plan R times, interleaved;
+rows are medians over the runs and each ratio is the median of the per-run ratios (min-max
+range given). A `Deadline` (the device check's time box) bounds every set-up; set-ups it cuts or
+leaves out are named in the report's `skipped`.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -58,33 +59,36 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..report import write_json
+from ..config import FLOW_METHODS, MODES
+from .common import (
+    NO_DEADLINE,
+    Deadline,
+    device_name,
+    make_stream_frames,
+    median,
+    new_figure,
+    save_figure,
+)
+from .stream_worker import MODULE, PREFIX
 
-MODULE = "accel_ros.bench.streams"
-# Lines of the parent/child protocol on the child's stdout start with this, so stray prints
-# (library warnings) cannot be mistaken for them.
-PREFIX = "@accel-bench-streams "
 DEFAULT_SIZE = (360, 480)  # the shipped checkpoint's input size
 DEFAULT_FRAMES = 40  # timed rounds per set-up (rounded up to whole keyframe cycles)
 DEFAULT_CLIP_FRAMES = 8  # distinct frames per stream, played back and forth
 SEPARATE_CHOICES = ("split", "full", "both")
-MEMORY_TARGET = 1.3  # RSS(one node, N streams) / RSS(one node, 1 stream) <=
-THROUGHPUT_TARGET = 1.2  # total fps(one node, N) / total fps(N separate processes) >=
-# Rendering cost grows with the pixel count; larger frames are rendered at this many pixels and
-# resized (the motion, and so DIS's work, scales with the frame).
-MAX_RENDER_PIXELS = 720 * 1280
+# A set-up with less time than this left before the deadline is not started.
+MIN_SETUP_S = 10.0
 
 
 @dataclass
 class StreamsSettings:
-    """Everything a `--streams` run depends on (the CLI's options, validated)."""
+    """Everything a several-streams run depends on (the CLI's options, validated)."""
 
     streams: tuple[int, ...] = (1, 2, 4)
     height: int = DEFAULT_SIZE[0]
@@ -112,8 +116,6 @@ class StreamsSettings:
     timeout_s: float = 1800.0  # per set-up: load, warm-up and the timed loop of every child
 
     def __post_init__(self) -> None:
-        from ..config import FLOW_METHODS, MODES
-
         if not self.streams or min(self.streams) < 1:
             raise ValueError(f"--streams must list counts >= 1, got {self.streams}")
         self.streams = tuple(sorted(set(self.streams)))
@@ -125,7 +127,7 @@ class StreamsSettings:
             )
         if self.warmup is not None and self.warmup < 1:
             # The first round is a keyframe on every stream (empty caches): never time it.
-            raise ValueError(f"--warmup must be >= 1 in --streams mode, got {self.warmup}")
+            raise ValueError(f"--warmup must be >= 1 with several streams, got {self.warmup}")
         if self.keyframe_interval < 1:
             raise ValueError(f"keyframe interval must be >= 1, got {self.keyframe_interval}")
         if self.mode not in MODES:
@@ -169,210 +171,20 @@ class StreamsSettings:
             return 0
         return round(index * self.keyframe_interval / count)
 
-
-# -- frames ------------------------------------------------------------------------------------
-def make_stream_frames(
-    count: int, frames: int, height: int, width: int, seed: int = 0
-) -> tuple[list[np.ndarray], str]:
-    """`count` streams of `frames` (H, W, 3) uint8 frames each, as (frames, H, W, 3) arrays,
-    and a description. Stream i is a synthetic camera moving (zoom, pan, roll) over the first
-    frame of synthetic street seed + i: different content and different motion per stream,
-    with real motion for the flow estimator."""
-    import cv2
-
-    from ..data.motion import make_motion_clip, random_motion
-    from ..data.synthetic import generate_clip
-
-    scale = min(1.0, math.sqrt(MAX_RENDER_PIXELS / (height * width)))
-    render = (max(32, round(height * scale)), max(32, round(width * scale)))
-    streams = []
-    for index in range(count):
-        base = generate_clip(1, render[0], render[1], seed=seed + index)[0]
-        image, labels = base.image, base.labels
-        if render != (height, width):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-            labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-        motion = random_motion((height, width), np.random.default_rng(seed + index))
-        clip = make_motion_clip(image, labels, frames, motion)
-        streams.append(np.stack(clip.frames))
-    source = (
-        f"synthetic camera motion (data/motion.py) over synthetic street seeds "
-        f"{seed}..{seed + count - 1} rendered at {render[0]}x{render[1]}, {frames} frames per "
-        "stream played back and forth"
-    )
-    return streams, source
+    def model_overrides(self) -> dict[str, Any]:
+        """The architecture overrides given (ModelConfig fields)."""
+        return {
+            key: value
+            for key, value in (
+                ("reference_backbone", self.reference_backbone),
+                ("update_backbone", self.update_backbone),
+                ("head_channels", self.head_channels),
+            )
+            if value is not None
+        }
 
 
-def ping_pong_index(length: int, index: int) -> int:
-    """Index into a clip of `length` frames played forwards then backwards, endlessly."""
-    if length < 2:
-        return 0
-    period = 2 * length - 2
-    index %= period
-    return index if index < length else period - index
-
-
-# -- the child process -------------------------------------------------------------------------
-def _emit(event: str, **data: Any) -> None:
-    print(PREFIX + json.dumps({"event": event, **data}), flush=True)
-
-
-def _status_mb(key: str) -> float | None:
-    """A /proc/self/status memory line (VmRSS, VmHWM) in MB; None off Linux."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / (2**20 if sys.platform == "darwin" else 1024.0)
-
-
-class _Control:
-    """The parent's commands on stdin ("go", "stop"), read by a thread so the timed loop only
-    checks an Event between frames. End of input (the parent died) releases both."""
-
-    def __init__(self) -> None:
-        self.go = threading.Event()
-        self.stop = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in sys.stdin:
-            command = line.strip()
-            if command == "go":
-                self.go.set()
-            elif command == "stop":
-                self.stop.set()
-        self.go.set()
-        self.stop.set()
-
-
-def _build_segmenter(spec: dict[str, Any]) -> Any:
-    from ..config import ModelConfig, PipelineConfig
-    from ..model import AccelNet, AccelSegmenter
-    from ..model.pipeline import build_segmenter
-
-    pipeline = PipelineConfig.from_dict(spec["pipeline"])
-    if spec["checkpoint"] is not None:
-        return build_segmenter(pipeline=pipeline, checkpoint=spec["checkpoint"])
-    model = AccelNet(ModelConfig.from_dict(spec["model_config"])).eval()
-    return AccelSegmenter(model, pipeline)
-
-
-def worker(spec: dict[str, Any]) -> int:
-    """One child: load, warm up, report ready, wait for "go", time the loop, report done, keep
-    running untimed rounds until "stop", report the result. `spec["api"]` is "batch" (one
-    node: every stream per `process_batch` call) or "single" (one stream, `process`)."""
-    if spec.get("cpus"):
-        # Before torch loads: its OpenMP pool then starts on these CPUs.
-        os.sched_setaffinity(0, spec["cpus"])
-    import cv2
-    import torch
-
-    from ..model.pipeline import StreamFrame
-
-    threads = int(spec["threads"])
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)  # DIS flow runs in OpenCV's pool: keep it on the same cores
-    control = _Control()
-    started = time.perf_counter()
-    names: list[str] = list(spec["streams"])
-    clips = [np.load(path) for path in spec["frames"]]
-    segmenter = _build_segmenter(spec)
-    batched = spec["api"] == "batch"
-    if batched:
-        segmenter.configure_streams(names)
-    load_s = time.perf_counter() - started
-    rss_loaded = _status_mb("VmRSS")
-    step = 0
-    frame_time = 1.0 / 30.0  # stamps of a 30 fps camera: no time-gap resets
-
-    def next_round() -> list[Any]:
-        """The next frame of every stream, ready for the call (outside the timed part)."""
-        nonlocal step
-        frames = [clip[ping_pong_index(len(clip), step)] for clip in clips]
-        stamp = step * frame_time
-        step += 1
-        return [StreamFrame(name, frame, stamp) for name, frame in zip(names, frames,
-                                                                        strict=True)]
-
-    def run(batch: list[Any]) -> list[Any]:
-        if batched:
-            return segmenter.process_batch(batch)
-        return [segmenter.process(batch[0].frame, batch[0].stamp)]
-
-    def run_round() -> list[Any]:
-        return run(next_round())
-
-    for _ in range(int(spec["warmup"]) + int(spec.get("extra_warmup", 0))):
-        run_round()
-    _emit("ready", load_s=load_s, rss_loaded_mb=rss_loaded)
-    control.go.wait()
-
-    latencies: list[float] = []
-    keyframes: list[list[bool]] = []
-    batch_sizes: list[int] = []
-    begin = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the machine
-    for _ in range(int(spec["rounds"])):
-        batch = next_round()
-        call_start = time.perf_counter()
-        results = run(batch)
-        latencies.append((time.perf_counter() - call_start) * 1000.0)
-        got = [getattr(r, "stream", names[0]) for r in results]
-        if batched and got != names:
-            raise RuntimeError(f"process_batch returned streams {got}, expected {names}")
-        keyframes.append([bool(r.is_keyframe) for r in results])
-        batch_sizes.append(int(getattr(results[0], "batch_size", 1)))
-    end = time.monotonic()
-    _emit("done")
-    padding = 0
-    while not control.stop.is_set():  # keep the others' competition until all are done
-        run_round()
-        padding += 1
-    cuda_peak = None
-    if segmenter.device.type == "cuda":
-        cuda_peak = torch.cuda.max_memory_allocated(segmenter.device) / 2**20
-    segmenter.close()
-    _emit(
-        "result",
-        streams=names,
-        threads=torch.get_num_threads(),
-        cpus=sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        begin=begin,
-        end=end,
-        latency_ms=latencies,
-        keyframes=keyframes,
-        batch_sizes=batch_sizes,
-        padding_rounds=padding,
-        load_s=load_s,
-        peak_rss_mb=_peak_rss_mb(),
-        rss_loaded_mb=rss_loaded,
-        rss_end_mb=_status_mb("VmRSS"),
-        cuda_peak_mb=cuda_peak,
-        frames_mb=sum(clip.nbytes for clip in clips) / 2**20,
-        fast_path_notes=list(segmenter.fast_path_notes),
-    )
-    return 0
-
-
-def worker_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
-    parser.add_argument("--worker", type=Path, required=True, help="spec JSON (internal)")
-    args = parser.parse_args(argv)
-    return worker(json.loads(args.worker.read_text(encoding="utf-8")))
-
-
-# -- the parent --------------------------------------------------------------------------------
+# -- the children ------------------------------------------------------------------------------
 class _Child:
     """One child process, its stderr file and a thread that turns its protocol lines into
     queue items (None at end of output)."""
@@ -438,7 +250,8 @@ def run_children(
 ) -> tuple[list[dict[str, Any]], float]:
     """Start one child per spec at once, release them together once all are ready, stop them
     together once all have finished their timed rounds. Returns their results and the spread
-    of their start times in ms (how together they really started)."""
+    of their start times in ms (how together they really started). Raises TimeoutError (the
+    children killed) when `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     children: list[_Child] = []
     try:
@@ -462,6 +275,7 @@ def run_children(
     return results, (max(begins) - min(begins)) * 1000.0
 
 
+# -- numbers -----------------------------------------------------------------------------------
 def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     """One set-up's numbers from its children's results (see the module docstring)."""
     frame_latencies: list[float] = []
@@ -483,10 +297,6 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
         keyframes_per_stream.extend(int(v) for v in flags.sum(axis=0))
         max_in_batch = max(max_in_batch, int(flags.sum(axis=1).max()))
     values = np.asarray(frame_latencies)
-    peaks = [r["peak_rss_mb"] for r in results]
-    ends = [r["rss_end_mb"] for r in results if r["rss_end_mb"] is not None]
-    loaded = [r["rss_loaded_mb"] for r in results if r["rss_loaded_mb"] is not None]
-    cuda = [r["cuda_peak_mb"] for r in results if r["cuda_peak_mb"] is not None]
     return {
         "frames_per_stream": rounds,
         "frames_total": len(frame_latencies),
@@ -499,13 +309,7 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
             "p99": float(np.percentile(values, 99)),
             "max": float(values.max()),
         },
-        "rss_mb": float(sum(peaks)),
-        "rss_mb_per_process": peaks,
-        "rss_end_mb": float(sum(ends)) if ends else None,
-        # Resident after load, before any frame: what the loop's activations add is the rest.
-        "rss_loaded_mb": float(sum(loaded)) if loaded else None,
-        "cuda_peak_mb": float(sum(cuda)) if cuda else None,
-        "frames_mb": float(sum(r["frames_mb"] for r in results)),
+        **_memory(results),
         "keyframes_per_stream": keyframes_per_stream,
         "max_keyframes_per_batch": max_in_batch,
         "batch_sizes": sorted({b for r in results for b in r["batch_sizes"]}),
@@ -518,62 +322,160 @@ def summarise(results: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
     }
 
 
-def model_source(settings: StreamsSettings) -> tuple[str | None, dict[str, Any], str]:
-    """(checkpoint path or None, ModelConfig as a dict, description). A checkpoint is loaded by
-    the children only when no architecture override asks for a variant of it."""
-    import dataclasses
-
-    from ..config import PRESETS, preset
-    from ..model import load_checkpoint, resolve_checkpoint
-
-    overrides = {
-        key: value
-        for key, value in (
-            ("reference_backbone", settings.reference_backbone),
-            ("update_backbone", settings.update_backbone),
-            ("head_channels", settings.head_channels),
-        )
-        if value is not None
+def _memory(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Host and device memory of a set-up, summed over its processes."""
+    peaks = [r["peak_rss_mb"] for r in results]
+    ends = [r["rss_end_mb"] for r in results if r["rss_end_mb"] is not None]
+    loaded = [r["rss_loaded_mb"] for r in results if r["rss_loaded_mb"] is not None]
+    cuda = [r["cuda_peak_mb"] for r in results if r["cuda_peak_mb"] is not None]
+    return {
+        "rss_mb": float(sum(peaks)),
+        "rss_mb_per_process": peaks,
+        "rss_end_mb": float(sum(ends)) if ends else None,
+        # Resident after load, before any frame: what the loop's activations add is the rest.
+        "rss_loaded_mb": float(sum(loaded)) if loaded else None,
+        "cuda_peak_mb": float(sum(cuda)) if cuda else None,
+        "frames_mb": float(sum(r["frames_mb"] for r in results)),
     }
-    if settings.model in PRESETS:
-        config = preset(settings.model, **overrides)
-        return None, config.to_dict(), f"preset {settings.model}, random weights"
-    path = resolve_checkpoint(settings.model)
-    if path is None:
-        raise ValueError(f"--model {settings.model!r} is neither a preset nor a checkpoint")
-    net, _ = load_checkpoint(path)
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the repeats of a set-up: medians of the rates, latencies and memory;
+    `runs` keeps each repeat's total fps, p99, RSS and device memory."""
+    row = dict(runs[-1])
+    for key in ("per_stream_fps", "per_stream_fps_min", "total_fps", "rss_mb", "timed_span_s"):
+        row[key] = median([r[key] for r in runs])
+    for key in ("rss_end_mb", "rss_loaded_mb", "cuda_peak_mb"):
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = median(values) if values else None
+    row["latency_ms"] = {
+        key: median([r["latency_ms"][key] for r in runs]) for key in runs[0]["latency_ms"]
+    }
+    row["max_keyframes_per_batch"] = max(r["max_keyframes_per_batch"] for r in runs)
+    row["runs"] = {
+        "total_fps": [r["total_fps"] for r in runs],
+        "p99_ms": [r["latency_ms"]["p99"] for r in runs],
+        "rss_mb": [r["rss_mb"] for r in runs],
+        "cuda_peak_mb": [r["cuda_peak_mb"] for r in runs],
+        "start_spread_ms": [r["start_spread_ms"] for r in runs],
+    }
+    row["repeats"] = len(runs)
+    row.pop("start_spread_ms", None)
+    return row
+
+
+def _ratio(numerators: list[float | None], denominators: list[float | None]) -> dict[str, Any]:
+    """Median and min-max of per-run ratios (runs paired by repeat; None when the two sides
+    ran a different number of repeats, as after a deadline, or lack the value)."""
+    if len(numerators) != len(denominators):
+        return {"ratio": None, "range": None}
+    ratios = [a / b for a, b in zip(numerators, denominators, strict=True)
+              if a is not None and b]
+    if not ratios:
+        return {"ratio": None, "range": None}
+    return {"ratio": median(ratios), "range": [min(ratios), max(ratios)]}
+
+
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Measured ratios for every N: memory of the node with N streams against the node with
+    one (host RSS always; device memory where the rows have it, i.e. on CUDA), and the node's
+    throughput and p99 against N separate processes of each baseline."""
+    node = {r["streams"]: r for r in rows if r["setup"] == "one_node"}
+    comparisons: list[dict[str, Any]] = []
+    if 1 in node:
+        for count, row in sorted(node.items()):
+            if count > 1:
+                comparisons.extend(_memory_ratios(count, row, node[1]))
+    for row in rows:
+        if row["setup"] != "separate" or row["streams"] not in node:
+            continue
+        mine = node[row["streams"]]
+        throughput = _ratio(mine["runs"]["total_fps"], row["runs"]["total_fps"])
+        p99 = _ratio(mine["runs"]["p99_ms"], row["runs"]["p99_ms"])
+        comparisons.append({
+            "name": (
+                f"throughput: one node / {row['streams']} separate processes "
+                f"x {row['threads_per_process']} threads ({row['baseline']})"
+            ),
+            "kind": "throughput", "streams": row["streams"], "baseline": row["baseline"],
+            **throughput, "p99_ratio": p99["ratio"], "p99_range": p99["range"],
+            "p99_no_worse": p99["ratio"] is not None and p99["ratio"] <= 1.0,
+        })
+    return comparisons
+
+
+def _memory_ratios(
+    count: int, row: dict[str, Any], single: dict[str, Any]
+) -> list[dict[str, Any]]:
+    ratios = [{
+        "name": f"memory: one node with {count} streams / one node with 1 stream (host RSS)",
+        "kind": "memory", "streams": count,
+        **_ratio(row["runs"]["rss_mb"], single["runs"]["rss_mb"]),
+    }]
+    device = _ratio(row["runs"].get("cuda_peak_mb", []), single["runs"].get("cuda_peak_mb", []))
+    if device["ratio"] is not None:
+        # On a GPU the activations live in device memory: host RSS alone would miss them.
+        ratios.append({
+            "name": f"device memory: one node with {count} streams / one node with 1 stream "
+                    "(CUDA max allocated)",
+            "kind": "device_memory", "streams": count, **device,
+        })
+    return ratios
+
+
+# -- running -----------------------------------------------------------------------------------
+def model_source(settings: StreamsSettings) -> tuple[str | None, dict[str, Any], str]:
+    """(checkpoint path or None, ModelConfig as a dict, description) through `load_model`.
+    A checkpoint is loaded by the children only when no architecture override asks for a
+    variant of it (then they build random weights of the variant)."""
+    from ..model import load_model
+
+    overrides = settings.model_overrides()
+    loaded = load_model(settings.model, **overrides)
+    text = loaded.description
     if overrides:
-        config = dataclasses.replace(net.config, **overrides)
-        return None, config.to_dict(), f"{path.name}'s architecture with {overrides}, random"
-    return str(path), net.config.to_dict(), f"checkpoint {path}"
+        text = f"{settings.model} with {overrides}, {text}"
+    elif loaded.path is None:
+        text = f"preset {settings.model}, {text}"
+    path = None if loaded.path is None else str(loaded.path)
+    return path, loaded.model.config.to_dict(), text
 
 
-def _plan(settings: StreamsSettings) -> list[tuple[int, str, str | None]]:
+Setup = tuple[int, str, str | None]
+
+
+def _plan(settings: StreamsSettings) -> list[Setup]:
     """(N, set-up, baseline) in the order they run: per N, the node then its baselines."""
-    plan: list[tuple[int, str, str | None]] = []
+    plan: list[Setup] = []
     for count in settings.streams:
         plan.append((count, "one_node", None))
         plan.extend((count, "separate", baseline) for baseline in settings.baselines())
     return plan
 
 
+def _setup_name(setup: Setup) -> str:
+    count, kind, baseline = setup
+    return f"N={count} " + ("one node" if kind == "one_node" else f"separate ({baseline})")
+
+
 def _specs(
-    settings: StreamsSettings, count: int, setup: str, baseline: str | None,
-    frame_files: list[Path], checkpoint: str | None, config: dict[str, Any], device: str,
+    settings: StreamsSettings, setup: Setup, frame_files: list[Path],
+    checkpoint: str | None, config: dict[str, Any], device: str,
 ) -> list[dict[str, Any]]:
     from ..config import PipelineConfig
 
+    count, kind, baseline = setup
     pipeline = PipelineConfig(
         mode=settings.mode, keyframe_interval=settings.keyframe_interval, device=device,
         flow_method=settings.flow, flow_scale=settings.flow_scale,
-        stagger_keyframes=settings.stagger,
+        stagger_keyframes=settings.stagger, input_size=(settings.height, settings.width),
     ).to_dict()
     common = {
         "pipeline": pipeline, "checkpoint": checkpoint, "model_config": config,
         "warmup": settings.warmup_rounds, "rounds": settings.rounds, "cpus": settings.cpus(),
     }
     names = [f"cam{i}" for i in range(count)]
-    if setup == "one_node":
+    if kind == "one_node":
         return [{**common, "api": "batch", "streams": names, "threads": settings.threads,
                  "frames": [str(f) for f in frame_files[:count]]}]
     assert baseline is not None
@@ -587,181 +489,138 @@ def _specs(
     ]
 
 
-def _median(values: list[float]) -> float:
-    return float(np.median(np.asarray(values, dtype=np.float64)))
+def _write_frames(settings: StreamsSettings, folder: Path) -> tuple[list[Path], str]:
+    clips, source = make_stream_frames(
+        max(settings.streams), settings.clip_frames, settings.height, settings.width,
+        settings.seed,
+    )
+    frame_files = []
+    for index, clip in enumerate(clips):
+        path = folder / f"stream{index}.npy"
+        np.save(path, clip)
+        frame_files.append(path)
+    return frame_files, source
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One row from the repeats of a set-up: medians of the rates, latencies and memory;
-    `runs` keeps each repeat's total fps, p99 and RSS."""
-    row = dict(runs[-1])
-    for key in ("per_stream_fps", "per_stream_fps_min", "total_fps", "rss_mb", "timed_span_s"):
-        row[key] = _median([r[key] for r in runs])
-    for key in ("rss_end_mb", "rss_loaded_mb", "cuda_peak_mb"):
-        values = [r[key] for r in runs if r[key] is not None]
-        row[key] = _median(values) if values else None
-    row["latency_ms"] = {
-        key: _median([r["latency_ms"][key] for r in runs]) for key in runs[0]["latency_ms"]
-    }
-    row["max_keyframes_per_batch"] = max(r["max_keyframes_per_batch"] for r in runs)
-    row["runs"] = {
-        "total_fps": [r["total_fps"] for r in runs],
-        "p99_ms": [r["latency_ms"]["p99"] for r in runs],
-        "rss_mb": [r["rss_mb"] for r in runs],
-        "start_spread_ms": [r["start_spread_ms"] for r in runs],
-    }
-    row["repeats"] = len(runs)
-    row.pop("start_spread_ms", None)
-    return row
+@dataclass
+class _Run:
+    """What every set-up of one run shares."""
+
+    settings: StreamsSettings
+    folder: Path
+    frame_files: list[Path]
+    checkpoint: str | None
+    config: dict[str, Any]
+    device: str
+    log: Callable[[str], None]
+    deadline: Deadline
 
 
-def _ratio(numerators: list[float], denominators: list[float]) -> dict[str, Any]:
-    """Median and min-max of per-run ratios (runs paired by repeat)."""
-    ratios = [a / b for a, b in zip(numerators, denominators, strict=True) if b > 0]
-    if not ratios:
-        return {"ratio": None, "range": None}
-    return {"ratio": _median(ratios), "range": [min(ratios), max(ratios)]}
+def _run_setup(run: _Run, setup: Setup, label: str) -> dict[str, Any] | str:
+    """One set-up's summary, or why it did not finish (the deadline)."""
+    left = run.deadline.left()
+    if left < MIN_SETUP_S:
+        return f"{left:.0f} s left before the deadline"
+    specs = _specs(run.settings, setup, run.frame_files, run.checkpoint, run.config, run.device)
+    try:
+        results, spread = run_children(specs, run.folder, min(run.settings.timeout_s, left))
+    except TimeoutError as error:
+        return f"stopped at the time limit ({error})"
+    summary = summarise(results, run.settings.rounds)
+    summary["start_spread_ms"] = spread
+    count, kind, baseline = setup
+    shown = "one node" if kind == "one_node" else (
+        f"{count} separate x {summary['threads_per_process']} threads ({baseline})"
+    )
+    run.log(f"[{label}] N={count} {shown}: {summary['total_fps']:.2f} fps total, "
+            f"p99 {summary['latency_ms']['p99']:.1f} ms, RSS {summary['rss_mb']:.0f} MB")
+    return summary
 
 
-def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's two comparisons, for every N measured: memory of the node with N streams
-    against the node with one (target for N > 1), and the node's throughput and p99 against
-    N separate processes of each baseline."""
-    node = {r["streams"]: r for r in rows if r["setup"] == "one_node"}
-    comparisons: list[dict[str, Any]] = []
-    if 1 in node:
-        for count, row in sorted(node.items()):
-            if count == 1:
-                continue
-            ratio = _ratio(row["runs"]["rss_mb"], node[1]["runs"]["rss_mb"])
-            comparisons.append({
-                "name": f"memory: one node with {count} streams / one node with 1 stream",
-                "kind": "memory", "streams": count, **ratio, "target": MEMORY_TARGET,
-                "met": ratio["ratio"] is not None and ratio["ratio"] <= MEMORY_TARGET,
-            })
-    for row in rows:
-        if row["setup"] != "separate" or row["streams"] not in node:
-            continue
-        mine = node[row["streams"]]
-        throughput = _ratio(mine["runs"]["total_fps"], row["runs"]["total_fps"])
-        p99 = _ratio(mine["runs"]["p99_ms"], row["runs"]["p99_ms"])
-        latency_ok = p99["ratio"] is not None and p99["ratio"] <= 1.0
-        comparisons.append({
-            "name": (
-                f"throughput: one node / {row['streams']} separate processes "
-                f"x {row['threads_per_process']} threads ({row['baseline']})"
-            ),
-            "kind": "throughput", "streams": row["streams"], "baseline": row["baseline"],
-            **throughput, "target": THROUGHPUT_TARGET,
-            "p99_ratio": p99["ratio"], "p99_range": p99["range"], "p99_no_worse": latency_ok,
-            # One stream is the same work either way: only N > 1 is judged.
-            "met": (
-                None if row["streams"] == 1
-                else throughput["ratio"] is not None
-                and throughput["ratio"] >= THROUGHPUT_TARGET and latency_ok
-            ),
-        })
-    return comparisons
+def _run_plan(run: _Run, plan: list[Setup]) -> tuple[list[list[dict[str, Any]]], list[str]]:
+    """Every set-up `repeats` times, interleaved, until the deadline. Returns the summaries
+    per set-up (plan order) and the names of what did not run or finish."""
+    repeats = run.settings.repeats
+    measured: list[list[dict[str, Any]]] = [[] for _ in plan]
+    skipped: list[str] = []
+    for repeat in range(repeats):
+        for number, setup in enumerate(plan):
+            label = f"run {repeat + 1}/{repeats}, {number + 1}/{len(plan)}"
+            outcome = _run_setup(run, setup, label)
+            if isinstance(outcome, str):
+                skipped.append(f"run {repeat + 1}/{repeats}: {_setup_name(setup)} ({outcome})")
+            else:
+                measured[number].append(outcome)
+    return measured, skipped
 
 
 def run_streams_benchmark(
     settings: StreamsSettings, log: Callable[[str], None] | None = None,
-    workdir: Path | None = None,
+    workdir: Path | None = None, deadline: Deadline = NO_DEADLINE,
 ) -> dict[str, Any]:
-    """Measure every (N, set-up) of the plan, `settings.repeats` times interleaved; returns the
-    JSON-ready report."""
+    """Measure every (N, set-up) of the plan, `settings.repeats` times interleaved, until
+    `deadline`; returns the JSON-ready report (`skipped` names what did not run)."""
     import torch
 
     from ..model import resolve_device
 
-    log = log or (lambda message: None)
     device = resolve_device(settings.device)
     checkpoint, config, model_text = model_source(settings)
     plan = _plan(settings)
-    runs: list[list[dict[str, Any]]] = [[] for _ in plan]
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="accel-bench-streams-")))
         folder.mkdir(parents=True, exist_ok=True)
-        clips, source = make_stream_frames(
-            max(settings.streams), settings.clip_frames, settings.height, settings.width,
-            settings.seed,
-        )
-        frame_files = []
-        for index, clip in enumerate(clips):
-            path = folder / f"stream{index}.npy"
-            np.save(path, clip)
-            frame_files.append(path)
-        for repeat in range(settings.repeats):
-            for number, (count, setup, baseline) in enumerate(plan):
-                specs = _specs(settings, count, setup, baseline, frame_files, checkpoint,
-                               config, str(device))
-                results, spread = run_children(specs, folder, settings.timeout_s)
-                summary = summarise(results, settings.rounds)
-                summary["start_spread_ms"] = spread
-                runs[number].append(summary)
-                shown = "one node" if setup == "one_node" else (
-                    f"{count} separate x {summary['threads_per_process']} threads ({baseline})"
-                )
-                log(
-                    f"[run {repeat + 1}/{settings.repeats}, {number + 1}/{len(plan)}] "
-                    f"N={count} {shown}: {summary['total_fps']:.2f} fps total, "
-                    f"p99 {summary['latency_ms']['p99']:.1f} ms, RSS {summary['rss_mb']:.0f} MB"
-                )
-    rows = []
-    for (count, setup, baseline), measured in zip(plan, runs, strict=True):
-        processes = 1 if setup == "one_node" else count
-        rows.append({
-            "streams": count, "setup": setup, "baseline": baseline, "processes": processes,
-            **aggregate(measured),
-        })
-    return {
-        "meta": {
-            "kind": "streams",
-            "device": str(device),
-            "device_name": _device_name(device),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "threads": settings.threads,
-            "thread_split": {
-                baseline: {str(n): settings.separate_threads(baseline, n)
-                           for n in settings.streams}
-                for baseline in settings.baselines()
-            },
-            "cpus": settings.cpus(),
-            "height": settings.height,
-            "width": settings.width,
-            "mode": settings.mode,
-            "keyframe_interval": settings.keyframe_interval,
-            "stagger_keyframes": settings.stagger,
-            "frames_per_stream": settings.rounds,
-            "warmup_rounds": settings.warmup_rounds,
-            "repeats": settings.repeats,
-            "flow": settings.flow,
-            "flow_scale": settings.flow_scale,
-            "model": model_text,
-            "frame_source": source,
-            "memory": "peak RSS (ru_maxrss) of each child after load and loop, summed",
-            "load_average_before": list(load_before) if load_before else None,
-            "load_average_after": list(os.getloadavg()) if load_before else None,
-            "seconds": round(time.perf_counter() - started, 1),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        },
-        "rows": rows,
-        "comparisons": compare(rows),
+        frame_files, source = _write_frames(settings, folder)
+        run = _Run(settings, folder, frame_files, checkpoint, config, str(device),
+                   log or (lambda message: None), deadline)
+        measured, skipped = _run_plan(run, plan)
+    rows = [
+        {"streams": count, "setup": kind, "baseline": baseline,
+         "processes": 1 if kind == "one_node" else count, **aggregate(runs)}
+        for (count, kind, baseline), runs in zip(plan, measured, strict=True) if runs
+    ]
+    meta = {
+        **_meta(settings, device, torch.__version__),
+        "model": model_text,
+        "frame_source": source,
+        "load_average_before": list(load_before) if load_before else None,
+        "load_average_after": list(os.getloadavg()) if load_before else None,
+        "seconds": round(time.perf_counter() - started, 1),
     }
+    return {"meta": meta, "rows": rows, "comparisons": compare(rows), "skipped": skipped}
 
 
-def _device_name(device: Any) -> str:
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+def _meta(settings: StreamsSettings, device: Any, torch_version: str) -> dict[str, Any]:
+    return {
+        "kind": "streams",
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch_version,
+        "cpu_count": os.cpu_count(),
+        "threads": settings.threads,
+        "thread_split": {
+            baseline: {str(n): settings.separate_threads(baseline, n) for n in settings.streams}
+            for baseline in settings.baselines()
+        },
+        "cpus": settings.cpus(),
+        # The size every set-up ran at: frames and network input alike.
+        "height": settings.height,
+        "width": settings.width,
+        "mode": settings.mode,
+        "keyframe_interval": settings.keyframe_interval,
+        "stagger_keyframes": settings.stagger,
+        "frames_per_stream": settings.rounds,
+        "warmup_rounds": settings.warmup_rounds,
+        "repeats": settings.repeats,
+        "flow": settings.flow,
+        "flow_scale": settings.flow_scale,
+        "memory": "peak RSS (ru_maxrss) of each child after load and loop, summed; on CUDA "
+                  "also CUDA max allocated per child, summed",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -783,7 +642,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"{'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>8} {'MB/proc':>8} {'max kf/batch':>12}"
     )
     lines = [
-        f"accel-ros bench --streams: {meta['height']}x{meta['width']} on {meta['device']} "
+        f"accel-ros bench-streams: {meta['height']}x{meta['width']} on {meta['device']} "
         f"({meta['device_name']}), mode {meta['mode']}, k={meta['keyframe_interval']}, "
         f"keyframes {'staggered' if meta['stagger_keyframes'] else 'not staggered'}, "
         f"{meta['frames_per_stream']} timed frames per stream, median of {meta['repeats']} "
@@ -796,38 +655,17 @@ def format_table(report: dict[str, Any]) -> str:
         header,
         "-" * len(header),
     ]
-    for row in report["rows"]:
-        per_process = "" if row["processes"] == 1 else f"{np.mean(row['rss_mb_per_process']):.0f}"
-        lat = row["latency_ms"]
-        lines.append(
-            f"{row['streams']:>2} {_setup_label(row):<18} "
-            f"{row['processes']:>4} x {row['threads_per_process']:<4} "
-            f"{row['per_stream_fps']:10.2f} {row['total_fps']:9.2f} {lat['p50']:8.1f} "
-            f"{lat['p99']:8.1f} {row['rss_mb']:8.0f} {per_process:>8} "
-            f"{row['max_keyframes_per_batch'] if row['setup'] == 'one_node' else '-':>12}"
-        )
+    lines.extend(_table_row(row) for row in report["rows"])
     spreads = [s for row in report["rows"] if row["processes"] > 1
                for s in row["runs"]["start_spread_ms"]]
     if spreads:
         lines.append(f"separate processes started their timed loops within {max(spreads):.1f} ms "
                      "of each other")
-    for item in report["comparisons"]:
-        if item["ratio"] is None:
-            continue
-        low, high = item["range"]
-        text = f"{item['name']}: {item['ratio']:.2f} (runs {low:.2f}-{high:.2f})"
-        if item["kind"] == "memory":
-            text += f", target <= {item['target']}"
-        else:
-            text += (
-                f", target >= {item['target']}; p99 one node / separate {item['p99_ratio']:.2f}"
-                f" ({'no worse' if item['p99_no_worse'] else 'WORSE'})"
-            )
-        if item["met"] is not None:
-            text += ": " + ("met" if item["met"] else "NOT met")
-        lines.append(text)
+    lines.extend(_comparison_line(item) for item in report["comparisons"]
+                 if item["ratio"] is not None)
     notes = sorted({n for row in report["rows"] for n in row["notes"]})
     lines.extend(f"note: {note}" for note in notes)
+    lines.extend(f"not run: {name}" for name in report.get("skipped", []))
     load = meta.get("load_average_before")
     if load:
         lines.append(
@@ -837,16 +675,31 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_plot(report: dict[str, Any], path: str | Path) -> Path:
-    """PNG: total throughput and p99 latency against the number of streams, per set-up."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _table_row(row: dict[str, Any]) -> str:
+    per_process = "" if row["processes"] == 1 else f"{np.mean(row['rss_mb_per_process']):.0f}"
+    lat = row["latency_ms"]
+    return (
+        f"{row['streams']:>2} {_setup_label(row):<18} "
+        f"{row['processes']:>4} x {row['threads_per_process']:<4} "
+        f"{row['per_stream_fps']:10.2f} {row['total_fps']:9.2f} {lat['p50']:8.1f} "
+        f"{lat['p99']:8.1f} {row['rss_mb']:8.0f} {per_process:>8} "
+        f"{row['max_keyframes_per_batch'] if row['setup'] == 'one_node' else '-':>12}"
+    )
+
+
+def _comparison_line(item: dict[str, Any]) -> str:
+    low, high = item["range"]
+    text = f"{item['name']}: {item['ratio']:.2f} (runs {low:.2f}-{high:.2f})"
+    if item["kind"] == "throughput" and item["p99_ratio"] is not None:
+        text += (f"; p99 one node / separate {item['p99_ratio']:.2f}"
+                 f" ({'no worse' if item['p99_no_worse'] else 'worse'})")
+    return text
+
+
+def draw_streams(fps_axes: Any, p99_axes: Any, report: dict[str, Any]) -> None:
+    """Total throughput and p99 latency against the number of streams, per set-up."""
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(9.0, 4.0), dpi=110)
-    FigureCanvasAgg(figure)
-    fps_axes = figure.add_subplot(1, 2, 1)
-    p99_axes = figure.add_subplot(1, 2, 2)
     setups: dict[str, list[dict[str, Any]]] = {}
     for row in report["rows"]:
         setups.setdefault(_setup_label(row), []).append(row)
@@ -864,141 +717,18 @@ def write_plot(report: dict[str, Any], path: str | Path) -> Path:
         axes.set_title(title)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
+        if report["rows"]:
+            axes.legend(fontsize=8)
+
+
+def plot_footer(report: dict[str, Any]) -> str:
     meta = report["meta"]
-    figure.text(
-        0.01, 0.01,
-        f"{meta['height']}x{meta['width']}, {meta['device_name']} ({meta['device']}), "
-        f"{meta['threads']} threads, {meta['mode']} k={meta['keyframe_interval']}",
-        fontsize=7,
-    )
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return (f"{meta['height']}x{meta['width']}, {meta['device_name']} ({meta['device']}), "
+            f"{meta['threads']} threads, {meta['mode']} k={meta['keyframe_interval']}")
 
 
-# -- CLI (through `accel-ros bench --streams`) -------------------------------------------------
-STREAMS_ONLY = (
-    ("--separate-threads", "separate_threads", "split"), ("--no-stagger", "no_stagger", False),
-    ("--no-pin", "no_pin", False),
-    ("--update-backbone", "update_backbone", None), ("--head-channels", "head_channels", None),
-    ("--stream-timeout", "stream_timeout", 1800.0),
-)
-
-
-def streams_only_options(args: argparse.Namespace) -> list[str]:
-    """The `--streams`-mode options given on a command line without --streams."""
-    return [flag for flag, name, default in STREAMS_ONLY if getattr(args, name) != default]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options only `--streams` mode reads; bench.py adds them to its parser."""
-    group = parser.add_argument_group(
-        "several streams (--streams)",
-        "one node serving N cameras against N separate single-camera processes",
-    )
-    group.add_argument("--streams", default=None,
-                       help="stream counts to measure, e.g. 1,2,4 (switches to this mode; "
-                       "default size 360x480, accel, keyframe interval 5)")
-    group.add_argument("--separate-threads", choices=SEPARATE_CHOICES, default="split",
-                       help="threads of each separate process: split = max(1, T // N), "
-                       "full = T each (oversubscribed), both")
-    group.add_argument("--no-pin", action="store_true",
-                       help="do not pin every child to the same --threads CPUs")
-    group.add_argument("--no-stagger", action="store_true",
-                       help="do not stagger keyframes across streams (nor processes)")
-    group.add_argument("--update-backbone", default=None,
-                       help="architecture override (random weights), e.g. for quick runs")
-    group.add_argument("--head-channels", type=int, default=None,
-                       help="N_feat width override (random weights), e.g. for quick runs")
-    group.add_argument("--stream-timeout", type=float, default=1800.0,
-                       help="seconds one set-up (load, warm-up, timed loop) may take")
-
-
-def parse_counts(text: str) -> tuple[int, ...]:
-    """'1,2,4' -> (1, 2, 4)."""
-    try:
-        counts = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError as error:
-        raise ValueError(f"bad --streams list {text!r}: {error}") from error
-    if not counts:
-        raise ValueError(f"no stream counts in {text!r}")
-    return counts
-
-
-def settings_from_args(args: argparse.Namespace) -> StreamsSettings:
-    """StreamsSettings from `accel-ros bench` arguments (shared options keep their meaning:
-    --frames = timed frames per stream, --warmup = untimed rounds, --intervals = the one
-    keyframe interval)."""
-    import torch
-
-    from .single_stream import parse_intervals
-
-    if (args.height is None) != (args.width is None):
-        raise ValueError("give both --height and --width, or neither")
-    not_here = [
-        flag for flag, value, default in (
-            ("--variants", args.variants, None), ("--precision", args.precision, "fp32"),
-            ("--channels-last", args.channels_last, False), ("--compile", args.compile, False),
-            ("--cuda-graphs", args.cuda_graphs, False),
-            ("--overlap-flow", args.overlap_flow, False),
-            ("--breakdown", args.breakdown, False), ("--flow-epe", args.flow_epe, False),
-            ("--accuracy", args.accuracy, None), ("--fast-variants", args.fast_variants, None),
-            ("--fast-intervals", args.fast_intervals, None),
-        )
-        if value != default
-    ]
-    if not_here:
-        # Silently ignoring them would report a configuration that did not run.
-        raise ValueError(f"{', '.join(not_here)} do not apply to --streams")
-    interval = 5
-    if args.intervals is not None:
-        intervals = parse_intervals(args.intervals)
-        if len(intervals) != 1:
-            raise ValueError(f"--streams takes one keyframe interval, got {intervals}")
-        interval = intervals[0]
-    return StreamsSettings(
-        streams=parse_counts(args.streams),
-        height=args.height or DEFAULT_SIZE[0],
-        width=args.width or DEFAULT_SIZE[1],
-        frames=args.frames if args.frames is not None else DEFAULT_FRAMES,
-        warmup=args.warmup,
-        threads=args.threads if args.threads is not None else torch.get_num_threads(),
-        device="cpu" if args.device == "auto" and not torch.cuda.is_available() else args.device,
-        keyframe_interval=interval,
-        flow=args.flow,
-        flow_scale=args.flow_scale,
-        stagger=not args.no_stagger,
-        separate=args.separate_threads,
-        pin=not args.no_pin,
-        model=args.model or "default",
-        reference_backbone=args.reference_backbone,
-        update_backbone=args.update_backbone,
-        head_channels=args.head_channels,
-        clip_frames=args.clip_frames if args.clip_frames is not None else DEFAULT_CLIP_FRAMES,
-        seed=args.seed,
-        repeats=args.repeats,
-        timeout_s=args.stream_timeout,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """`accel-ros bench --streams ...`: run, print the table, write --json / --plot."""
-    settings = settings_from_args(args)
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    report = run_streams_benchmark(settings, log)
-    print(format_table(report))
-    if args.json is not None:
-        print(f"wrote {write_json(report, args.json)}")
-    if args.plot is not None:
-        print(f"wrote {write_plot(report, args.plot)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
+def write_plot(report: dict[str, Any], path: str | Path) -> Path:
+    """PNG: total throughput and p99 latency against the number of streams, per set-up."""
+    figure = new_figure(9.0, 4.0)
+    draw_streams(figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2), report)
+    return save_figure(figure, path, plot_footer(report))

@@ -3,7 +3,10 @@
 - `FastOps` [torch_compile, cuda_graphs]: the network calls `AccelSegmenter` makes, either the
   model's own bound methods (plain path), `torch.compile`d, and/or replayed from CUDA graphs
   captured once per input shape. Every fast path falls back to the plain call with a warning
-  that says why (no CUDA device, compiler failure, capture failure) instead of failing a frame.
+  that says why (no CUDA device, compiler failure, capture failure) instead of failing a frame,
+  and `FastOps.outcome()` / `FastOps.notes` say afterwards what really ran (graphs captured and
+  replayed, calls that ran eagerly, compile failures), so a benchmark never labels eager
+  timings as graphs or compile.
 - `FlowWorker` [overlap_flow]: one background thread that computes CPU optical flow (OpenCV
   releases the GIL) while the main thread runs the update branch, which does not need the flow.
 - The flow that stays on a CUDA device (`TorchFlow`, flow_method="torch") is in model/flow.py
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .flow import FlowEstimator
+from .flow import FLOW_ESTIMATORS, FlowEstimator, _OpenCVFlow
 
 # The calls AccelSegmenter makes on AccelNet, in the order of a non-key frame.
 OP_NAMES = ("reference_features", "reference_scores", "update_features", "update_scores", "fuse")
@@ -34,7 +37,11 @@ OP_NAMES = ("reference_features", "reference_scores", "update_features", "update
 # graphs' private memory pools hold only the cheap branch's activations.
 GRAPHED_OPS = ("reference_scores", "update_features", "update_scores", "fuse")
 # Estimators that run on the CPU through OpenCV, which releases the GIL: worth a thread.
-OVERLAPPABLE_FLOWS = ("dis", "farneback")
+# Derived from flow.py's registry (whose names are config.FLOW_METHODS), not listed again.
+OVERLAPPABLE_FLOWS = tuple(
+    name for name, make in FLOW_ESTIMATORS.items()
+    if isinstance(make, type) and issubclass(make, _OpenCVFlow)
+)
 
 
 def cuda_device_context(device: torch.device) -> contextlib.AbstractContextManager:
@@ -71,18 +78,30 @@ class CompiledCall:
         # dynamic=False: the stream's frame size is fixed, so one specialised graph per shape.
         self.compiled = torch.compile(fn, backend=backend, mode=mode, dynamic=False)
         self.failure: str | None = None
+        # What really ran: calls that returned from the compiled function, calls run eagerly.
+        self.compiled_calls = 0
+        self.eager_calls = 0
 
     def __call__(self, *args: Any) -> Any:
         if self.failure is None:
             try:
-                return self.compiled(*args)
+                result = self.compiled(*args)
+                self.compiled_calls += 1
+                return result
             except Exception as error:  # dynamo/inductor raise many types; judged below
                 result = self.eager(*args)  # raises again if the input itself was bad
                 # Dynamo puts the real cause on later lines of its message: keep them all.
                 self.failure = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
                 _warn(f"torch.compile of {self.name} failed ({self.failure}); running eagerly")
+                self.eager_calls += 1
                 return result
+        self.eager_calls += 1
         return self.eager(*args)
+
+    def outcome(self) -> dict[str, Any]:
+        """What ran: {"compiled_calls", "eager_calls", "failure" (None or the reason)}."""
+        return {"compiled_calls": self.compiled_calls, "eager_calls": self.eager_calls,
+                "failure": self.failure}
 
 
 @dataclass
@@ -124,6 +143,12 @@ class CudaGraphCall:
         self.max_signatures = max(1, max_signatures)
         # signature -> captured graph, or None: capture failed, run eagerly
         self._graphs: OrderedDict[tuple, _Captured | None] = OrderedDict()
+        # What really ran, for benchmarks and parity checks: replays of a captured graph,
+        # calls that ran `fn` eagerly (arguments not graphable, or capture failed), and the
+        # reason of every failed capture (input shapes -> error).
+        self.replays = 0
+        self.eager_calls = 0
+        self.failures: dict[str, str] = {}
 
     @staticmethod
     def _signature(args: tuple[torch.Tensor | None, ...]) -> tuple:
@@ -145,6 +170,17 @@ class CudaGraphCall:
         """Drop every captured graph (and with it its memory pool)."""
         self._graphs.clear()
 
+    def outcome(self) -> dict[str, Any]:
+        """What ran: live graphs (`captured_shapes` and their input shapes), `replays`,
+        `eager_calls`, and `failures` (input shapes -> why the capture failed)."""
+        shapes = [
+            [None if t is None else list(t.shape) for t in inputs]
+            for inputs in self.static_inputs()
+        ]
+        return {"captured_shapes": self.captured_shapes, "shapes": shapes,
+                "replays": self.replays, "eager_calls": self.eager_calls,
+                "failures": dict(self.failures)}
+
     def _graphable(self, tensor: torch.Tensor) -> bool:
         if tensor.device.type != "cuda":
             return False
@@ -152,6 +188,7 @@ class CudaGraphCall:
 
     def __call__(self, *args: torch.Tensor | None) -> Any:
         if any(a is not None and not self._graphable(a) for a in args):
+            self.eager_calls += 1
             return self.fn(*args)
         key = self._signature(args)
         if key in self._graphs:
@@ -162,11 +199,13 @@ class CudaGraphCall:
                 self._graphs.popitem(last=False)
         entry = self._graphs[key]
         if entry is None:
+            self.eager_calls += 1
             return self.fn(*args)
         for static, arg in zip(entry.inputs, args, strict=True):
             if static is not None:
                 static.copy_(arg)
         self._replay(entry.graph)
+        self.replays += 1
         if isinstance(entry.outputs, torch.Tensor):
             return entry.outputs.clone()
         return tuple(out.clone() for out in entry.outputs)
@@ -185,7 +224,10 @@ class CudaGraphCall:
             graph, outputs = self._record(inputs)
             return _Captured(graph, inputs, outputs)
         except Exception as error:  # capture fails for ops that sync or allocate on the host
-            _warn(f"CUDA graph capture of {self.name} failed ({error}); running it eagerly")
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            shapes = ", ".join("None" if a is None else "x".join(map(str, a.shape)) for a in args)
+            self.failures[shapes] = reason
+            _warn(f"CUDA graph capture of {self.name} failed ({reason}); running it eagerly")
             return None
 
     def _graph_device(self, inputs: tuple[torch.Tensor | None, ...]) -> torch.device:
@@ -247,7 +289,9 @@ class ScoreFusionCall:
 
 class FastOps:
     """The network calls of `AccelSegmenter` (names in `OP_NAMES`) with the requested fast
-    paths applied. `notes` says, in words, which fast paths are active or why one is not.
+    paths applied. `notes` says, in words, which fast paths are active or why one is not,
+    including fallbacks that happened while running (a failed capture or compile);
+    `outcome()` gives the same as data.
 
     `graph_factory(fn, name)` makes the graph wrapper (default: `CudaGraphCall` on `device`);
     tests pass a CPU stand-in to check which buffers each graph copies."""
@@ -262,8 +306,10 @@ class FastOps:
         compile_mode: str | None = None,
         graph_factory: Callable[[Callable[..., Any], str], Any] | None = None,
     ) -> None:
-        self.notes: list[str] = []
+        self._notes: list[str] = []  # fixed when built; `notes` adds what happened since
         self.graphs: dict[str, Any] = {}  # op name -> its graph wrapper
+        self.compiled: dict[str, CompiledCall] = {}  # op name -> its compiled call
+        self.requested = {"torch_compile": torch_compile, "cuda_graphs": cuda_graphs}
         graphs = cuda_graphs and (
             graph_factory is not None or (device.type == "cuda" and torch.cuda.is_available())
         )
@@ -272,10 +318,10 @@ class FastOps:
                 f"cuda_graphs is on but the device is {device}: CUDA graphs need a CUDA device, "
                 "so the per-frame path runs eagerly"
             )
-            self.notes.append(message)
+            self._notes.append(message)
             _warn(message)
         elif graphs:
-            self.notes.append(
+            self._notes.append(
                 "CUDA graphs for the non-key-frame path ("
                 + ", ".join(GRAPHED_OPS)
                 + f") on {device}, captured once per input shape"
@@ -284,7 +330,7 @@ class FastOps:
             def graph_factory(fn: Callable[..., Any], name: str) -> CudaGraphCall:
                 return CudaGraphCall(fn, name, device)
         if torch_compile:
-            self.notes.append(f"torch.compile (backend={compile_backend}, mode={compile_mode})")
+            self._notes.append(f"torch.compile (backend={compile_backend}, mode={compile_mode})")
         score_fusion = not getattr(model, "fuses_features", False)
         for name in OP_NAMES:
             fn: Callable[..., Any] = getattr(model, name)
@@ -295,14 +341,18 @@ class FastOps:
                     continue
                 scores_fn: Callable[..., Any] = fusion
                 if torch_compile:
-                    fn = CompiledCall(fn, name, compile_backend, compile_mode)
-                    scores_fn = CompiledCall(fusion, "fusion", compile_backend, compile_mode)
+                    fn = self.compiled[name] = CompiledCall(
+                        fn, name, compile_backend, compile_mode
+                    )
+                    scores_fn = self.compiled["fusion"] = CompiledCall(
+                        fusion, "fusion", compile_backend, compile_mode
+                    )
                 if graphs:
                     scores_fn = self.graphs[name] = graph_factory(scores_fn, name)
                 setattr(self, name, ScoreFusionCall(fn, scores_fn))
                 continue
             if torch_compile:
-                fn = CompiledCall(fn, name, compile_backend, compile_mode)
+                fn = self.compiled[name] = CompiledCall(fn, name, compile_backend, compile_mode)
             if graphs and name in GRAPHED_OPS:
                 fn = self.graphs[name] = graph_factory(fn, name)
             setattr(self, name, fn)
@@ -312,12 +362,67 @@ class FastOps:
         for graph in self.graphs.values():
             graph.release()
 
+    @property
+    def notes(self) -> list[str]:
+        """The notes fixed when built, then every fallback that happened since, in words."""
+        return self._notes + fallback_notes(self.graphs, self.compiled)
+
+    def outcome(self) -> dict[str, Any]:
+        """What really ran, as data (see `calls_outcome`)."""
+        return calls_outcome(self.graphs, self.compiled, **self.requested)
+
     # Declared for type checkers; bound in __init__.
     reference_features: Callable[[torch.Tensor], torch.Tensor]
     reference_scores: Callable[[torch.Tensor], torch.Tensor]
     update_features: Callable[[torch.Tensor], torch.Tensor]
     update_scores: Callable[[torch.Tensor], torch.Tensor]
     fuse: Callable[..., torch.Tensor]
+
+
+def fallback_notes(graphs: dict[str, Any], compiled: dict[str, CompiledCall]) -> list[str]:
+    """In words, every fallback of these wrappers so far: failed captures, failed compiles."""
+    notes = []
+    for name, graph in graphs.items():
+        for shapes, reason in getattr(graph, "failures", {}).items():
+            notes.append(f"CUDA graph capture of {name} failed for inputs {shapes} ({reason}): "
+                         "it ran eagerly")
+    for name, call in compiled.items():
+        if call.failure is not None:
+            notes.append(f"torch.compile of {name} failed ({call.failure}): it ran eagerly")
+    return notes
+
+
+def calls_outcome(
+    graphs: dict[str, Any],
+    compiled: dict[str, CompiledCall],
+    cuda_graphs: bool = False,
+    torch_compile: bool = False,
+) -> dict[str, Any]:
+    """What really ran, as data, per requested fast path: `active` (at least one graph
+    replay, or one call that returned from compiled code), how many calls ran eagerly
+    instead, and the per-op records of `CudaGraphCall.outcome` / `CompiledCall.outcome`.
+    Graphs requested off CUDA have no ops and are not active. An op that never ran (no
+    non-key frame yet) shows zeros. `{}` when neither fast path was requested."""
+    result: dict[str, Any] = {}
+    if cuda_graphs:
+        ops = {name: graph.outcome() for name, graph in graphs.items() if hasattr(graph, "outcome")}
+        result["cuda_graphs"] = {
+            "requested": True,
+            "active": any(op["replays"] for op in ops.values()),
+            "replays": sum(op["replays"] for op in ops.values()),
+            "eager_calls": sum(op["eager_calls"] for op in ops.values()),
+            "ops": ops,
+        }
+    if torch_compile:
+        ops = {name: call.outcome() for name, call in compiled.items()}
+        result["torch_compile"] = {
+            "requested": True,
+            "active": any(op["compiled_calls"] for op in ops.values()),
+            "eager_calls": sum(op["eager_calls"] for op in ops.values()),
+            "failures": {name: op["failure"] for name, op in ops.items() if op["failure"]},
+            "ops": ops,
+        }
+    return result
 
 
 @dataclass

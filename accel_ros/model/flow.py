@@ -187,8 +187,11 @@ class TorchFlow(FlowEstimator):
         """(N, 3, H, W) float RGB in [0, 1] -> grey (N, 1, h, w) float32 on the same device."""
         with torch.autocast(frame.device.type, enabled=False):
             small = downscale_frame(frame, self.scale)
-            weights = small.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            return (small * weights).sum(dim=1, keepdim=True).contiguous()
+            # Weights as Python numbers: a tensor built from a list would be a blocking
+            # host->device copy on every CUDA frame.
+            return (
+                0.299 * small[:, 0:1] + 0.587 * small[:, 1:2] + 0.114 * small[:, 2:3]
+            ).contiguous()
 
     def estimate(self, previous: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         if previous.shape != current.shape:

@@ -49,8 +49,12 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if (height, width) == tuple(size):
         return flow
     resized = F.interpolate(flow, size=size, mode="bilinear", align_corners=False)
-    scale = flow.new_tensor([size[1] / width, size[0] / height]).view(1, 2, 1, 1)
-    return resized * scale
+    # Per-axis scale as Python numbers, in place on the fresh tensor: a tensor built from a
+    # list would be a blocking host->device copy per call (TorchFlow's pyramid calls this
+    # once per level, every frame).
+    resized[:, 0].mul_(size[1] / width)
+    resized[:, 1].mul_(size[0] / height)
+    return resized
 
 
 def feature_size(image_size: tuple[int, int], stride: int = 16) -> tuple[int, int]:
@@ -89,8 +93,11 @@ def flow_to_features(
         sampled = F.grid_sample(
             flow, grid, mode="bilinear", padding_mode="border", align_corners=True
         )
-    per_cell = flow.new_tensor([1.0 / (scale_x * stride), 1.0 / (scale_y * stride)])
-    return sampled * per_cell.view(1, 2, 1, 1)
+    # Python numbers, not a tensor built from a list (a blocking host->device copy on CUDA,
+    # every non-key frame); `sampled` is grid_sample's fresh output, so in place is safe.
+    sampled[:, 0].mul_(1.0 / (scale_x * stride))
+    sampled[:, 1].mul_(1.0 / (scale_y * stride))
+    return sampled
 
 
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,146 @@
+"""`accel-ros bench`: per-frame latency of Accel/DFF/DeepLab variants, torchvision peers and the
+fast paths on one stream (accel_ros/bench/single_stream.py). Several cameras: `bench-streams`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..bench import single_stream
+from ..bench.variants import VARIANTS, parse_variants
+from ..config import BACKENDS, FLOW_METHODS, PRECISIONS
+from .options import log_progress, print_report
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "bench",
+        help="per-frame latency of Accel/DFF/DeepLab variants and of the fast paths",
+        description=single_stream.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--variants", default="all",
+                        help="comma list of: all (the paper's family), peers (torchvision), "
+                        f"{', '.join(VARIANTS)} (default all)")
+    parser.add_argument("--intervals", default="1-10",
+                        help="keyframe intervals, e.g. 1-10 or 1,2,3,5,10 (default 1-10)")
+    parser.add_argument("--height", type=int, default=None,
+                        help="frame and network input height (default: the --model's input "
+                        "size, else 512, or 1024 on CUDA)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="frame and network input width (default: the --model's input "
+                        "size, else 1024, or 2048 on CUDA)")
+    parser.add_argument("--frames", type=int, default=20,
+                        help="timed frames per measurement, rounded up to whole keyframe cycles")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed frames per measurement")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="measure autocast at this precision against fp32")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="measure channels_last memory format against the plain path")
+    parser.add_argument("--compile", action="store_true",
+                        help="measure torch.compile (slow to compile, esp. on CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="measure CUDA graphs of the non-key-frame path (CUDA only)")
+    parser.add_argument("--overlap-flow", action="store_true",
+                        help="measure CPU flow computed beside the update branch")
+    parser.add_argument("--backend", default="torch",
+                        help=f"comma list of runtimes of the networks, each measured as a fast "
+                        f"path of its own: {', '.join(BACKENDS)} (exported ONNX graphs; optional "
+                        "extras). openvino with --precision bf16 adds an OpenVINO bf16 row")
+    parser.add_argument("--flow", choices=FLOW_METHODS, default="dis",
+                        help="flow estimator (torch stays on the device)")
+    parser.add_argument("--flow-scale", type=float, default=0.5)
+    parser.add_argument("--reference-backbone", default=None,
+                        help="N_R of every variant (default resnet101, or the --model's own)")
+    parser.add_argument("--model", default=None,
+                        help="configuration of the deeplab/accel variants (and of N_R for "
+                        "reference/dff): a preset name or a checkpoint ('default', a path)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole plan this many times, interleaved; report medians "
+                        "and the spread")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="CUDA: an extra synchronised pass per measurement for real stage "
+                        "times (latency always comes from the unsynchronised pass)")
+    parser.add_argument("--flow-epe", action="store_true",
+                        help="also measure each flow method's end-point error on synthetic "
+                        "clips with exact flow")
+    parser.add_argument("--fast-variants", default=None,
+                        help="variants for the fast-path runs (default: --variants)")
+    parser.add_argument("--fast-intervals", default=None,
+                        help="intervals for the fast-path runs (default: --intervals)")
+    parser.add_argument("--clip-frames", type=int, default=24,
+                        help="distinct frames rendered (played back and forth)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the report here")
+    parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
+    parser.add_argument("--accuracy", type=Path, default=None,
+                        help="mIoU JSON (eval.json or {variant: ...}) for the trade-off plot")
+    # Moved to its own subcommand; kept hidden only to say where.
+    parser.add_argument("--streams", nargs="?", const="1,2,4", default=None,
+                        help=argparse.SUPPRESS)
+    parser.set_defaults(handler=main)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> single_stream.BenchSettings:
+    return single_stream.BenchSettings(
+        variants=parse_variants(args.variants),
+        intervals=single_stream.parse_intervals(args.intervals),
+        height=args.height,
+        width=args.width,
+        frames=args.frames,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
+        overlap_flow=args.overlap_flow,
+        flow=args.flow,
+        flow_scale=args.flow_scale,
+        reference_backbone=(
+            args.reference_backbone
+            if args.reference_backbone is not None or args.model is not None
+            else "resnet101"
+        ),
+        model=args.model,
+        repeats=args.repeats,
+        breakdown=args.breakdown,
+        flow_epe=args.flow_epe,
+        fast_variants=parse_variants(args.fast_variants) if args.fast_variants else None,
+        fast_intervals=(
+            single_stream.parse_intervals(args.fast_intervals) if args.fast_intervals else None
+        ),
+        clip_frames=args.clip_frames,
+        seed=args.seed,
+        backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark, print the table, write --json / --plot."""
+    import torch
+
+    if args.streams is not None:
+        raise ValueError("several cameras have their own subcommand: "
+                         f"accel-ros bench-streams --streams {args.streams} ...")
+    settings = settings_from_args(args)
+    if args.accuracy is not None and not args.accuracy.is_file():
+        raise FileNotFoundError(f"accuracy file not found: {args.accuracy}")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    report = single_stream.run_benchmark(settings, log_progress)
+    accuracy = None
+    if args.accuracy is not None:
+        accuracy = single_stream.load_accuracy(args.accuracy, report)
+        report["accuracy"] = {
+            name: {("every_frame" if k is None else str(k)): v for k, v in values.items()}
+            for name, values in accuracy.items()
+        }
+    print_report(single_stream.format_table(report), report, args.json, args.plot,
+                 lambda report, path: single_stream.write_plot(report, path, accuracy))
+    return 0
