@@ -25,10 +25,12 @@ from mcap.writer import Writer as McapWriter
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from accel_ros.cli import main as cli
+from accel_ros.cli import make_bag as make_bag_cli
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.io import bag_reader, bridge, rosbag
 from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
 from accel_ros.replay import runner as replay
+from accel_ros.replay.sources import Frame, open_source
 
 HEIGHT, WIDTH = 32, 48
 CAMERA = "/camera/image_raw"
@@ -272,8 +274,8 @@ def test_db3_folder_without_metadata_is_read_like_reindex(tmp_path):
     assert count == 5 and not report.damaged
     assert any("no metadata.yaml" in note and "ros2 bag reindex" in note and "nometa_0.db3"
                in note for note in report.notes)
-    source = replay.open_source(folder, None, None, rosbag.make_typestore())
-    decoded = [item.rgb for item in source if isinstance(item, replay.Frame)]
+    source = open_source(folder, None, None, rosbag.make_typestore())
+    decoded = [item.rgb for item in source if isinstance(item, Frame)]
     assert len(decoded) == 5
     np.testing.assert_array_equal(decoded[3], images[3])
 
@@ -464,6 +466,21 @@ def test_bad_inputs_are_one_line_with_the_file_and_exit_2(tmp_path, capsys, tiny
         assert not out.exists(), name  # nothing half-written
 
 
+def test_a_file_that_is_no_checkpoint_is_one_short_line(tmp_path, capsys):
+    """Random bytes as --checkpoint: say it is not a checkpoint of this package, and never
+    pass on PyTorch's advice to load it with weights_only=False (that runs its pickles)."""
+    source = tmp_path / "in"
+    rosbag.write_camera_bag(source, frames(2), start_ns=START_NS)
+    junk = tmp_path / "model.pt"
+    junk.write_bytes(np.random.default_rng(1).bytes(8192))
+    code = segment_cli(source, tmp_path / "out", junk)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (f"accel-ros segment: error: {junk} is not a checkpoint of this package "
+                   "(unreadable: UnpicklingError)\n")
+    assert "weights_only" not in err and not (tmp_path / "out").exists()
+
+
 def test_other_commands_never_print_a_traceback(tmp_path, capsys):
     runs = [
         (["eval", "--checkpoint", str(tmp_path / "no.pt")], "checkpoint not found"),
@@ -484,7 +501,7 @@ def test_unexpected_errors_are_one_line_too(monkeypatch, capsys):
     def explode(args: argparse.Namespace) -> int:
         raise KeyError("inner detail")
 
-    monkeypatch.setattr(replay, "main_make_bag", explode)
+    monkeypatch.setattr(make_bag_cli, "main", explode)
     monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
     assert cli.main(["make-bag", "x"]) == 1
     err = capsys.readouterr().err
@@ -555,8 +572,11 @@ def test_ctrl_c_in_the_cli_exits_130_naming_the_valid_output(
     assert err.strip() == (f"accel-ros segment: interrupted by Ctrl-C after 2 frames; "
                            f"{tmp_path / 'out'} (bag) holds them")
     assert (tmp_path / "out" / "out_0.db3").is_file()
-    # the camera copy stops with the frames: the output is the recording up to there
-    assert [len(v) for v in read_topics(tmp_path / "out").values()] == [2, 2, 2, 2]
+    # the camera copy stops with the frames: the output is the recording up to there (and the
+    # class metadata, written once)
+    counts = {topic: len(v) for topic, v in read_topics(tmp_path / "out").items()}
+    assert counts.pop(f"{CAMERA}/label_info") == 1
+    assert list(counts.values()) == [2, 2, 2, 2]
 
 
 def test_custom_message_types_of_a_recovered_bag_are_copied(tmp_path):

@@ -1,5 +1,6 @@
-"""`accel-ros demo`: the real CLI entry end to end at a tiny size, the checkpoint fallback and
-the comparison layout. (mIoU arithmetic is accel_ros.metrics', tested in test_metrics.py.)"""
+"""`accel-ros demo`: the real CLI entry end to end at a tiny size, the checkpoint fallback, the
+comparison layout, option checks before any file is written, and the reference mode with
+agreement scores. (mIoU arithmetic is accel_ros.metrics', tested in test_metrics.py.)"""
 
 from __future__ import annotations
 
@@ -8,23 +9,27 @@ import json
 
 import numpy as np
 
+import accel_ros.config
 import accel_ros.model
 from accel_ros import demo
+from accel_ros.cli import demo as demo_cli
+from accel_ros.cli import main as cli
 from accel_ros.io import video
 from accel_ros.metrics import confusion_matrix
 
 
 def test_demo_entry_end_to_end(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    demo.add_parser(parser.add_subparsers(dest="command"))
+    demo_cli.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "demo"
     args = parser.parse_args(["demo", "--out", str(out), "--frames", "3", "--height", "64",
                               "--width", "96", "--checkpoint", "none", "--quiet"])
     assert args.handler(args) == 0
 
     printed = capsys.readouterr().out
-    for title in ("DFF", "DeepLab-Lite0", "Accel-Lite0"):  # the default (lite) preset
+    for title in ("Reference", "DFF", "DeepLab-Lite0", "Accel-Lite0"):  # the lite preset
         assert title in printed
+    assert "agrees with ref" in printed and "domain gap" in printed
     assert "mIoU" in printed and "random weights" in printed
 
     files = {path.name for path in out.iterdir()}
@@ -33,22 +38,29 @@ def test_demo_entry_end_to_end(tmp_path, capsys):
     accel_frames = list(video.iter_video(out / demo.ACCEL_VIDEO))
     assert len(accel_frames) == 3 and accel_frames[0].rgb.shape == (64, 96, 3)
     grid_frames = list(video.iter_video(out / demo.COMPARISON_VIDEO))
-    assert len(grid_frames) == 3 and grid_frames[0].rgb.shape == (128, 288, 3)
-    assert video.read_image_rgb(out / demo.COMPARISON_IMAGE).shape == (128, 288, 3)
+    # 2x3 panels of 64x96 above the legend and caption strip
+    assert len(grid_frames) == 3
+    grid_height, grid_width = grid_frames[0].rgb.shape[:2]
+    assert grid_width == 288 and grid_height > 128 and grid_height % 2 == 0
+    assert video.read_image_rgb(out / demo.COMPARISON_IMAGE).shape == (grid_height, 288, 3)
 
     summary = json.loads((out / demo.SUMMARY_JSON).read_text())
     assert summary["checkpoint"] is None
     assert summary["model"]["reference_backbone"] == "efficientnet_lite2"
-    assert set(summary["modes"]) == {"dff", "deeplab", "accel"}
+    assert set(summary["modes"]) == {"reference", "dff", "deeplab", "accel"}
     for stats in summary["modes"].values():
         assert stats["frames"] == 3
         assert 0.0 <= stats["miou"] <= 1.0
         assert 0.0 <= stats["pixel_accuracy"] <= 1.0
         assert len(stats["iou_per_class"]) == 11
+        assert 0.0 <= stats["agreement_with_reference"] <= 1.0
+        assert stats["mean_ms"] > 0
     # keyframe interval 5: one keyframe in 3 frames for the flow modes, none for DeepLab.
     assert summary["modes"]["dff"]["keyframes"] == 1
     assert summary["modes"]["accel"]["keyframes"] == 1
     assert summary["modes"]["deeplab"]["keyframes"] == 0
+    assert summary["modes"]["reference"]["keyframes"] == 3  # its network on every frame
+    assert summary["modes"]["reference"]["agreement_with_reference"] == 1.0
     assert summary["showcase_frame"] == 2  # the frame farthest from its keyframe (age 2)
 
 
@@ -69,17 +81,70 @@ def test_comparison_layout_and_showcase_frame():
     image = np.full((48, 80, 3), 200, dtype=np.uint8)
     truth = np.zeros((48, 80), dtype=np.uint8)
     runs = []
-    for mode in ("dff", "deeplab", "accel"):
+    for mode in demo.DEMO_MODES:
         run = demo.ModeRun(mode, mode.upper(), labels=[np.full((48, 80), 3, np.uint8)],
                            keyframe_ages=[0])
         run.confusion = confusion_matrix(run.labels[0], truth, 11)
+        run.agreement_confusion = confusion_matrix(run.labels[0], run.labels[0], 11)
         runs.append(run)
-    legend = demo.legend_panel(48, 80, ("sky", "road"), "camvid")
+    footer = demo.legend_strip(240, 48, ("sky", "road"), "camvid")
     grid = demo.comparison_frame(0, image, truth, runs, palette="camvid", alpha=1.0,
-                                 legend=legend)
-    assert grid.shape == (96, 240, 3) and grid.dtype == np.uint8
-    # Below the title banner, alpha 1 shows the pure palette colour of class 3 (road).
-    np.testing.assert_array_equal(grid[-1, 0], [128, 64, 128])
+                                 footer=footer)
+    assert grid.shape == (96 + footer.shape[0], 240, 3) and grid.dtype == np.uint8
+    # Below the title banner, alpha 1 shows the pure palette colour of class 3 (road), in
+    # the reference's panel (top right) and Accel's (bottom right).
+    np.testing.assert_array_equal(grid[47, -1], [128, 64, 128])
+    np.testing.assert_array_equal(grid[95, -1], [128, 64, 128])
+    np.testing.assert_array_equal(grid[-1, -1], [32, 32, 32])  # the footer's grey
     panel = demo.label_panel(image, "Title")
     assert (panel[-1] == 200).all() and (panel[0] < 200).all()
     assert demo.showcase_index([0, 1, 2, 0, 1, 2, 0, 1, 2]) == 5
+
+
+def test_caption_wraps_inside_the_picture():
+    lines = [("a domain gap caption " * 12, (255, 255, 255))]
+    strip = demo.caption_panel(288, 64, lines)
+    assert strip.shape[1] == 288 and strip.shape[0] % 2 == 0
+    # wrapped onto several lines, and text drawn up to (not past) the right margin
+    assert strip.shape[0] > 3 * demo.render.banner_height(64)
+    assert (strip[:, :-4] != 32).any() and (strip[:, -3:] == 32).all()
+
+
+def test_every_option_is_checked_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """A bad option, or a file that is no checkpoint, is one line (exit 2) before the clip is
+    rendered or the output folder made."""
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered before the options were checked")
+
+    monkeypatch.setattr(demo.run, "render_clip", no_rendering)
+    junk = tmp_path / "model.pt"
+    junk.write_bytes(np.random.default_rng(0).bytes(4096))
+    cases = {
+        "--keyframe-interval 0": "keyframe_interval must be",
+        "--frames 0": "frames must be >= 1",
+        "--overlay-alpha 1.5": "alpha must be in [0, 1]",
+        "--height 4": "image size must be >= 8x8",
+        "--threads 0": "--threads must be >= 1",
+        f"--checkpoint {junk}": "is not a checkpoint of this package",
+        f"--checkpoint {tmp_path / 'absent.pt'}": "checkpoint not found",
+    }
+    for options, message in cases.items():
+        out = tmp_path / "out"
+        code = cli.main(["demo", "--out", str(out), "--quiet", *options.split()])
+        err = capsys.readouterr().err
+        assert code == 2, options
+        assert err.count("\n") == 1 and message in err, (options, err)
+        assert "weights_only" not in err and len(err) < 240, (options, err)
+        assert not out.exists(), options
+
+
+def test_the_checkpoints_real_video_scores_are_captioned():
+    """What the synthetic clip cannot show: the checkpoint's scores on real held-out video."""
+    config = accel_ros.config.preset("lite")
+    extra = {"val_miou": {"reference": 0.4968, "update": 0.3593, "fusion": 0.4968},
+             "validation": "held-out 0001TP"}
+    assert demo.run.real_video_scores(extra, config) == (
+        "On real video (held-out 0001TP), mIoU: Reference 49.7%, DeepLab-Lite0 35.9%, "
+        "Accel-Lite0 49.7%.")
+    assert demo.run.real_video_scores({}, config) is None

@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
+from accel_ros.cli import make_bag as make_bag_cli
+from accel_ros.cli import segment as segment_cli
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import generate_clip
 from accel_ros.io import bridge, rosbag, video
 from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
+from accel_ros.palette import CAMVID_CLASSES, get_palette
 from accel_ros.replay import runner as replay
+from accel_ros.replay.sinks import output_kind
+from accel_ros.replay.sources import open_source
 from accel_ros.report import RunSummary, format_latency_table, latency_rows
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 6
@@ -121,10 +126,18 @@ def test_bag_round_trip(tmp_path, tiny_model, clip_images, storage, mode):
 
     out = read_bag(dst)
     assert set(out) == {CAMERA, "/chatter", f"{CAMERA}/labels", f"{CAMERA}/color",
-                        f"{CAMERA}/stats"}
+                        f"{CAMERA}/stats", f"{CAMERA}/label_info"}
     storage_file = next(p for p in dst.iterdir() if p.name != "metadata.yaml")
     assert storage_file.suffix == {"mcap": ".mcap", "sqlite3": ".db3"}[storage]
+    label_info = out.pop(f"{CAMERA}/label_info")
     assert all(len(messages) == FRAMES for messages in out.values())
+    # The class metadata, once, with the first frame's header and bag time.
+    (timestamp, info, _), = label_info
+    assert timestamp == START_NS and info.header.frame_id == "cam_0"
+    assert [(c.class_id, c.class_name) for c in info.class_map] == list(
+        enumerate(CAMVID_CLASSES))
+    assert info.palette == "camvid" and info.ignore_id == 255 and info.resize_mode == "pad"
+    assert bytes(info.colors) == get_palette("camvid").tobytes()
     # Copied through byte for byte, at the original bag times.
     assert [raw for _, _, raw in out[CAMERA]] == raws
     assert [msg.data for _, msg, _ in out["/chatter"]] == [f"hello {i}" for i in range(FRAMES)]
@@ -184,12 +197,14 @@ def test_corrupt_messages_are_skipped(tmp_path, tiny_model, clip_images):
 
 def test_make_bag_cli_compressed_then_segment_cli(tmp_path, tiny_model):
     parser = argparse.ArgumentParser()
-    replay.add_parser(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    make_bag_cli.add_parser(subparsers)
+    segment_cli.add_parser(subparsers)
     bag = tmp_path / "synthetic"
     args = parser.parse_args(["make-bag", str(bag), "--frames", "4", "--height", str(HEIGHT),
                               "--width", str(WIDTH), "--encoding", "jpeg",
                               "--storage", "sqlite3", "--quiet"])
-    assert replay.main(args) == 0
+    assert args.handler(args) == 0
     made = read_bag(bag)
     topic = f"{CAMERA}/compressed"
     assert list(made) == [topic]
@@ -204,15 +219,16 @@ def test_make_bag_cli_compressed_then_segment_cli(tmp_path, tiny_model):
     args = parser.parse_args(["segment", str(bag), "--out", str(out), "--checkpoint",
                               str(checkpoint), "--mode", "deeplab", "--device", "cpu",
                               "--quiet"])
-    assert replay.main(args) == 0
+    assert args.handler(args) == 0
     result = read_bag(out)
     # image_transport's /compressed suffix is dropped for the output topics.
-    assert set(result) == {topic, f"{CAMERA}/labels", f"{CAMERA}/color", f"{CAMERA}/stats"}
+    assert set(result) == {topic, f"{CAMERA}/labels", f"{CAMERA}/color", f"{CAMERA}/stats",
+                           f"{CAMERA}/label_info"}
     assert [msg.mode for _, msg, _ in result[f"{CAMERA}/stats"]] == ["deeplab"] * 4
     assert not any(msg.is_keyframe for _, msg, _ in result[f"{CAMERA}/stats"])
     # The output bag is new: running again onto it is refused before any work.
     with pytest.raises(ValueError, match="exists already"):
-        replay.main(args)
+        args.handler(args)
 
 
 def test_topic_selection(tmp_path, clip_images):
@@ -250,7 +266,7 @@ def test_video_in_video_out(tmp_path, tiny_model, clip_images):
         for rgb in clip_images[:5]:
             writer.write(rgb)
     dst = tmp_path / "out.mp4"
-    assert replay.output_kind(dst) == "video"
+    assert output_kind(dst) == "video"
     summary = replay.segment(src, dst, make_segmenter(tiny_model, "dff"), quiet=True)
     assert summary.frames == 5
     frames = list(video.iter_video(dst))
@@ -267,7 +283,7 @@ def test_video_to_bag_writes_the_frames(tmp_path, tiny_model, clip_images):
     dst = tmp_path / "out_bag"
     replay.segment(src, dst, make_segmenter(tiny_model, "dff"), topic="/cam", quiet=True)
     out = read_bag(dst)
-    assert set(out) == {"/cam", "/cam/labels", "/cam/color", "/cam/stats"}
+    assert set(out) == {"/cam", "/cam/labels", "/cam/color", "/cam/stats", "/cam/label_info"}
     assert [t for t, _, _ in out["/cam"]] == [0, 100_000_000, 200_000_000]
     first = out["/cam"][0][1]
     assert (first.encoding, first.height, first.width) == ("rgb8", HEIGHT, WIDTH)
@@ -283,7 +299,7 @@ def test_image_folder_to_png_folder(tmp_path, tiny_model, clip_images):
     (src / "notes.txt").write_text("ignored")
     dst = tmp_path / "overlays"
     dst.mkdir()
-    assert replay.output_kind(dst) == "png"
+    assert output_kind(dst) == "png"
     summary = replay.segment(src, dst, make_segmenter(tiny_model, "dff"), quiet=True,
                              overlay_alpha=1.0)
     assert summary.frames == 4
@@ -302,23 +318,23 @@ def test_output_kind_and_bad_inputs(tmp_path):
     bag = tmp_path / "bag"
     bag.mkdir()
     (bag / "metadata.yaml").write_text("rosbag2_bagfile_information: {}\n")
-    assert replay.output_kind(tmp_path / "new_bag") == "bag"
-    assert replay.output_kind(tmp_path / "clip.MP4") == "video"
-    assert replay.output_kind(tmp_path / "new", "png") == "png"
+    assert output_kind(tmp_path / "new_bag") == "bag"
+    assert output_kind(tmp_path / "clip.MP4") == "video"
+    assert output_kind(tmp_path / "new", "png") == "png"
     with pytest.raises(ValueError, match="exists already"):
-        replay.output_kind(bag)
+        output_kind(bag)
     with pytest.raises(ValueError, match="not one of"):
-        replay.output_kind(tmp_path / "x", "gif")
+        output_kind(tmp_path / "x", "gif")
     typestore = rosbag.make_typestore()
     with pytest.raises(FileNotFoundError, match="input not found"):
-        replay.open_source(tmp_path / "missing.mcap", None, None, typestore)
+        open_source(tmp_path / "missing.mcap", None, None, typestore)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="neither a rosbag2"):
-        replay.open_source(empty, None, None, typestore)
+        open_source(empty, None, None, typestore)
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="cannot read"):
-        replay.open_source(tmp_path / "notes.txt", None, None, typestore)
+        open_source(tmp_path / "notes.txt", None, None, typestore)
 
 
 class _Result:
@@ -345,3 +361,120 @@ def test_run_summary_and_latency_table():
     text = summary.format()
     assert "4 frames, 1 keyframes, 1 skipped" in text and "frame 9: broken" in text
     assert format_latency_table([]) == "  (no frames timed)"
+
+
+def segment_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    segment_cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_image_folder_to_a_new_folder_without_suffix_writes_pngs(
+        tmp_path, tiny_model, clip_images):
+    """The README's `accel-ros segment frames/ --out overlays/`: image folder -> PNG folder,
+    also when the output folder does not exist yet."""
+    src = tmp_path / "frames"
+    src.mkdir()
+    for index, rgb in enumerate(clip_images[:3]):
+        video.write_image_rgb(src / f"img_{index:02d}.png", rgb)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    common = ["--checkpoint", str(checkpoint), "--mode", "dff", "--device", "cpu", "--quiet"]
+    for out in (f"{tmp_path / 'overlays'}/", str(tmp_path / "overlays_no_slash")):
+        args = segment_parser().parse_args(["segment", f"{src}/", "--out", out, *common])
+        assert args.handler(args) == 0
+        written = sorted(p.name for p in Path(out).iterdir())
+        assert written == [f"img_{index:02d}.png" for index in range(3)], out
+
+    # The rule, input by input: a trailing slash names a folder; without one, a name with no
+    # suffix is a PNG folder for image-folder input and a new bag otherwise.
+    assert output_kind(f"{tmp_path / 'new'}/") == "png"
+    assert output_kind(tmp_path / "new", images_in=True) == "png"
+    assert output_kind(tmp_path / "new") == "bag"
+    assert output_kind(tmp_path / "new.mcap", images_in=True) == "bag"
+    assert output_kind(tmp_path / "new.mp4", images_in=True) == "video"
+    assert output_kind(tmp_path / "new", "bag", images_in=True) == "bag"
+    help_text = " ".join(segment_parser()._subparsers._group_actions[0].choices["segment"]
+                         .format_help().split())
+    assert "ends in '/'" in help_text and "INPUT is an image folder" in help_text
+
+
+def test_segment_writes_the_known_definitions_and_reports_the_inputs(
+        tmp_path, tiny_model, clip_images, capsys):
+    """One flipped byte in the input's schema text must not reach the output: outputs carry
+    the known definitions; the damaged one and one of another layout are each reported."""
+    from rosbags.highlevel import AnyReader
+
+    typestore = rosbag.make_typestore()
+    known, _ = typestore.generate_msgdef(rosbag.IMAGE_TYPE, ros_version=2)
+    string_type = "std_msgs/msg/String"
+    src = tmp_path / "in"
+    with Writer(src, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        camera = writer.add_connection(
+            CAMERA, rosbag.IMAGE_TYPE, msgdef=known.replace("frame_id", "fra~e_id"),
+            rihs01=typestore.hash_rihs01(rosbag.IMAGE_TYPE))
+        chatter = writer.add_connection(
+            "/chatter", string_type, msgdef="string data\nint32 extra\n",
+            rihs01=typestore.hash_rihs01(string_type))
+        for index, rgb in enumerate(clip_images[:3]):
+            header = rosbag.make_header(typestore, START_NS + index, "cam")
+            msg = rosbag.image_message(typestore, rgb, "rgb8", header)
+            writer.write(camera, START_NS + index,
+                         typestore.serialize_cdr(msg, rosbag.IMAGE_TYPE))
+            writer.write(chatter, START_NS + index, b"\x00\x01\x00\x00\x01\x00\x00\x00\x00"
+                         b"\x00\x00\x00\x07\x00\x00\x00")
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    out = tmp_path / "out"
+    args = segment_parser().parse_args(["segment", str(src), "--out", str(out),
+                                        "--checkpoint", str(checkpoint), "--mode", "dff",
+                                        "--device", "cpu", "--quiet"])
+    assert args.handler(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # --quiet: said in the summary only
+    assert (f"{CAMERA}: the input's {rosbag.IMAGE_TYPE} definition is damaged (cannot parse "
+            "'string fra~e_id'); the output uses the known definition") in captured.out
+    assert (f"/chatter: the input's {string_type} definition differs from the known one "
+            f"({string_type} fields data, extra; known: data)") in captured.out
+
+    with AnyReader([out]) as reader:  # the issue's output could not be opened at all
+        assert {c.topic for c in reader.connections} == {
+            CAMERA, f"{CAMERA}/labels", f"{CAMERA}/color", f"{CAMERA}/stats",
+            f"{CAMERA}/label_info"}
+        for connection in reader.connections:
+            expected, _ = typestore.generate_msgdef(connection.msgtype, ros_version=2)
+            assert connection.msgdef.data == expected, connection.topic
+        camera_msgs = [reader.deserialize(raw, c.msgtype)
+                       for c, _, raw in reader.messages() if c.topic == CAMERA]
+    assert [m.header.frame_id for m in camera_msgs] == ["cam"] * 3
+
+
+def test_a_text_file_named_mp4_is_one_line_even_from_ffmpeg(tmp_path, capfd):
+    """FFmpeg inside OpenCV writes to file descriptor 2 directly ("moov atom not found"):
+    only the package's own one-line error may reach the user."""
+    fake = tmp_path / "clip.mp4"
+    fake.write_text("not a video\n")
+    with pytest.raises(ValueError, match="cannot open video"):
+        video.video_info(fake)
+    with pytest.raises(ValueError, match="cannot open video"):
+        list(video.iter_video(fake))
+    assert capfd.readouterr().err == ""
+
+
+def test_segment_through_another_backend_gives_the_same_labels(
+        tmp_path, tiny_model, clip_images):
+    """`segment --backend onnxruntime`: the exported graphs in ONNX Runtime, the keyframe
+    cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    bag = tmp_path / "cam"
+    rosbag.write_camera_bag(bag, clip_images)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
+    labels = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / f"seg_{backend}"
+        args = segment_parser().parse_args([
+            "segment", str(bag), "--out", str(out), "--checkpoint", str(checkpoint),
+            "--keyframe-interval", "3", "--device", "cpu", "--backend", backend, "--quiet"])
+        assert args.handler(args) == 0
+        labels[backend] = np.stack([bridge.image_to_array(msg) for _, msg, _ in
+                                    read_bag(out)[f"{CAMERA}/labels"]])
+    assert labels["torch"].shape == (FRAMES, HEIGHT, WIDTH)
+    assert (labels["torch"] == labels["onnxruntime"]).mean() >= 0.995

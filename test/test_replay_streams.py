@@ -190,7 +190,7 @@ def test_three_cameras_match_single_stream_runs(tmp_path, tiny_model, clips):
 
     out = read_bag(dst)
     outputs = {f"{rosbag.output_base(t)}/{kind}" for t in CAMERAS
-               for kind in ("labels", "color", "stats")}
+               for kind in ("labels", "color", "stats", "label_info")}
     assert set(out) == {*CAMERAS, "/chatter", *outputs}
     assert "/rear/image_raw/labels" in outputs  # image_transport's /compressed dropped
     assert len(out["/chatter"]) == FRAMES

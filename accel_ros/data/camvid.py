@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
+from ..io.video import read_image_rgb as read_rgb
 from .transforms import IGNORE_INDEX, Transform, image_to_tensor, labels_to_tensor
 
 CAMVID_NUM_CLASSES = 11
@@ -95,17 +96,6 @@ def camvid_colors_to_ids(label_rgb: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- file access
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; clear errors for missing or empty files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ValueError(f"could not decode image (empty or not an image): {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def read_ids(path: str | Path) -> np.ndarray:

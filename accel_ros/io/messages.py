@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 STATS_TYPE_NAME = "accel_ros_msgs/msg/SegmentationStats"
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output", "total")
@@ -124,3 +127,97 @@ def stats_to_json(fields: dict[str, Any], stamp: tuple[int, int] | None, frame_i
     for key, value in fields.items():
         payload[key] = None if isinstance(value, float) and math.isnan(value) else value
     return json.dumps(payload, sort_keys=False)
+
+
+# -- class metadata: accel_ros_msgs/msg/LabelInfo ----------------------------------------------
+LABEL_INFO_TYPE_NAME = "accel_ros_msgs/msg/LabelInfo"
+CLASS_INFO_TYPE_NAME = "accel_ros_msgs/msg/ClassInfo"
+# Byte-for-byte copies of accel_ros_msgs/msg/ClassInfo.msg and LabelInfo.msg (a test keeps them
+# equal).
+CLASS_INFO_MSG_TEXT = """\
+# One class of a label image: the fields of vision_msgs/VisionClass.
+uint16 class_id
+string class_name
+"""
+LABEL_INFO_MSG_TEXT = """\
+# Class metadata of the accel_ros segmentation node's label images. Published on ~/label_info
+# with transient-local durability, so a subscriber that joins late still receives it, and
+# recorded in the output bags of `accel-ros segment`. class_map and threshold are the fields of
+# vision_msgs/LabelInfo, so a bridge to it copies them.
+std_msgs/Header header
+# Class id -> name, in id order.
+ClassInfo[] class_map
+# Confidence below which a pixel would be unlabelled; 0: every pixel gets its arg-max class.
+float32 threshold
+# Label value of pixels no class was predicted for (outside the crop with resize_mode crop).
+uint8 ignore_id
+# Colours of ~/color and ~/overlay: the palette's name and RGB triplets in class-id order.
+string palette
+uint8[] colors
+# The model: sha256 of its checkpoint file ("random:<sha256 of its config>" for random
+# weights), and the network input size frames are resized to under resize_mode (labels come
+# back at each input's own size).
+string model_hash
+uint32 input_height
+uint32 input_width
+string resize_mode
+"""
+
+
+def register_label_info_type(typestore: Any) -> type:
+    """Register accel_ros_msgs/msg/LabelInfo (and its ClassInfo) in a rosbags typestore;
+    returns the LabelInfo class. Idempotent, like `register_stats_type`."""
+    from rosbags.typesys import get_types_from_msg
+
+    for name, text in ((CLASS_INFO_TYPE_NAME, CLASS_INFO_MSG_TEXT),
+                       (LABEL_INFO_TYPE_NAME, LABEL_INFO_MSG_TEXT)):
+        if name not in typestore.types:
+            typestore.register(get_types_from_msg(text, name))
+    return typestore.types[LABEL_INFO_TYPE_NAME]
+
+
+def label_info_fields(
+    class_names: Sequence[str],
+    colors: Any,
+    *,
+    palette: str,
+    model_hash: str,
+    input_size: tuple[int, int] | None,
+    resize_mode: str,
+    ignore_id: int = 255,
+) -> dict[str, Any]:
+    """LabelInfo fields (all but ``header``), with ``class_map`` as (class_id, class_name)
+    pairs for the caller to wrap in its ClassInfo type. `colors` is the palette, (K, 3) uint8;
+    `input_size` None (the frames' own size) is written as 0 x 0."""
+    height, width = input_size or (0, 0)
+    return {
+        "class_map": [(index, str(name)) for index, name in enumerate(class_names)],
+        "threshold": 0.0,
+        "ignore_id": int(ignore_id),
+        "palette": str(palette),
+        "colors": [int(v) for v in np.asarray(colors, dtype=np.uint8).reshape(-1)],
+        "model_hash": str(model_hash),
+        "input_height": int(height),
+        "input_width": int(width),
+        "resize_mode": str(resize_mode),
+    }
+
+
+def segmenter_label_info(segmenter: Any, palette: str) -> dict[str, Any]:
+    """`label_info_fields` of what an AccelSegmenter runs, drawn in `palette`."""
+    from ..palette import class_names, get_palette
+
+    config = segmenter.model_config
+    return label_info_fields(
+        class_names(config.num_classes, config.class_names), get_palette(palette),
+        palette=palette, model_hash=getattr(segmenter, "model_hash", ""),
+        input_size=getattr(segmenter, "input_size", None),
+        resize_mode=segmenter.pipeline_config.resize_mode,
+    )
+
+
+def label_info_to_json(fields: dict[str, Any], frame_id: str) -> str:
+    """The std_msgs/String fallback payload of LabelInfo, as JSON."""
+    payload = {"header": {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": frame_id}, **fields,
+               "class_map": [{"class_id": i, "class_name": n} for i, n in fields["class_map"]]}
+    return json.dumps(payload)

@@ -2,14 +2,17 @@
 
 Covers what the replay tools need: a ROS 2 typestore that also knows
 accel_ros/msg/SegmentationStats, choosing the camera topic(s), opening writers for either storage
-plugin (named as rosbag2 names its own bags), copying connections through unchanged, building
+plugin (named as rosbag2 names its own bags), copying connections through (with the known
+definitions of their types, checking the input's against them), building
 Header/Image messages, and writing clips of RGB frames as camera topics. Reading, including
 bags a crash cut short, is in bag_reader.py.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +24,20 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from . import bridge
 from .bag_reader import STORAGE_SUFFIXES, is_bag_folder
-from .messages import STATS_TYPE_NAME, register_stats_type
+from .messages import (
+    CLASS_INFO_TYPE_NAME,
+    LABEL_INFO_TYPE_NAME,
+    STATS_TYPE_NAME,
+    register_label_info_type,
+    register_stats_type,
+)
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
 STATS_TYPE = STATS_TYPE_NAME
+LABEL_INFO_TYPE = LABEL_INFO_TYPE_NAME
+CLASS_INFO_TYPE = CLASS_INFO_TYPE_NAME
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
 COMPRESSED_FORMATS = ("jpeg", "png")
 BAG_FILE_SUFFIXES = tuple(STORAGE_SUFFIXES)
@@ -38,6 +49,7 @@ def make_typestore() -> Any:
     stores are mutable and tests or callers may register their own types)."""
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     register_stats_type(typestore)
+    register_label_info_type(typestore)
     return typestore
 
 
@@ -184,10 +196,11 @@ def output_base(topic: str) -> str:
 
 
 def output_topics(topic: str) -> dict[str, str]:
-    """{"labels", "color", "stats": output topic} of one camera topic: ``<base>/labels`` and
-    so on, with `output_base`'s base. Every camera topic of a multi-topic run gets its own."""
+    """{"labels", "color", "stats", "label_info": output topic} of one camera topic:
+    ``<base>/labels`` and so on, with `output_base`'s base. Every camera topic of a multi-topic
+    run gets its own."""
     base = output_base(topic)
-    return {kind: f"{base}/{kind}" for kind in ("labels", "color", "stats")}
+    return {kind: f"{base}/{kind}" for kind in ("labels", "color", "stats", "label_info")}
 
 
 class Rosbag2Writer(Writer):
@@ -235,18 +248,22 @@ def open_writer(path: str | Path, storage: str | None = None) -> Writer:
 
 
 def copy_connection(writer: Writer, connection: Connection, typestore: Any) -> Connection:
-    """Add a connection with the same topic, type, definition, hash and QoS as `connection`.
+    """Add a connection with the same topic, type and QoS as `connection`.
 
-    Bags from older rosbag2 versions, and MCAP files read without their metadata, carry no
-    hash; it is then computed by the typestore, which first learns a type it does not know
-    (custom messages) from the .msg definition the bag carries. A type with neither raises.
+    A type the typestore knows is written with the typestore's own definition and hash, never
+    with the text the input carries: one flipped byte there would otherwise be copied into
+    the output and make it unreadable (`definition_mismatch` tells callers what the input's
+    text says). A type it does not know (custom messages) is first learnt from the .msg
+    definition the bag carries; one known by neither is copied with the input's definition
+    and hash when it has both. A type with neither raises.
     """
     qos = getattr(connection.ext, "offered_qos_profiles", ()) or ()
     msgdef = connection.msgdef.data if connection.msgdef is not None else ""
     if (msgdef and connection.msgtype not in typestore.types
             and connection.msgdef.format == MessageDefinitionFormat.MSG):
         typestore.register(get_types_from_msg(msgdef, connection.msgtype))
-    if msgdef and connection.digest and connection.digest.startswith("RIHS01_"):
+    if (connection.msgtype not in typestore.types and msgdef and connection.digest
+            and connection.digest.startswith("RIHS01_")):
         return writer.add_connection(
             connection.topic,
             connection.msgtype,
@@ -257,6 +274,64 @@ def copy_connection(writer: Writer, connection: Connection, typestore: Any) -> C
     return writer.add_connection(
         connection.topic, connection.msgtype, typestore=typestore, offered_qos_profiles=qos
     )
+
+
+@dataclass(frozen=True)
+class DefinitionMismatch:
+    """The message definition an input connection carries disagrees with the known one of its
+    type. `readable`: the text parses (then it describes another layout, and the messages
+    follow it); otherwise it is damaged and the known definition still reads the messages."""
+
+    topic: str
+    msgtype: str
+    readable: bool
+    detail: str
+
+    def __str__(self) -> str:
+        if self.readable:
+            return (f"{self.topic}: the input's {self.msgtype} definition differs from the "
+                    f"known one ({self.detail})")
+        return (f"{self.topic}: the input's {self.msgtype} definition is damaged "
+                f"({self.detail}); the output uses the known definition")
+
+
+def definition_mismatch(connection: Connection, typestore: Any) -> DefinitionMismatch | None:
+    """How the .msg definition `connection` carries disagrees with `typestore`'s for its type
+    and the types it nests, or None: they agree, the connection carries no .msg text (older
+    bags, IDL definitions), or the type is not known (a custom message)."""
+    msgdef = connection.msgdef
+    if (connection.msgtype not in typestore.fielddefs or msgdef is None or not msgdef.data
+            or msgdef.format != MessageDefinitionFormat.MSG):
+        return None
+    try:
+        parsed = get_types_from_msg(msgdef.data, connection.msgtype)
+    except Exception as error:  # rosbags' TypesysError quotes the whole text: name the line
+        bad = _unparsed_line(msgdef.data)
+        detail = f"cannot parse {bad!r}" if bad else f"{type(error).__name__}"
+        return DefinitionMismatch(connection.topic, connection.msgtype, False, detail)
+    for name, (consts, fields) in parsed.items():
+        known = typestore.fielddefs.get(name)
+        if known is not None and (list(consts), list(fields)) != (list(known[0]),
+                                                                  list(known[1])):
+            theirs = ", ".join(f for f, _ in fields)
+            ours = ", ".join(f for f, _ in known[1])
+            return DefinitionMismatch(connection.topic, connection.msgtype, True,
+                                      f"{name} fields {theirs}; known: {ours}")
+    return None
+
+
+def _unparsed_line(text: str) -> str | None:
+    """The first field line of a .msg text that is not `type name [default]` with a valid
+    ROS name, or None."""
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith(("MSG:", "====")):
+            continue
+        parts = line.split()
+        name = parts[1].split("=", 1)[0] if len(parts) > 1 else ""
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            return line
+    return None
 
 
 def make_header(typestore: Any, stamp_ns: int, frame_id: str) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 
 # One image reader for the whole package (missing file: FileNotFoundError, undecodable:
 # ValueError), re-exported under the name the replay tools use.
-from ..data.camvid import read_rgb as read_image_rgb
+from .native_stderr import CapturedStderr
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -88,7 +88,8 @@ def iter_video(path: str | Path, fps: float | None = None) -> Iterator[VideoFram
     try:
         index = 0
         while True:
-            ok, bgr = capture.read()
+            with CapturedStderr():
+                ok, bgr = capture.read()
             if not ok or bgr is None:
                 break
             stamp_ns = round(index * 1e9 / rate)
@@ -107,10 +108,23 @@ def _open_capture(path: str | Path) -> cv2.VideoCapture:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file not found: {path}")
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
+    with CapturedStderr():
+        capture = cv2.VideoCapture(str(path))
+        opened = capture.isOpened()
+    if not opened:
         raise ValueError(f"OpenCV cannot open video {path} (unsupported codec or not a video)")
     return capture
+
+
+def read_image_rgb(path: str | Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; clear errors for missing or empty files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ValueError(f"could not decode image (empty or not an image): {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _check_rgb(rgb: np.ndarray) -> None:
@@ -143,10 +157,12 @@ class VideoWriter:
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._size = (width, height)
-            self._writer = cv2.VideoWriter(
-                str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self._size
-            )
-            if not self._writer.isOpened():
+            with CapturedStderr():
+                self._writer = cv2.VideoWriter(
+                    str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, self._size
+                )
+                opened = self._writer.isOpened()
+            if not opened:
                 raise ValueError(
                     f"OpenCV cannot write {self.path} with codec {self.fourcc!r}; "
                     f"try an .mp4 or .avi output"
