@@ -1,0 +1,113 @@
+"""`accel-ros export`: write a model's graphs as checked ONNX files with a manifest, for the
+OpenVINO / ONNX Runtime backends (their cache, the default) or for TensorRT (`--output`)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from ..config import DEFAULT_PRESET, PRESETS
+from ..deploy.export import (
+    OPSET,
+    OPSETS,
+    OUT_OF_FRAME,
+    ExportKey,
+    Manifest,
+    cache_root,
+    export_graphs,
+    stale_reason,
+)
+from ..deploy.runtimes import RUNTIMES
+from ..model.checkpoint import load_model, resolve_checkpoint
+from ..runtime import THREADS_HELP, set_threads
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `export`."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export the networks as ONNX graphs (OpenVINO, ONNX Runtime, TensorRT)",
+        description="Export the parts the streaming sequence needs (reference branch, N_task, "
+        "update branch, fusion, warp) as ONNX graphs of static shape, check each with the "
+        "onnx checker and a run against torch, and write manifest.json beside them. Without "
+        "--output they go to the cache the openvino/onnxruntime backends read, so a robot "
+        "can pay the export at install time instead of at its first start.",
+    )
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+                        help="architecture of random weights (with --checkpoint none)")
+    parser.add_argument("--checkpoint", default="default",
+                        help="'default' (shipped), 'none' (random weights) or a path")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="network input size (default: the checkpoint's)")
+    parser.add_argument("--batch", type=int, default=1,
+                        help="static batch (cameras per call); 0 = a dynamic batch axis")
+    parser.add_argument("--opset", type=int, default=OPSET, choices=OPSETS)
+    parser.add_argument("--out-of-frame", default="border", choices=OUT_OF_FRAME,
+                        help="the warp graph's rule for samples from outside the frame")
+    parser.add_argument("--output", "-o", type=Path, default=None,
+                        help="folder to write (replaced as a whole; default: the backends' "
+                        f"cache under {cache_root()})")
+    parser.add_argument("--check-runtime", default="onnxruntime", choices=RUNTIMES,
+                        help="runtime that runs each graph against torch")
+    parser.add_argument("--force", action="store_true",
+                        help="export even when the cache holds these graphs already")
+    parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    parser.set_defaults(handler=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    loaded = load_model(args.checkpoint if resolve_checkpoint(args.checkpoint) else args.preset)
+    size = tuple(args.input_size) if args.input_size else loaded.model.config.input_size
+    if size is None:
+        raise ValueError("this model records no input size: give --input-size H W")
+    key = ExportKey.for_model(loaded.model, size, batch=args.batch, opset=args.opset,
+                              out_of_frame=args.out_of_frame)
+    folder = args.output or cache_root() / key.folder_name
+    reason = stale_reason(folder, key)
+    if reason is None and not args.force:
+        print(f"up to date: {folder} holds these graphs ({loaded.description})")
+        return 0
+    if reason is None:  # --force: an up-to-date folder would be kept as it is
+        shutil.rmtree(folder)
+    manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
+                             checkpoint=str(loaded.path) if loaded.path else None)
+    print(describe(manifest, folder))
+    return 0
+
+
+def describe(manifest: Manifest, folder: Path) -> str:
+    """What was written, one line per graph (N: the dynamic batch axis), and the TensorRT
+    engine commands."""
+    key = manifest.key
+    lines = [f"exported {len(manifest.graphs)} graphs ({key.input_size[0]}x{key.input_size[1]}, "
+             f"batch {key.batch or 'dynamic'}, opset {key.opset}) in "
+             f"{manifest.export_seconds:.1f} s to {folder}"]
+    for graph in manifest.graphs.values():
+        inputs = ", ".join(f"{name} {_dims(shape)}" for name, shape in graph["inputs"].items())
+        (output, shape), = graph["output"].items()
+        lines.append(f"  {graph['file']:<24} {inputs} -> {output} {_dims(shape)}  "
+                     f"{graph['bytes'] / 1e6:.2f} MB, max |{manifest.checked_with} - torch| "
+                     f"{graph['check_max_error']:.1e}")
+    lines.append("TensorRT engines (on the target, with TensorRT's trtexec):")
+    for graph in manifest.graphs.values():
+        lines.append("  " + trtexec_command(folder, graph, key.batch))
+    return "\n".join(lines)
+
+
+def _dims(shape: list[int]) -> str:
+    return "x".join("N" if dim == 0 else str(dim) for dim in shape)
+
+
+def trtexec_command(folder: Path, graph: dict, batch: int, max_batch: int = 4) -> str:
+    """The engine-building command of one graph: fp16, saved beside it; a dynamic batch axis
+    gets an optimisation profile of 1 to `max_batch` frames (tuned for 1)."""
+    stem = Path(graph["file"]).stem
+    command = f"trtexec --onnx={folder / graph['file']} --fp16 --saveEngine={folder / stem}.engine"
+    if batch == 0:
+        for flag, size in (("min", 1), ("opt", 1), ("max", max_batch)):
+            shapes = ",".join(f"{name}:{_dims([size, *shape[1:]])}"
+                              for name, shape in graph["inputs"].items())
+            command += f" --{flag}Shapes={shapes}"
+    return command

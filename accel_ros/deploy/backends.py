@@ -1,0 +1,200 @@
+"""Runtime backends: the network calls of `AccelSegmenter` through exported graphs.
+
+`GraphNetworks` has the interface of `model.fastpath.FastOps` (the calls in `OP_NAMES`,
+`notes`, `graphs`, `release`), so the segmenter's keyframe cache, flow, warp, adaptive
+keyframes, several streams and timings are the same with every backend; only where the
+networks run changes. The graphs come from the cache (`export.cached_graphs`), exported on
+first use of a model and input size.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import PipelineConfig
+from ..model.accel import AccelNet
+from .export import ExportedGraphs, cached_graphs
+from .runtimes import OPENVINO_PRECISIONS, RUNTIMES, GraphSession, open_session, require
+
+# Graphs whose input is the frame: a frame of a new size exports (or loads) that size's graphs.
+IMAGE_GRAPHS = ("reference_features", "update_features")
+# Input sizes whose sessions stay loaded (each holds its own copy of the weights).
+MAX_SIZES = 4
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Graph:
+    session: GraphSession
+    shapes: list[tuple[int, ...]]  # input shapes less the batch axis
+
+
+class GraphNetworks:
+    """`AccelNet`'s network calls run by `runtime` ("onnxruntime" or "openvino") on the CPU.
+
+    Tensors in and out are float32 on the host, shaped as the model's own calls. With
+    `input_size` the graphs are exported or loaded here (start-up); otherwise on the first
+    frame of each size. `threads`: the sessions' intra-op threads (default: torch's thread
+    count when a session opens). Batch-1 graphs run a batch of N frames one at a time."""
+
+    def __init__(
+        self,
+        model: AccelNet,
+        runtime: str,
+        *,
+        precision: str = "fp32",
+        out_of_frame: str = "border",
+        input_size: tuple[int, int] | None = None,
+        batch: int = 1,
+        root: str | Path | None = None,
+        threads: int | None = None,
+        log: Callable[[str], None] | None = _stderr,
+    ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+        allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("fp32",)
+        if precision not in allowed:
+            raise ValueError(f"backend {runtime} runs precision {' or '.join(allowed)}, "
+                             f"got {precision!r}")
+        # Missing packages stop start-up here, not at the first frame.
+        require(runtime, f"backend {runtime}")
+        require("onnx", f"backend {runtime} (exporting its graphs)")
+        self.model = model
+        self.runtime = runtime
+        self.precision = precision
+        self.out_of_frame = out_of_frame
+        self.batch = batch
+        self.root = root
+        self.threads = threads
+        self.log = log
+        self.notes: list[str] = []
+        self.graphs: dict[str, Any] = {}  # no CUDA graphs here (AccelSegmenter reads this)
+        self._sizes: OrderedDict[tuple[int, int], dict[str, _Graph]] = OrderedDict()
+        if input_size is not None:
+            self.prepare(input_size)
+
+    def prepare(self, input_size: tuple[int, int]) -> ExportedGraphs:
+        """Export (when missing or stale) and open the graphs of one input size."""
+        size = (int(input_size[0]), int(input_size[1]))
+        graphs = cached_graphs(self.model, size, batch=self.batch, out_of_frame=self.out_of_frame,
+                               root=self.root, check_runtime=self.runtime, log=self.log)
+        threads = self.threads or torch.get_num_threads()
+        self._sizes[size] = {
+            name: _Graph(
+                open_session(self.runtime, graphs.folder / entry["file"], threads,
+                             self.precision, graphs.folder / f"{self.runtime}_cache"),
+                [tuple(shape[1:]) for shape in entry["inputs"].values()],
+            )
+            for name, entry in graphs.manifest.graphs.items()
+            if name != "warp"  # the pipeline warps in torch
+        }
+        while len(self._sizes) > MAX_SIZES:
+            self._sizes.popitem(last=False)
+        how = f"exported in {graphs.seconds:.1f} s" if graphs.exported else "from the cache"
+        self.notes.append(f"backend {self.runtime} ({self.precision}, {threads} thread(s)): "
+                          f"graphs for {size[0]}x{size[1]} {how}, {graphs.folder}")
+        return graphs
+
+    def release(self) -> None:
+        """Nothing to drop: each input size keeps its sessions (at most MAX_SIZES)."""
+
+    # -- the calls of fastpath.OP_NAMES ----------------------------------------------------
+    def reference_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, C_R, h, w)."""
+        return self._run("reference_features", image)
+
+    def reference_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C_R, h, w) -> s_R (N, K, h, w)."""
+        return self._run("reference_scores", features)
+
+    def update_features(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, C_U, h_U, w_U)."""
+        self._require_update()
+        return self._run("update_features", image)
+
+    def update_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, C_U, h_U, w_U) -> s_U (N, K, h_U, w_U)."""
+        self._require_update()
+        return self._run("update_scores", features)
+
+    def fuse(
+        self,
+        reference_features: torch.Tensor,
+        update_features: torch.Tensor,
+        reference_scores: torch.Tensor | None = None,
+        update_scores: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`AccelNet.fuse`: corrected scores (N, K, h, w); missing scores are computed."""
+        if self.model.fusion is None:
+            raise RuntimeError("this model has no update branch, so there is nothing to fuse")
+        if self.model.fuses_features:
+            return self._run("fuse", reference_features, update_features)
+        if reference_scores is None:
+            reference_scores = self.reference_scores(reference_features)
+        if update_scores is None:
+            update_scores = self.update_scores(update_features)
+        return self._run("fuse", reference_scores, update_scores)
+
+    # -- running a graph --------------------------------------------------------------------
+    def _graph(self, name: str, tensors: tuple[torch.Tensor, ...]) -> _Graph:
+        """Graph `name` of the loaded size whose input shapes (less the batch) match
+        `tensors`; a frame of a size not seen yet prepares that size first."""
+        shapes = [tuple(t.shape[1:]) for t in tensors]
+        for graphs in reversed(self._sizes.values()):
+            graph = graphs.get(name)
+            if graph is not None and graph.shapes == shapes:
+                return graph
+        if name in IMAGE_GRAPHS and tensors[0].dim() == 4:
+            size = (int(tensors[0].shape[-2]), int(tensors[0].shape[-1]))
+            graph = self._sizes[size].get(name) if size in self._sizes else None
+            if graph is None:
+                self.prepare(size)
+                graph = self._sizes[size].get(name)
+            if graph is not None and graph.shapes == shapes:
+                return graph
+        raise ValueError(f"no exported {name} graph takes inputs {shapes}")
+
+    def _run(self, name: str, *tensors: torch.Tensor) -> torch.Tensor:
+        session = self._graph(name, tensors).session
+        arrays = [t.detach().float().contiguous().cpu().numpy() for t in tensors]
+        count = arrays[0].shape[0]
+        if self.batch in (0, count):
+            return torch.from_numpy(session(*arrays))
+        if self.batch != 1:
+            raise ValueError(f"graphs of batch {self.batch} cannot take a batch of {count}")
+        parts = [session(*(a[i : i + 1] for a in arrays)) for i in range(count)]
+        return torch.from_numpy(np.concatenate(parts))
+
+    def _require_update(self) -> None:
+        if self.model.update is None:
+            raise RuntimeError("this model has no update branch (update_backbone=None)")
+
+
+def build_networks(
+    model: AccelNet,
+    pipeline: PipelineConfig,
+    device: torch.device,
+    input_size: tuple[int, int] | None = None,
+    **options: Any,
+) -> GraphNetworks:
+    """The network calls of backend `pipeline.backend` for an `AccelSegmenter` on `device`
+    (the CPU: these runtimes run on it). `options` go to `GraphNetworks`."""
+    backend = getattr(pipeline, "backend", "torch")
+    if backend not in RUNTIMES:
+        raise ValueError(f"backend {backend!r} runs no exported graphs; choose one of {RUNTIMES}")
+    if device.type != "cpu":
+        raise ValueError(f"backend {backend} runs the networks on the CPU, but the device is "
+                         f"{device}: set device to cpu, or use backend torch")
+    return GraphNetworks(model, backend, precision=pipeline.precision,
+                         out_of_frame=pipeline.out_of_frame, input_size=input_size, **options)

@@ -1,0 +1,336 @@
+"""ONNX export of an `AccelNet`'s graphs (`graphs.py`), their manifest, and the cache that
+keys them by the weights' hash and the input size.
+
+A folder of graphs holds one `<graph>.onnx` per graph and `manifest.json`: input size, batch,
+classes, palette, opset, the hash of the weights, the package versions that made it, and each
+graph's inputs, output and shapes. Every graph is checked when it is written: `onnx.checker`,
+then a run in a runtime (ONNX Runtime by default) against torch on the same inputs.
+
+The cache (`cached_graphs`) serves the runtime backends: a folder per weights hash, input size
+and batch under `cache_root()`; a manifest that disagrees with what is asked (opset, warp rule,
+versions) or a graph file whose size changed makes the folder stale, and a stale folder is
+exported again, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..model.accel import AccelNet
+from .graphs import GraphSpec, graph_specs
+from .runtimes import open_session, require
+
+FORMAT = "accel_ros-graphs/1"
+MANIFEST = "manifest.json"
+# GridSample is in ONNX from opset 16; TensorRT's parser reads opset 20's renamed GridSample
+# modes as nearest sampling without a word, so graphs stay within 16-19.
+OPSETS = (16, 17, 18, 19)
+OPSET = 17
+OUT_OF_FRAME = ("border", "zeros")
+CACHE_ENV = "ACCEL_ROS_CACHE"
+# Export check, per graph: max |runtime - torch| <= CHECK_TOLERANCE * max(1, max |torch|).
+# fp32 graphs differ from torch by summation order only: ~1e-5 relative is typical.
+CHECK_TOLERANCE = 1e-3
+
+
+def cache_root() -> Path:
+    """Where exported graphs are cached: $ACCEL_ROS_CACHE, else $XDG_CACHE_HOME/accel_ros/graphs,
+    else ~/.cache/accel_ros/graphs."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "accel_ros" / "graphs"
+
+
+def weights_hash(model: AccelNet) -> str:
+    """sha256 over the model's config and every state-dict tensor (name, dtype, shape, bytes):
+    the same weights give the same hash wherever their checkpoint lies, and random weights
+    never collide with trained ones. ~0.2 s for the shipped model."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)}".encode())
+        digest.update(memoryview(array.reshape(-1).view(np.uint8)))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ExportKey:
+    """Everything an exported folder must agree with to be used. `batch` 0 = a dynamic batch
+    axis (TensorRT then needs an optimisation profile)."""
+
+    weights_sha256: str
+    input_size: tuple[int, int]
+    batch: int = 1
+    opset: int = OPSET
+    out_of_frame: str = "border"
+    versions: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.opset not in OPSETS:
+            raise ValueError(f"opset must be one of {OPSETS} (TensorRT reads 16-19), got "
+                             f"{self.opset}")
+        if self.out_of_frame not in OUT_OF_FRAME:
+            raise ValueError(f"out_of_frame {self.out_of_frame!r} is not one of {OUT_OF_FRAME}")
+        if self.batch < 0:
+            raise ValueError(f"batch must be >= 1 (0: dynamic), got {self.batch}")
+        if len(self.input_size) != 2 or min(self.input_size) < 16:
+            raise ValueError(f"input size must be (height, width) >= 16, got {self.input_size}")
+
+    @classmethod
+    def for_model(cls, model: AccelNet, input_size: tuple[int, int], **fields: Any) -> ExportKey:
+        """The key of `model`'s graphs at `input_size` with this installation's versions."""
+        versions = (("accel_ros", __version__), ("torch", torch.__version__),
+                    ("onnx", _version_of("onnx")))
+        size = (int(input_size[0]), int(input_size[1]))
+        return cls(weights_hash(model), size, versions=versions, **fields)
+
+    @property
+    def folder_name(self) -> str:
+        batch = self.batch or "N"
+        return f"{self.weights_sha256[:16]}-{self.input_size[0]}x{self.input_size[1]}-b{batch}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["versions"] = dict(self.versions)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExportKey:
+        data = dict(data)
+        data["input_size"] = tuple(data["input_size"])
+        data["versions"] = tuple(data.get("versions", {}).items())  # JSON keeps the order
+        return cls(**data)
+
+
+def _version_of(module: str) -> str:
+    return str(require(module, "ONNX export").__version__)
+
+
+@dataclass
+class Manifest:
+    """What a folder of graphs holds; `graphs` maps a graph name to its file, inputs (name ->
+    shape, 0 = the dynamic batch axis), output name and shape, size in bytes and the
+    export check's max error."""
+
+    key: ExportKey
+    num_classes: int
+    class_names: list[str]
+    palette: str
+    model_config: dict[str, Any]
+    graphs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    checked_with: str = ""
+    export_seconds: float = 0.0
+    checkpoint: str | None = None
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["key"] = self.key.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        data = dict(data)
+        data["key"] = ExportKey.from_dict(data["key"])
+        return cls(**data)
+
+
+def read_manifest(folder: Path) -> Manifest | None:
+    """The manifest of `folder`, or None when there is none or it is unreadable."""
+    try:
+        data = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            return None
+        return Manifest.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def stale_reason(folder: Path, key: ExportKey) -> str | None:
+    """Why the graphs in `folder` must not serve `key` (None: they may)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return "no cache yet" if not Path(folder).exists() else "no readable manifest"
+    if manifest.key != key:
+        old, new = manifest.key.to_dict(), key.to_dict()
+        changed = [f"{name} {old[name]} -> {new[name]}" for name in new if old[name] != new[name]]
+        return "stale cache: " + "; ".join(changed)
+    for graph in manifest.graphs.values():
+        path = Path(folder) / graph["file"]
+        if not path.is_file() or path.stat().st_size != graph["bytes"]:
+            return f"stale cache: {graph['file']} is missing or changed"
+    return None
+
+
+def export_graphs(
+    model: AccelNet,
+    folder: str | Path,
+    key: ExportKey,
+    *,
+    check_runtime: str = "onnxruntime",
+    checkpoint: str | None = None,
+) -> Manifest:
+    """Export every graph of `model` for `key` into `folder`, check each (onnx.checker, then a
+    run in `check_runtime` against torch) and write the manifest. The folder is replaced as a
+    whole, atomically, unless it serves `key` already by the time the export is done (another
+    process exported it meanwhile). Raises ValueError naming a graph that fails its check."""
+    onnx = require("onnx", "ONNX export")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    specs = graph_specs(model, key.input_size, max(key.batch, 1), key.out_of_frame)
+    staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        graphs = {}
+        for spec in specs:
+            path = staging / f"{spec.name}.onnx"
+            _export_one(spec, path, key)
+            onnx.checker.check_model(str(path), full_check=True)
+            error = check_graph(spec, path, check_runtime)
+            graphs[spec.name] = _graph_entry(spec, path, key, error)
+        config = model.config
+        manifest = Manifest(
+            key, config.num_classes, list(config.class_names), config.palette, config.to_dict(),
+            graphs, check_runtime, round(time.perf_counter() - start, 2), checkpoint,
+        )
+        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",
+                                        encoding="utf-8")
+        _replace_folder(staging, folder, key)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _export_one(spec: GraphSpec, path: Path, key: ExportKey) -> None:
+    """torch's TorchScript-based exporter (dynamo=False): it writes opset 16-19 directly and
+    needs nothing beyond torch; the dynamo exporter needs onnxscript and converts down from
+    opset 18."""
+    names = list(spec.inputs)
+    dynamic = None
+    if key.batch == 0:
+        dynamic = {name: {0: "batch"} for name in [*names, spec.output]}
+    with warnings.catch_warnings():
+        # The deprecation notice of dynamo=False, and tracer warnings on the shape checks that
+        # tracing turns into constants (the shapes are static by design).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            spec.module, tuple(spec.inputs.values()), str(path), opset_version=key.opset,
+            dynamo=False, input_names=names, output_names=[spec.output],
+            dynamic_axes=dynamic, do_constant_folding=True,
+        )
+
+
+def check_graph(spec: GraphSpec, path: Path, runtime: str) -> float:
+    """Run the graph file in `runtime` on the spec's example inputs; returns the max absolute
+    difference to torch, raising ValueError past CHECK_TOLERANCE (relative to the outputs'
+    scale)."""
+    session = open_session(runtime, path, threads=torch.get_num_threads())
+    arrays = [tensor.numpy() for tensor in spec.inputs.values()]
+    expected = spec.expected.numpy()
+    got = session(*arrays)
+    if got.shape != expected.shape:
+        raise ValueError(f"graph {spec.name}: {runtime} gives shape {got.shape}, torch "
+                         f"{expected.shape}")
+    error = float(np.abs(got - expected).max())
+    limit = CHECK_TOLERANCE * max(1.0, float(np.abs(expected).max()))
+    if not error <= limit:
+        raise ValueError(f"graph {spec.name}: {runtime} differs from torch by {error:.3g} "
+                         f"(> {limit:.3g}); not used")
+    return error
+
+
+def _graph_entry(spec: GraphSpec, path: Path, key: ExportKey, error: float) -> dict[str, Any]:
+    def shape(tensor: torch.Tensor) -> list[int]:
+        return [0 if key.batch == 0 else int(tensor.shape[0]), *map(int, tensor.shape[1:])]
+
+    return {
+        "file": path.name,
+        "inputs": {name: shape(tensor) for name, tensor in spec.inputs.items()},
+        "output": {spec.output: shape(spec.expected)},
+        "bytes": path.stat().st_size,
+        "check_max_error": error,
+    }
+
+
+def _replace_folder(staging: Path, folder: Path, key: ExportKey) -> None:
+    """Move the finished `staging` folder to `folder`. A stale `folder` is dropped; one that
+    serves `key` already (another process finished the same export meanwhile, and may be
+    reading it) is kept and `staging` discarded."""
+    if folder.exists():
+        if stale_reason(folder, key) is None:
+            return
+        old = folder.parent / f".{folder.name}.{os.getpid()}.old"
+        with contextlib.suppress(FileNotFoundError):
+            folder.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        staging.rename(folder)
+    except OSError:
+        if stale_reason(folder, key) is not None:  # not another process's finished export
+            raise
+
+
+@dataclass
+class ExportedGraphs:
+    """A folder of graphs that serves a key, with how it was obtained."""
+
+    folder: Path
+    manifest: Manifest
+    exported: bool  # False: taken from the cache as it was
+    seconds: float  # spent exporting (0.0 from the cache)
+    reason: str | None = None  # why it was exported
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cached_graphs(
+    model: AccelNet,
+    input_size: tuple[int, int],
+    *,
+    batch: int = 1,
+    opset: int = OPSET,
+    out_of_frame: str = "border",
+    root: str | Path | None = None,
+    check_runtime: str = "onnxruntime",
+    log: Callable[[str], None] | None = _stderr,
+) -> ExportedGraphs:
+    """The graphs of `model` at `input_size` from the cache under `root` (default
+    `cache_root()`), exported first when missing or stale; an export says so in one line on
+    `log` with its reason and duration."""
+    key = ExportKey.for_model(model, input_size, batch=batch, opset=opset,
+                              out_of_frame=out_of_frame)
+    folder = Path(root or cache_root()) / key.folder_name
+    reason = stale_reason(folder, key)
+    if reason is None:
+        manifest = read_manifest(folder)
+        assert manifest is not None
+        return ExportedGraphs(folder, manifest, exported=False, seconds=0.0)
+    start = time.perf_counter()
+    manifest = export_graphs(model, folder, key, check_runtime=check_runtime)
+    seconds = time.perf_counter() - start
+    if log is not None:
+        log(f"accel_ros: exported {len(manifest.graphs)} ONNX graphs for "
+            f"{key.input_size[0]}x{key.input_size[1]} in {seconds:.1f} s ({reason}) to {folder}")
+    return ExportedGraphs(folder, manifest, exported=True, seconds=seconds, reason=reason)

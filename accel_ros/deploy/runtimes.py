@@ -1,0 +1,150 @@
+"""ONNX Runtime and OpenVINO behind one small interface: open an exported graph, run arrays.
+
+Both packages are optional extras; a missing one is one line naming the extra to install.
+Sessions run on the CPU with the thread count they are given (the process's torch threads by
+default, so `--threads 1` means one thread for every backend) and in fp32 unless asked:
+OpenVINO's own default on CPUs with AMX or AVX512-BF16 is bf16, which would break parity.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+# Runtimes that run exported graphs (the `backend` values other than "torch").
+RUNTIMES = ("onnxruntime", "openvino")
+# module -> the pip extra of accel_ros that installs it (setup.py extras_require)
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+# PipelineConfig.precision -> OpenVINO's CPU inference precision; ONNX Runtime's CPU provider
+# runs fp32 graphs in fp32 only.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+class BackendUnavailableError(ImportError, ValueError):
+    """An optional package is missing (a ValueError too: the CLI reports it as a bad choice,
+    in one line)."""
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import `module` or raise BackendUnavailableError naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module, module)
+        raise BackendUnavailableError(
+            f"{purpose} needs the {module} package: pip install 'accel_ros[{extra}]' "
+            f"(or pip install {module})"
+        ) from None
+
+
+class GraphSession:
+    """One compiled graph. `__call__(*arrays)` takes float32 arrays in the graph's input order
+    and returns its single output as a new float32 array (safe to keep across calls)."""
+
+    runtime = "base"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxRuntimeSession(GraphSession):
+    """A graph in ONNX Runtime's CPU execution provider, all graph optimisations on."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32") -> None:
+        super().__init__(path)
+        if precision != "fp32":
+            raise ValueError(f"backend onnxruntime runs fp32 only on the CPU, got {precision!r}")
+        ort = require("onnxruntime", "backend onnxruntime")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [item.name for item in self.session.get_inputs()]
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        feeds = dict(zip(self.input_names, arrays, strict=True))
+        return self.session.run(None, feeds)[0]
+
+
+class OpenVinoSession(GraphSession):
+    """A graph compiled by OpenVINO for the CPU with the latency hint. `cache_dir` keeps
+    OpenVINO's compiled blobs (keyed by OpenVINO itself on graph, version and settings)."""
+
+    runtime = "openvino"
+
+    def __init__(
+        self, path: Path, threads: int = 1, precision: str = "fp32", cache_dir: Path | None = None
+    ) -> None:
+        super().__init__(path)
+        if precision not in OPENVINO_PRECISIONS:
+            raise ValueError(
+                f"backend openvino runs {sorted(OPENVINO_PRECISIONS)} on the CPU, got {precision!r}"
+            )
+        ov = require("openvino", "backend openvino")
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+            # On CPUs shared with other nodes a pinned thread cannot leave a busy core: small
+            # graphs took 1.1 ms pinned vs 0.7 ms unpinned (median, 2 loaded cores).
+            "ENABLE_CPU_PINNING": False,
+        }
+        if cache_dir is not None:
+            config["CACHE_DIR"] = str(cache_dir)
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = compiled.create_infer_request()
+
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
+        self.request.infer(list(arrays), share_inputs=True)
+        return self.request.get_output_tensor(0).data.copy()
+
+
+def open_session(
+    runtime: str,
+    path: Path,
+    threads: int = 1,
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+) -> GraphSession:
+    """A `GraphSession` of `runtime` (one of RUNTIMES) on the graph file `path`."""
+    if runtime == "onnxruntime":
+        return OnnxRuntimeSession(path, threads, precision)
+    if runtime == "openvino":
+        return OpenVinoSession(path, threads, precision, cache_dir)
+    raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+
+
+def available_runtimes() -> list[str]:
+    """The RUNTIMES whose package imports here."""
+    found = []
+    for name in RUNTIMES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def versions() -> dict[str, str]:
+    """Versions of the export and runtime packages that are installed (for manifests and
+    reports)."""
+    found = {}
+    for name in ("torch", "onnx", *RUNTIMES):
+        try:
+            found[name] = str(importlib.import_module(name).__version__)
+        except (ImportError, AttributeError):
+            continue
+    return found
