@@ -1,0 +1,91 @@
+"""A fleet worker: loads the model once and segments bag after bag with the package's own
+`segment` (bag reading with recovery, batching of cameras, bag writing).
+
+Plain Python: the driver wraps `BagWorker` in `ray.remote` at run time, so importing this
+module needs no Ray. Every attempt at a bag writes to a temporary name of its own (it carries
+the worker's pid) and only a complete bag is renamed to the output name, so an attempt that a
+crash cuts short never leaves a partial output where a finished one belongs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TMP_DIR = ".tmp"  # attempts in progress, inside the run folder
+PARTS_DIR = ".index"  # one index part per finished bag, inside the run folder
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker builds once: the model choice and how the segmenter runs."""
+
+    checkpoint: str | None
+    preset: str
+    pipeline: dict[str, Any]  # PipelineConfig.to_dict()
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class BagJob:
+    input: str  # input bag path
+    folder: str  # run folder
+    output: str  # output bag folder name in the run folder
+
+
+class BagWorker:
+    """Holds one model; `run(job)` segments one bag (every camera topic) into the run folder."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import torch
+
+        from ..config import PipelineConfig
+        from ..model.checkpoint import load_model_or_preset
+
+        torch.set_num_threads(max(1, spec.threads))
+        torch.manual_seed(0)  # random weights (no checkpoint) are the same in every worker
+        self.loaded = load_model_or_preset(spec.preset, spec.checkpoint)
+        self.model = self.loaded.model
+        self.pipeline = PipelineConfig.from_dict(spec.pipeline)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run(self, job: BagJob) -> dict[str, Any]:
+        """{"frames", "skipped", "seconds", "pid"} for a finished bag, or {"error": one line}
+        for an input that cannot be segmented (unreadable, no image topic). Anything else
+        (a crash, a kill) ends the attempt and the driver retries the bag."""
+        from ..model.pipeline import AccelSegmenter
+        from ..palette import class_names
+        from ..replay.runner import segment
+        from .index import bag_rows, write_part
+
+        folder = Path(job.folder)
+        tmp = folder / TMP_DIR / f"{job.output}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        # A fresh segmenter per bag: every recording starts with empty keyframe caches and
+        # frame counts, exactly as a `segment` process of its own would.
+        segmenter = AccelSegmenter(self.model, self.pipeline,
+                                   model_hash=self.loaded.fingerprint)
+        try:
+            summary = segment(job.input, tmp, segmenter, all_topics=True, output_format="bag",
+                              quiet=True)
+        except (OSError, ValueError) as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {"error": " ".join(str(error).split()) or type(error).__name__}
+        config = self.model.config
+        names = class_names(config.num_classes, config.class_names)
+        write_part(bag_rows(tmp, job.input, job.output, names),
+                   folder / PARTS_DIR / f"{job.output}.parquet", names)
+        final = folder / job.output
+        if final.exists():  # an earlier attempt finished before its worker died
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return {"frames": summary.frames, "skipped": len(summary.skipped),
+                "seconds": time.perf_counter() - started, "pid": os.getpid()}
