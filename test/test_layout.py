@@ -1,0 +1,96 @@
+"""The package's shape: which folders may import what, no import circles, short functions."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "accel_ros"
+# Argument parsers are long lists of options, not logic.
+LONG_FUNCTION_EXEMPT = {"add_parser", "add_arguments"}
+MAX_FUNCTION_LINES = 80
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def module_level_imports(name: str, path: Path) -> set[str]:
+    """accel_ros modules imported at module level (imports inside functions are deliberate
+    late imports: they cannot make a circle at import time)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    targets = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                targets.add(f"{module}.{alias.name}")
+                targets.add(module)
+        elif isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+    return {t for t in targets if t.startswith("accel_ros")}
+
+
+def test_no_import_circles() -> None:
+    found = modules()
+    graph = {name: {t for t in module_level_imports(name, path) if t in found and t != name}
+             for name, path in found.items()}
+    # A package's __init__ re-exporting its modules is not a circle with them.
+    graph = {name: {t for t in targets if not name.startswith(t + ".")}
+             for name, targets in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                cycle = trail[trail.index(target):] + [target]
+                pytest.fail("import circle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, trail + [target])
+        state[node] = 2
+
+    for name in graph:
+        if name not in state:
+            visit(name, [name])
+
+
+@pytest.mark.parametrize(("folder", "blocked"), [
+    ("io", ("torch", "rclpy")), ("model", ("rclpy",)), ("data", ("rclpy",)),
+    ("replay", ("rclpy",)), ("learn", ("rclpy",)), ("fleet", ("rclpy",)),
+])
+def test_folders_import_only_what_they_may(folder: str, blocked: tuple[str, ...]) -> None:
+    names = [n for n in modules() if n.startswith(f"accel_ros.{folder}")]
+    code = (f"import sys\nfor name in {blocked!r}:\n    sys.modules[name] = None\n"
+            + "".join(f"import {n}\n" for n in names))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_no_function_is_longer_than_80_lines() -> None:
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES and node.name not in LONG_FUNCTION_EXEMPT:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, long
