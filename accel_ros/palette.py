@@ -48,6 +48,17 @@ PALETTES = {
 VOID_COLOR = np.zeros(3, dtype=np.uint8)
 
 
+def class_names(num_classes: int, names: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Names of a model's class ids: its own `names` (ModelConfig.class_names) when it has
+    them, else CamVid's 11 or Cityscapes' 19, otherwise class_<id>."""
+    if len(names) == num_classes:
+        return tuple(names)
+    for known in (CAMVID_CLASSES, CITYSCAPES_CLASSES):
+        if len(known) == num_classes:
+            return known
+    return tuple(f"class_{index}" for index in range(num_classes))
+
+
 def get_palette(name: str) -> np.ndarray:
     """(K, 3) uint8 RGB palette by name."""
     if name not in PALETTES:

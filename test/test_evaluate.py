@@ -168,3 +168,69 @@ def test_eval_loads_its_model_through_load_model(tmp_path: Path) -> None:
     assert random.path is None and random.model.config == preset("camvid34")
     with pytest.raises(ValueError, match="mode"):
         EvalConfig(modes=("accel", "flownet"))
+
+
+def test_age_fusion_is_a_no_op_for_plain_models(tiny_config: ModelConfig, tmp_path: Path) -> None:
+    """Models without age knots keep the plain 1x1 fusion, their config dict and checkpoint
+    keys; an age-aware fusion started from a plain one answers alike at every age."""
+    from accel_ros.model import load_checkpoint
+    from accel_ros.model.fusion import AgeScoreFusion, ScoreFusion
+
+    plain = AccelNet(tiny_config).eval()
+    assert isinstance(plain.fusion, ScoreFusion) and not plain.fusion_uses_age
+    assert "fusion_ages" not in tiny_config.to_dict()  # fingerprints of plain models unchanged
+    with torch.no_grad():
+        plain.fusion.conv.weight.normal_()
+        plain.fusion.conv.bias.normal_()
+    aged = AgeScoreFusion(5, (0.033, 0.5, 2.0)).copy_plain(plain.fusion)
+    reference, update = torch.randn(3, 5, 4, 6), torch.randn(3, 5, 2, 3)
+    for ages in (None, torch.tensor([0.01, 0.7, 9.0])):
+        torch.testing.assert_close(aged(reference, update, ages), plain.fusion(reference, update))
+    loaded, _ = load_checkpoint(save_checkpoint(tmp_path / "plain.pt", plain))
+    assert isinstance(loaded.fusion, ScoreFusion) and loaded.config == tiny_config
+    aged_config = ModelConfig(**{**tiny_config.__dict__, "fusion_ages": (0.033, 1.0)})
+    aged_model, _ = load_checkpoint(save_checkpoint(tmp_path / "aged.pt", AccelNet(aged_config)))
+    assert aged_model.fusion_uses_age and aged_model.config.fusion_ages == (0.033, 1.0)
+    with pytest.raises(ValueError, match="fusion_ages"):
+        ModelConfig(fusion_ages=(1.0, 0.5))
+
+
+def test_age_knots_interpolate_in_log_age() -> None:
+    from accel_ros.model.fusion import age_knot_weights
+
+    weights = age_knot_weights((0.1, 1.0), torch.tensor([0.05, 0.1, 10 ** -0.5, 1.0, 3.0]))
+    expected = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5], [0.0, 1.0], [0.0, 1.0]])
+    torch.testing.assert_close(weights, expected)
+
+
+def test_pipeline_and_eval_give_the_fusion_keyframe_ages(tiny_config: ModelConfig) -> None:
+    """The fusion sees seconds since the keyframe: from stamps when there are any (eval stamps
+    clip time), else frames since the keyframe at 30 fps."""
+    from accel_ros.model import AccelSegmenter
+
+    config = ModelConfig(**{**tiny_config.__dict__, "fusion_ages": (0.033, 1.0)})
+    model = AccelNet(config).eval()
+    seen: list[list[float]] = []
+    fuse = model.fuse
+
+    def spy(*args, age_s=None, **kwargs):
+        seen.append([round(float(a), 4) for a in age_s])
+        return fuse(*args, age_s=age_s, **kwargs)
+
+    model.fuse = spy
+    frames = sliding_frames(4)
+    segmenter = AccelSegmenter(model, PipelineConfig(device="cpu", keyframe_interval=4,
+                                                     max_time_gap=10.0))
+    for index, frame in enumerate(frames.images):
+        segmenter.process(frame, stamp=0.5 * index)
+    assert seen == [[0.5], [1.0], [1.5]]
+    seen.clear()
+    segmenter.reset()
+    for frame in frames.images[:3]:
+        segmenter.process(frame)
+    assert seen == [[round(1 / 30, 4)], [round(2 / 30, 4)]]
+    seen.clear()
+    clips = list(sequence_clips(frames.images, frames.labels, frames.sequences, 3, 1.0))
+    evaluate.evaluate_clips(model, clips[:1], 2, modes=("accel",),
+                            pipeline=PipelineConfig(device="cpu"))
+    assert seen == [[1.0], [2.0]]  # 1 s steps: no time-gap reset inside a clip

@@ -61,10 +61,10 @@ def test_no_import_circles() -> None:
         state[node] = 1
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                cycle = trail[trail.index(target):] + [target]
+                cycle = [*trail[trail.index(target):], target]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if target not in state:
-                visit(target, trail + [target])
+                visit(target, [*trail, target])
         state[node] = 2
 
     for name in graph:

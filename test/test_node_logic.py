@@ -1,11 +1,12 @@
 """ROS-free node logic: parameters, config file, stats message, frame slot, statistics,
-diagnostics and the frame processor (with real rosbags messages and a tiny segmenter)."""
+diagnostics and the batch processor (with real rosbags messages and a tiny segmenter)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from accel_ros.config import ModelConfig, PipelineConfig, load_yaml
+from accel_ros.config import CHOICES, RANGES, ModelConfig, PipelineConfig, load_yaml
 from accel_ros.io.bridge import from_array, from_rgb8, image_to_array, rgb8_to_compressed
 from accel_ros.io.messages import (
     STATS_MSG_TEXT,
@@ -25,34 +26,36 @@ from accel_ros.io.messages import (
     stats_fields,
     stats_to_json,
 )
-from accel_ros.ros.node_logic import (
+from accel_ros.ros.camera_info import (
+    CameraInfoRelay,
+    RelayDecision,
+    calibrated_image_size,
+    camera_info_topic,
+)
+from accel_ros.ros.diagnostics import (
     ERROR,
     OK,
-    PARAMETER_SPECS,
-    PARAMETERS,
     STALE,
     WARN,
-    BatchProcessor,
     ErrorCounters,
-    FrameProcessor,
-    FrameSlot,
-    NodeOptions,
-    ReadyFrame,
-    StampGapMonitor,
-    StreamPlan,
-    StreamSlots,
     StreamStatistics,
-    Throttle,
+    diagnostic_report,
+)
+from accel_ros.ros.parameters import (
+    PARAMETER_SPECS,
+    PARAMETERS,
+    SOURCE_PARAMS_FILE,
+    NodeOptions,
     apply_live_pipeline,
     default_parameters,
-    diagnostic_report,
     parse_parameters,
     plan_parameter_update,
-    plan_streams,
-    stream_name,
-    stream_names,
     unknown_parameters,
 )
+from accel_ros.ros.processing import BatchProcessor
+from accel_ros.ros.slots import FrameSlot, ReadyFrame, StampGapMonitor, StreamSlots
+from accel_ros.ros.streams import StreamPlan, plan_streams, stream_name, stream_names
+from accel_ros.ros.throttled_log import Throttle, ThrottledLog
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = ROOT / "config" / "accel.yaml"
@@ -65,19 +68,28 @@ def store():
 
 
 class ListLogger:
-    """Stands in for an rclpy / logging logger and keeps what was logged."""
+    """Stands in for an rclpy / logging logger and keeps what was logged. Like rclpy's, it
+    refuses a call site (file and line) whose severity changes."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, str]] = []
+        self._sites: dict[tuple[str, int], str] = {}
+
+    def _log(self, level: str, message: str) -> None:
+        caller = sys._getframe(2)
+        site = (caller.f_code.co_filename, caller.f_lineno)
+        if self._sites.setdefault(site, level) != level:
+            raise ValueError("Logger severity cannot be changed between calls.")
+        self.records.append((level, message))
 
     def warning(self, message: str) -> None:
-        self.records.append(("warning", message))
+        self._log("warning", message)
 
     def info(self, message: str) -> None:
-        self.records.append(("info", message))
+        self._log("info", message)
 
     def error(self, message: str) -> None:
-        self.records.append(("error", message))
+        self._log("error", message)
 
 
 def image_msg(store, rgb: np.ndarray, encoding: str = "rgb8", stamp: float = 1.0):
@@ -120,6 +132,12 @@ def test_params_file_matches_declared_parameters_and_types():
     assert values["input_size"] == [0, 0]
 
 
+def test_a_source_checkout_finds_its_params_file():
+    """ros/ is one level deeper than the old node_logic.py: the node run from a checkout (no
+    ament index) must still find config/accel.yaml."""
+    assert SOURCE_PARAMS_FILE == PARAMS_FILE and SOURCE_PARAMS_FILE.is_file()
+
+
 def test_default_parameters_rejects_unknown_names(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("/**:\n  ros__parameters:\n    keyframe_intreval: 3\n")
@@ -142,8 +160,8 @@ def test_unknown_parameters_names_typos_and_allows_rclpy_builtins():
 def test_output_qos_parameters():
     settings = parse_parameters({"output_qos": "best_effort", "output_qos_depth": 3})
     assert (settings.options.output_qos, settings.options.output_qos_depth) == ("best_effort", 3)
-    assert parse_parameters({}).options.output_qos_depth == 10
-    with pytest.raises(ValueError, match="output_qos_depth must be >= 1"):
+    assert parse_parameters({}).options.output_qos_depth == 100
+    with pytest.raises(ValueError, match=r"output_qos_depth must be in \[1, "):
         parse_parameters({"output_qos_depth": 0})
     with pytest.raises(ValueError, match="output_qos 'lossy'"):
         parse_parameters({"output_qos": "lossy"})
@@ -165,7 +183,7 @@ def test_parse_parameters_maps_onto_pipeline_config():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"keyframe_interval": 0}, "keyframe_interval must be >= 1"),
+        ({"keyframe_interval": 0}, r"keyframe_interval must be in \[1, 1000\], got 0"),
         ({"keyframe_interval": "5"}, "'keyframe_interval' must be of type int"),
         ({"publish_color": 1}, "'publish_color' must be of type bool"),
         ({"flow_method": "lucas"}, "flow_method 'lucas'"),
@@ -201,9 +219,83 @@ def test_live_parameters_apply_and_unsafe_ones_are_rejected_with_a_reason():
     plan = plan_parameter_update(current, {"device": "auto", "keyframe_interval": 4})
     assert plan.successful and plan.changed == ("keyframe_interval",)
     plan = plan_parameter_update(current, {"keyframe_interval": 0})
-    assert not plan.successful and "keyframe_interval must be >= 1" in plan.reason
+    assert not plan.successful and "keyframe_interval must be in [1, 1000]" in plan.reason
     plan = plan_parameter_update(current, {"overlay_alpha": "half"})
     assert not plan.successful and "must be of type float" in plan.reason
+
+
+def test_rejected_values_are_shortened_in_the_reason():
+    """A 1 MB value used to come back whole in the reason (and the log line)."""
+    current = parse_parameters({})
+    huge = "x" * 1_000_000
+    for changes in ({"palette": huge}, {"keyframe_interval": huge}, {"image_topics": [huge]},
+                    {huge: 1}):
+        plan = plan_parameter_update(current, changes)
+        assert not plan.successful and len(plan.reason) < 250, len(plan.reason)
+    plan = plan_parameter_update(current, {"palette": huge})
+    assert plan.reason.startswith("invalid parameters: palette 'xxx")
+    assert plan.reason.endswith("characters)")
+    with pytest.raises(ValueError) as error:
+        parse_parameters({"palette": huge})
+    assert len(str(error.value)) < 250 and "palette" in str(error.value)
+
+
+def test_integer_and_float_parameters_have_sane_ranges():
+    """keyframe_interval used to accept 2**63 - 1 (only the first frame was a keyframe)."""
+    numbers = {spec.name for spec in PARAMETERS if spec.kind in ("int", "float")}
+    assert numbers == {spec.name for spec in PARAMETERS if spec.range is not None}
+    for name in numbers:
+        spec = PARAMETER_SPECS[name]
+        assert spec.range == RANGES[name] and spec.default in spec.range, name
+        with pytest.raises(ValueError, match=f"{name} must be in"):
+            parse_parameters({name: spec.range.high + 1})
+    plan = plan_parameter_update(parse_parameters({}), {"keyframe_interval": 2**63 - 1})
+    assert not plan.successful and "keyframe_interval must be in [1, 1000]" in plan.reason
+    assert parse_parameters({"keyframe_interval": 1000}).pipeline.keyframe_interval == 1000
+
+
+def test_allowed_values_come_from_config():
+    """One list per setting (config.CHOICES): the node offers exactly what the code takes
+    (it used to offer the removed `flownet` and omit `torch`)."""
+    assert {spec.name: spec.choices for spec in PARAMETERS if spec.choices} == CHOICES
+    from accel_ros.model.flow import FLOW_ESTIMATORS
+
+    assert set(PARAMETER_SPECS["flow_method"].choices) == set(FLOW_ESTIMATORS)
+    for spec in PARAMETERS:
+        assert "flownet" not in spec.description + spec.constraints()
+        if spec.choices:
+            assert spec.constraints() == f"one of {list(spec.choices)}"
+            with pytest.raises(ValueError, match=f"{spec.name} 'nonsense' is not one of"):
+                parse_parameters({spec.name: "nonsense"})
+    # Every parameter is described (a new config field must not fall back to its name).
+    assert [s.name for s in PARAMETERS if s.description == f"{s.target} {s.name}"] == []
+    # input_size: [0, 0] means the checkpoint's own size, not the camera's.
+    assert "the size the checkpoint was trained at" in PARAMETER_SPECS["input_size"].description
+
+
+def _yaml_comments() -> dict[str, str]:
+    """{parameter: the comment on its line} of config/accel.yaml."""
+    comments = {}
+    for line in PARAMS_FILE.read_text(encoding="utf-8").splitlines():
+        if ":" in line and "#" in line and not line.lstrip().startswith("#"):
+            name = line.split(":", 1)[0].strip()
+            comments[name] = line.split("#", 1)[1].strip()
+    return comments
+
+
+def test_params_file_comments_list_the_allowed_values():
+    """The comment of every parameter with choices starts with exactly those choices, and a
+    range quoted in a comment is the one config.RANGES checks."""
+    import re
+
+    comments = _yaml_comments()
+    for name, choices in CHOICES.items():
+        listed = re.sub(r"\([^)]*\)", "", comments[name])
+        listed = re.split(r"[:;]", listed)[0]
+        assert sorted(v.strip() for v in listed.split(",")) == sorted(choices), name
+    for name, allowed in RANGES.items():
+        quoted = re.findall(r"[\[(][-\d.]+, [-\d.]+\]", comments.get(name, ""))
+        assert quoted in ([], [str(allowed)]), (name, quoted)
 
 
 def test_live_flags_are_exactly_the_per_frame_settings():
@@ -397,6 +489,24 @@ def test_throttle_with_an_injected_clock():
     assert throttle.suppressed == {"a": 2}
 
 
+def test_throttled_log_mixes_severities_and_counts_what_it_held_back():
+    """Warnings and infos of one logger through one ThrottledLog (rclpy refuses a call site
+    whose severity changes: the node's reset infos used to fail frames after a warning)."""
+    now = [0.0]
+    logger = ListLogger()
+    log = ThrottledLog(logger, Throttle(5.0, clock=lambda: now[0]), limit=20)
+    assert log.warning("a", "first warning")
+    assert log.info("b", "an info")
+    assert not log.warning("a", "held back") and not log.warning("a", "held back")
+    now[0] = 6.0
+    assert log.warning("a", "x" * 100)
+    assert log.error("c", "an error")
+    assert logger.records == [
+        ("warning", "first warning"), ("info", "an info"),
+        ("warning", "x" * 20 + "... (100 characters) (2 similar messages suppressed)"),
+        ("error", "an error")]
+
+
 def test_diagnostic_levels_and_values():
     options = NodeOptions()
     slot, stats, errors = FrameSlot(), StreamStatistics(10), ErrorCounters()
@@ -450,7 +560,7 @@ def test_diagnostics_recover_after_bad_frames():
     assert dict(report.values)["conversion_errors"] == "1"  # counters stay cumulative
 
 
-# --- frame processor -------------------------------------------------------------------------
+# --- one camera's processing (the batch processor with one stream) --------------------------
 
 
 @pytest.fixture(scope="module")
@@ -473,6 +583,17 @@ def fresh(segmenter):
     return segmenter
 
 
+def one_stream(segmenter, options: NodeOptions | None = None, logger=None) -> BatchProcessor:
+    """The node's processing of a one-camera node (no stream prefix in its messages)."""
+    return BatchProcessor(segmenter, ["default"], options, logger=logger, label_streams=False)
+
+
+def run(batch: BatchProcessor, msg, reset: str | None = None):
+    """One frame of the one stream through `batch`: its outputs, or None when skipped."""
+    (outcome,) = batch.process([ReadyFrame("default", msg, reset)])
+    return outcome.outputs
+
+
 def smooth_frames(count: int, height: int = 64, width: int = 96) -> list[np.ndarray]:
     """Frames of a smooth texture sliding 2 px per frame."""
     import cv2
@@ -484,9 +605,9 @@ def smooth_frames(count: int, height: int = 64, width: int = 96) -> list[np.ndar
 
 def test_processor_segments_rosbags_messages(store, fresh):
     logger = ListLogger()
-    processor = FrameProcessor(fresh, NodeOptions(checkpoint="none"), logger=logger)
+    processor = one_stream(fresh, NodeOptions(checkpoint="none"), logger=logger)
     outputs = [
-        processor.process(image_msg(store, frame, "bgr8", stamp=1.0 + 0.1 * i), 1.0 + 0.1 * i)
+        run(processor, image_msg(store, frame, "bgr8", stamp=1.0 + 0.1 * i))
         for i, frame in enumerate(smooth_frames(4))
     ]
     assert [o.result.is_keyframe for o in outputs] == [True, False, True, False]
@@ -500,27 +621,28 @@ def test_processor_segments_rosbags_messages(store, fresh):
     # The overlay is the alpha blend of input and colours.
     expected = 0.5 * first.rgb.astype(float) + 0.5 * first.color.astype(float)
     assert np.abs(first.overlay - expected).max() <= 1
-    assert processor.errors.conversion == processor.errors.inference == 0
+    errors = processor.errors("default")
+    assert errors.conversion == errors.inference == 0
     assert logger.records == []
 
 
 def test_processor_skips_bad_frames_and_keeps_going(store, fresh):
     logger = ListLogger()
-    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    processor = one_stream(fresh, NodeOptions(), logger=logger)
     frame = smooth_frames(1)[0]
     good = image_msg(store, frame, stamp=1.0)
-    assert processor.process(good, 1.0) is not None
+    assert run(processor, good) is not None
 
     bad_encoding = dataclasses.replace(good, encoding="rgb9")
-    assert processor.process(bad_encoding, 1.1) is None
+    assert run(processor, bad_encoding) is None
     empty = dataclasses.replace(good, height=0, width=0, step=0, data=np.zeros(0, np.uint8))
-    assert processor.process(empty, 1.2) is None
+    assert run(processor, empty) is None
     short = dataclasses.replace(good, data=good.data[:-1])
-    assert processor.process(short, 1.3) is None
-    assert processor.errors.conversion == 3
-    assert "data has" in processor.errors.last
+    assert run(processor, short) is None
+    assert processor.errors("default").conversion == 3
+    assert "data has" in processor.errors("default").last
 
-    after = processor.process(image_msg(store, frame, stamp=1.4), 1.4)
+    after = run(processor, image_msg(store, frame, stamp=1.4))
     assert after is not None and after.labels.shape == (64, 96)
     assert not after.result.is_keyframe  # bad frames did not touch the keyframe cache
     warnings = [m for level, m in logger.records if level == "warning"]
@@ -529,40 +651,42 @@ def test_processor_skips_bad_frames_and_keeps_going(store, fresh):
 
 def test_processor_resolution_change_resets_the_cache(store, fresh):
     logger = ListLogger()
-    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    processor = one_stream(fresh, NodeOptions(), logger=logger)
     big, small = smooth_frames(2)[0], smooth_frames(1, 48, 64)[0]
-    processor.process(image_msg(store, big, stamp=1.0), 1.0)
-    processor.process(image_msg(store, big, stamp=1.1), 1.1)
-    outputs = processor.process(image_msg(store, small, "mono8", stamp=1.2), 1.2)
+    run(processor, image_msg(store, big, stamp=1.0))
+    run(processor, image_msg(store, big, stamp=1.1))
+    outputs = run(processor, image_msg(store, small, "mono8", stamp=1.2))
     assert outputs is not None and outputs.labels.shape == (48, 64)
     assert outputs.result.is_keyframe
     assert "resolution changed" in outputs.result.reset_reason
     # A reset is information, not a problem: logged at info level, not as the last error.
     assert ("info", "keyframe cache reset: resolution changed from (64, 96) to (48, 64)") in (
         logger.records)
-    assert processor.errors.resets == 1 and processor.errors.last == ""
+    errors = processor.errors("default")
+    assert errors.resets == 1 and errors.last == ""
 
 
 def test_processor_applies_a_reset_judged_on_arrival(store, fresh):
     logger = ListLogger()
-    processor = FrameProcessor(fresh, NodeOptions(), logger=logger)
+    processor = one_stream(fresh, NodeOptions(), logger=logger)
     frames = smooth_frames(3)
     # Stamps 1.5 s apart do not reset by themselves: the node judges gaps on arrival.
-    first = processor.process(image_msg(store, frames[0], stamp=1.0), 1.0)
-    second = processor.process(image_msg(store, frames[1], stamp=2.5), 2.5)
+    first = run(processor, image_msg(store, frames[0], stamp=1.0))
+    second = run(processor, image_msg(store, frames[1], stamp=2.5))
     assert first.result.is_keyframe and not second.result.is_keyframe
     assert second.result.reset_reason is None
-    third = processor.process(image_msg(store, frames[2], stamp=9.0), 9.0,
-                              reset_reason="time gap of 6.500 s > max_time_gap 1 s")
+    third = run(processor, image_msg(store, frames[2], stamp=9.0),
+                reset="time gap of 6.500 s > max_time_gap 1 s")
     assert third.result.is_keyframe and third.result.reset_reason.startswith("time gap")
     assert [level for level, _ in logger.records] == ["info"]
-    assert processor.errors.last == "" and processor.errors.resets == 1
+    errors = processor.errors("default")
+    assert errors.last == "" and errors.resets == 1
 
 
 def test_processor_compressed_input_and_scores(store, fresh):
     options = NodeOptions(publish_scores=True, publish_color=False, publish_overlay=False)
     apply_live_pipeline(fresh.pipeline_config, parse_parameters({"publish_scores": True}))
-    processor = FrameProcessor(fresh, options, logger=ListLogger())
+    processor = one_stream(fresh, options, logger=ListLogger())
     frame = smooth_frames(1)[0]
     header = store.types["std_msgs/msg/Header"](
         stamp=store.types["builtin_interfaces/msg/Time"](sec=3, nanosec=0), frame_id="camera"
@@ -570,7 +694,7 @@ def test_processor_compressed_input_and_scores(store, fresh):
     msg = store.types["sensor_msgs/msg/CompressedImage"](
         header=header, **rgb8_to_compressed(frame, "png")
     )
-    outputs = processor.process(msg, 3.0)
+    outputs = run(processor, msg)
     assert outputs is not None
     np.testing.assert_array_equal(outputs.rgb, frame)
     assert outputs.color is None and outputs.overlay is None
@@ -584,19 +708,22 @@ def test_processor_survives_a_failing_segmenter(store):
     class Exploding:
         resets = 0
 
-        def process(self, frame, stamp=None):
+        def check_frame(self, frame):
+            pass
+
+        def process_batch(self, frames):
             raise RuntimeError("CUDA out of memory")
 
-        def reset(self):
+        def reset(self, reason=None, stream="default"):
             self.resets += 1
 
     logger = ListLogger()
     broken = Exploding()
-    processor = FrameProcessor(broken, NodeOptions(), logger=logger)
+    processor = one_stream(broken, NodeOptions(), logger=logger)
     msg = image_msg(store, smooth_frames(1, 16, 16)[0])
-    assert processor.process(msg, 1.0) is None
-    assert processor.process(msg, 1.1) is None
-    assert processor.errors.inference == 2 and broken.resets == 2
+    assert run(processor, msg) is None
+    assert run(processor, msg) is None
+    assert processor.errors("default").inference == 2 and broken.resets == 2
     assert len(logger.records) == 1  # the second failure was throttled
     assert "RuntimeError: CUDA out of memory" in logger.records[0][1]
 
@@ -606,11 +733,11 @@ def test_processor_on_real_camvid_frames(store, fresh):
     import cv2
 
     files = sorted((CAMVID / "val").glob("*.png"))[:2]
-    processor = FrameProcessor(fresh, NodeOptions(), logger=ListLogger())
+    processor = one_stream(fresh, NodeOptions(), logger=ListLogger())
     for i, path in enumerate(files):
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         rgb = cv2.resize(rgb, (96, 72), interpolation=cv2.INTER_AREA)
-        outputs = processor.process(image_msg(store, rgb, "yuv422", stamp=1.0 + i), 1.0 + i)
+        outputs = run(processor, image_msg(store, rgb, "yuv422", stamp=1.0 + i))
         assert outputs is not None and outputs.labels.shape == (72, 96)
         assert outputs.color.shape == (72, 96, 3)
         assert 0.0 < outputs.result.confidence <= 1.0
@@ -658,7 +785,7 @@ def test_image_topics_parameter_is_a_string_array():
         parse_parameters({"image_topics": ["front/image", "front/image_raw"]})
     plan = plan_parameter_update(parse_parameters({}), {"image_topics": ["a/image"]})
     assert not plan.successful and "cannot change while the node runs" in plan.reason
-    with pytest.raises(ValueError, match="stream_timeout must be >= 0"):
+    with pytest.raises(ValueError, match=r"stream_timeout must be in \[0, "):
         parse_parameters({"stream_timeout": -1.0})
     # The default list is not shared between parameter sets.
     default_parameters()["image_topics"].append("x/image")
@@ -784,7 +911,7 @@ def test_batch_processor_skips_a_bad_frame_for_its_stream_only(store):
     assert batch.process([bad])[0].outputs is None and segmenter.batches == [["a"]]
     # A frame the segmenter would refuse (empty image) is checked before the batch too.
     empty = _ready(store, "a", 1, 2.0)
-    batch.processors["a"].converter = lambda msg: np.zeros((0, 4, 3), np.uint8)
+    batch.reporters["a"].converter = lambda msg: np.zeros((0, 4, 3), np.uint8)
     outcomes = batch.process([empty, _ready(store, "b", 9, 2.0)])
     assert segmenter.batches[-1] == ["b"] and outcomes[0].outputs is None
     assert batch.errors("a").conversion == 1 and "refused" in batch.errors("a").last
@@ -817,6 +944,27 @@ def test_batch_processor_survives_a_failing_batch_and_resets_its_streams(store):
     outcomes = batch.process([_ready(store, "a", 1, 1.3), _ready(store, "b", 2, 1.3)])
     assert [o.outputs for o in outcomes] == [None, None]
     assert "returned results for streams ['b', 'a']" in batch.errors("a").last
+
+
+def test_batch_processor_refusal_inside_a_batch_costs_only_that_stream(store):
+    """The shared policy (accel_ros.model.batching): a frame the segmenter refuses inside a
+    batch is retried alone with the others, so only its own stream loses it."""
+    segmenter = FakeBatchSegmenter()
+    batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=ListLogger())
+    original = segmenter.process_batch
+
+    def refuse_b(frames):
+        if any(f.stream == "b" for f in frames):
+            segmenter.batches.append([f.stream for f in frames])
+            raise ValueError("stream 'b': refused")
+        return original(frames)
+
+    segmenter.process_batch = refuse_b
+    outcomes = batch.process([_ready(store, "a", 1, 1.0), _ready(store, "b", 2, 1.0)])
+    assert segmenter.batches == [["a", "b"], ["a"], ["b"]]
+    assert outcomes[0].outputs is not None and outcomes[1].outputs is None
+    assert (batch.errors("a").conversion, batch.errors("b").conversion) == (0, 1)
+    assert segmenter.resets == []
 
 
 def test_batch_processor_live_options_reach_every_stream(store):
@@ -880,3 +1028,57 @@ def test_diagnostics_report_a_stopped_stream():
     fresh = diagnostic_report(StreamStatistics(4), FrameSlot(), ErrorCounters(), "cpu",
                               options, 5, now=1e6)
     assert fresh.level == STALE and fresh.message == "waiting for images"
+
+
+# --- camera_info beside each image topic -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("image", "info"), [
+    ("/camera/image_raw", "/camera/camera_info"),
+    ("/robot1/cams/left/image", "/robot1/cams/left/camera_info"),
+    ("/image", "/camera_info"),
+    ("/cam/image_raw/", "/cam/camera_info"),
+])
+def test_camera_info_topic_is_image_transports(image, info):
+    assert camera_info_topic(image) == info
+
+
+def _camera_info(store, height, width, roi=(0, 0), binning=(0, 0)):
+    """A sensor_msgs/CameraInfo of the rosbags typestore (the fields rclpy's has)."""
+    info_cls = store.types["sensor_msgs/msg/CameraInfo"]
+    roi_cls = store.types["sensor_msgs/msg/RegionOfInterest"]
+    header_cls, time_cls = store.types["std_msgs/msg/Header"], store.types[
+        "builtin_interfaces/msg/Time"]
+    return info_cls(
+        header=header_cls(stamp=time_cls(sec=1, nanosec=0), frame_id="cam"), height=height,
+        width=width, distortion_model="plumb_bob", d=np.zeros(5), k=np.eye(3).reshape(-1),
+        r=np.eye(3).reshape(-1), p=np.zeros(12), binning_x=binning[1], binning_y=binning[0],
+        roi=roi_cls(x_offset=0, y_offset=0, height=roi[0], width=roi[1], do_rectify=False))
+
+
+def test_calibrated_image_size_follows_roi_and_binning(store):
+    assert calibrated_image_size(_camera_info(store, 1080, 1920)) == (1080, 1920)
+    assert calibrated_image_size(_camera_info(store, 1080, 1920, binning=(2, 2))) == (540, 960)
+    assert calibrated_image_size(_camera_info(store, 1080, 1920, binning=(1, 1))) == (1080, 1920)
+    roi = _camera_info(store, 1080, 1920, roi=(720, 1280), binning=(2, 2))
+    assert calibrated_image_size(roi) == (360, 640)
+
+
+def test_camera_info_relay_notes_missing_once_then_passes_the_newest_on(store):
+    relay = CameraInfoRelay()
+    first = relay.for_labels((180, 240))
+    assert first.info is None and first.missing and first.mismatch is None
+    assert relay.for_labels((180, 240)) == RelayDecision()  # noted once only
+    matching = _camera_info(store, 180, 240)
+    relay.update(matching)
+    assert relay.for_labels((180, 240)) == RelayDecision(info=matching)
+    bigger = _camera_info(store, 360, 480)
+    relay.update(bigger)
+    decision = relay.for_labels((180, 240))
+    assert decision.info is bigger and not decision.missing  # still passed on
+    assert decision.mismatch == ("camera_info describes 480x360 images but the image is "
+                                 "240x180; passed on unchanged")
+    binned = _camera_info(store, 360, 480, binning=(2, 2))
+    relay.update(binned)
+    assert relay.for_labels((180, 240)) == RelayDecision(info=binned)  # binning: it matches
+    assert relay.received == 3

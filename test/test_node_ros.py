@@ -234,15 +234,26 @@ class Probe:
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
-    def listen(self, topic: str, msg_type: type) -> None:
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+    def listen(self, topic: str, msg_type: type, latched: bool = False) -> Any:
+        """Record every message on `topic` (reliable, depth 100; `latched`: transient local
+        with depth 1, as a late subscriber to ~/label_info). Returns the subscription."""
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         def record(msg: Any) -> None:
             with self._lock:
                 self._received[topic].append(msg)
 
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(msg_type, topic, record, qos)
+        qos = QoSProfile(depth=1 if latched else 100, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
+                                     else DurabilityPolicy.VOLATILE))
+        return self.node.create_subscription(msg_type, topic, record, qos)
+
+    def forget(self, topic: str, subscription: Any = None) -> None:
+        """Drop what `topic` received (and the subscription, when given)."""
+        if subscription is not None:
+            self.node.destroy_subscription(subscription)
+        with self._lock:
+            self._received.pop(topic, None)
 
     def messages(self, topic: str) -> list[Any]:
         with self._lock:
@@ -355,6 +366,7 @@ class Session:
         for name in ("labels", "color", "overlay", "scores"):
             probe.listen(f"{node}/{name}", _image_type())
         probe.listen(f"{node}/stats", stats_type)
+        probe.listen(f"{node}/camera_info", _camera_info_type())
         probe.listen("/diagnostics", _diagnostic_type())
         self.publisher = probe.publisher(input_type, input_topic)
         self.stats_type = stats_type
@@ -398,6 +410,28 @@ def _diagnostic_type() -> type:
     from diagnostic_msgs.msg import DiagnosticArray
 
     return DiagnosticArray
+
+
+def _camera_info_type() -> type:
+    from sensor_msgs.msg import CameraInfo
+
+    return CameraInfo
+
+
+def camera_info_msg(height: int, width: int, frame_id: str = "calibration") -> Any:
+    """A plumb-bob calibration of (height, width) images, as a camera driver publishes it."""
+    info = _camera_info_type()(height=height, width=width, distortion_model="plumb_bob")
+    info.d = [0.1, -0.25, 0.001, 0.002, 0.0]
+    info.k = [300.0, 0.0, width / 2, 0.0, 300.0, height / 2, 0.0, 0.0, 1.0]
+    info.header.frame_id = frame_id
+    return info
+
+
+def _label_info_type() -> type:
+    """accel_ros_msgs.msg.LabelInfo (after `stats_class` made the built package importable)."""
+    from accel_ros_msgs.msg import LabelInfo
+
+    return LabelInfo
 
 
 def assert_clean_exit(process: NodeProcess, code: int) -> None:
@@ -532,7 +566,7 @@ def test_drops_do_not_reset_and_outputs_are_not_lost(raw, frames):
     assert dropped > 0, "precondition: the flood must outpace the node"
     assert processed + dropped == received <= len(stamps)
     stats = [m for m in raw.probe.messages(f"{NODE}/stats") if stamp_of(m) in set(stamps)]
-    # B: every processed frame's outputs arrived (reliable, depth 10), none twice.
+    # B: every processed frame's outputs arrived (reliable, output_qos_depth), none twice.
     for name in OUTPUTS:
         got = [stamp_of(m) for m in raw.probe.messages(f"{NODE}/{name}")
                if stamp_of(m) in set(stamps)]
@@ -564,7 +598,9 @@ def test_parameters_through_the_parameter_service(raw, frames):
             for i in range(4)]
     assert set(ages) <= {0, 1} and 0 in ages, ages
     (bad,) = probe.set_parameters(NODE, keyframe_interval=0)
-    assert not bad.successful and "keyframe_interval must be >= 1" in bad.reason
+    # The descriptor's range (from config.RANGES), enforced by rclpy before the node's callback.
+    assert not bad.successful and "keyframe_interval out of range" in bad.reason
+    assert "Min: 1, Max: 1000" in bad.reason
     (read_only,) = probe.set_parameters(NODE, device="cuda:0")
     assert not read_only.successful and "read-only" in read_only.reason
     (typo,) = probe.set_parameters(NODE, keyframe_intervall=3)
@@ -634,6 +670,139 @@ def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_
     assert 0 < summary["keyframe_ratio"] <= 1
 
 
+def test_parameter_ranges_and_abuse_over_the_parameter_service(raw, frames):
+    """Sane ranges in the descriptors (2**63 - 1 frames between keyframes used to be
+    accepted); a 1 MB value and a burst of bad requests give short reasons and a throttled
+    log (it used to be one 1,000,169-character warning per request)."""
+    probe = raw.probe
+    described = probe.describe(NODE, "keyframe_interval", "overlay_alpha", "max_input_pixels")
+    (interval,) = described["keyframe_interval"].integer_range
+    assert (interval.from_value, interval.to_value) == (1, 1000)
+    (alpha,) = described["overlay_alpha"].floating_point_range
+    assert (alpha.from_value, alpha.to_value) == (0.0, 1.0)
+    assert described["max_input_pixels"].integer_range[0].to_value == 16384 * 16384
+    interval_before = probe.get_parameters(NODE, "keyframe_interval")
+    (huge_interval,) = probe.set_parameters(NODE, keyframe_interval=2**63 - 1)
+    assert not huge_interval.successful and "out of range" in huge_interval.reason
+    before = raw.process.output().count("rejected parameter change")
+    huge = "x" * 1_000_000
+    started = time.monotonic()
+    replies = [probe.set_parameters(NODE, palette=huge)[0] for _ in range(30)]
+    elapsed = time.monotonic() - started
+    assert not any(r.successful for r in replies)
+    assert max(len(r.reason) for r in replies) < 250 and "palette" in replies[0].reason
+    time.sleep(0.5)  # the log line is written
+    lines = [line for line in raw.process.output().splitlines()
+             if "rejected parameter change" in line][before:]
+    # One line per log_throttle (5 s) at most, each short.
+    assert 1 <= len(lines) <= 1 + elapsed // 5 and max(map(len, lines)) < 400, (
+        elapsed, [len(line) for line in lines])
+    assert probe.get_parameters(NODE, "keyframe_interval") == interval_before
+    raw.send(image_msg(frames[4], "rgb8", raw.clock.next()))  # still segmenting
+
+
+def test_oversized_raw_frames_are_refused_and_the_cap_is_live(raw, frames):
+    """max_input_pixels: a frame declaring more pixels is refused before it is converted,
+    counted like any other bad frame; the cap can change while the node runs."""
+    (lower,) = raw.probe.set_parameters(NODE, max_input_pixels=W * H - 1)
+    assert lower.successful, lower.reason
+    before = int(next_diagnostic(raw.probe)[2]["conversion_errors"])
+    since = len(diagnostics(raw.probe))
+    msg = image_msg(frames[5], "rgb8", raw.clock.next())
+    raw.publisher.publish(msg)
+    values = diagnostic_where(raw.probe, lambda d: int(d[2]["conversion_errors"]) > before,
+                              FRAME_TIMEOUT, "the oversized frame counted", since)[2]
+    assert f"frame of {W}x{H} pixels" in values["last_error"]
+    assert "exceeds max_input_pixels" in values["last_error"]
+    assert raw.probe.find(f"{NODE}/labels", stamp_of(msg)) is None
+    (restored,) = raw.probe.set_parameters(NODE, max_input_pixels=4096 * 4096)
+    assert restored.successful, restored.reason
+    raw.send(image_msg(frames[6], "rgb8", raw.clock.next()))
+
+
+def test_camera_info_follows_every_labels_message(raw, frames):
+    """No camera_info on /camera/camera_info (beside the remapped image topic) so far: nothing
+    published and one info line. Then, as a driver publishes it beside each image: one
+    ~/camera_info per labels message, with its stamp and frame_id; a calibration of another
+    size is passed on and reported (throttled)."""
+    topic = f"{NODE}/camera_info"
+    assert raw.probe.messages(topic) == []
+    output = raw.process.output()
+    assert output.count("no camera_info on /camera/camera_info yet") == 1, output
+    assert "subscribed to /camera/image_raw (Image) and /camera/camera_info (CameraInfo)" in (
+        output)
+    driver = raw.probe.publisher(_camera_info_type(), "/camera/camera_info")
+    wait_for(lambda: driver.get_subscription_count() > 0, 60.0, "the node's camera_info sub")
+
+    def send(msg: Any, info: Any) -> tuple[Any, Any]:
+        driver.publish(info)
+        out = raw.send(msg)
+        return out["labels"], wait_for(lambda: raw.probe.find(topic, stamp_of(msg)), 30.0,
+                                       f"camera_info stamped {stamp_of(msg)}")
+
+    calibration = camera_info_msg(H, W)
+    deadline = time.monotonic() + 60.0  # until the node has one (best effort, asynchronous)
+    while not raw.probe.messages(topic):
+        assert time.monotonic() < deadline, raw.process.output()
+        driver.publish(calibration)
+        time.sleep(0.2)
+        raw.send(image_msg(frames[0], "rgb8", raw.clock.next()))
+    first = len(raw.probe.messages(f"{NODE}/labels"))
+    for i in range(6):
+        labels, info = send(image_msg(frames[i], "rgb8", raw.clock.next()), calibration)
+        assert info.header == labels.header  # same stamp and frame_id ("camera")
+        assert (info.height, info.width, info.distortion_model) == (H, W, "plumb_bob")
+        assert list(info.k) == list(calibration.k) and list(info.d) == list(calibration.d)
+    labelled = {stamp_of(m) for m in raw.probe.messages(f"{NODE}/labels")[first:]}
+    assert labelled <= {stamp_of(m) for m in raw.probe.messages(topic)}  # every one of them
+
+    bigger = camera_info_msg(2 * H, 2 * W)
+    for _ in range(20):  # until the node uses it (the previous one may still be the newest)
+        labels, info = send(image_msg(frames[7], "rgb8", raw.clock.next()), bigger)
+        if info.height == 2 * H:
+            break
+    assert (info.height, info.width) == (2 * H, 2 * W) and info.header == labels.header
+    time.sleep(0.5)  # the log line is written
+    warnings = [line for line in raw.process.output().splitlines()
+                if "camera_info describes" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("[WARN]"), warnings
+    assert f"describes {2 * W}x{2 * H} images but the image is {W}x{H}" in warnings[0]
+    raw.probe.node.destroy_publisher(driver)
+
+
+def test_a_late_subscriber_receives_label_info(raw, tiny_checkpoint):
+    """~/label_info is transient local: a subscriber that joins minutes after start-up gets it;
+    a live palette change publishes it again, and a later subscriber gets only the newest."""
+    import hashlib
+
+    from accel_ros.palette import get_palette
+
+    topic = f"{NODE}/label_info"
+    late = raw.probe.listen(topic, _label_info_type(), latched=True)
+    (info,) = wait_for(lambda: raw.probe.messages(topic), 60.0, "label_info for a late joiner")
+    assert [(c.class_id, c.class_name) for c in info.class_map][:3] == [
+        (0, "sky"), (1, "building"), (2, "pole")]
+    assert len(info.class_map) == 11 and info.ignore_id == 255 and info.threshold == 0.0
+    assert info.palette == "camvid_cityscapes" and info.resize_mode == "pad"
+    assert bytes(info.colors) == get_palette("camvid_cityscapes").tobytes()
+    assert info.model_hash == hashlib.sha256(tiny_checkpoint.read_bytes()).hexdigest()
+    assert (info.input_height, info.input_width) == (0, 0)  # the tiny checkpoint has no size
+
+    (changed,) = raw.probe.set_parameters(NODE, palette="camvid")
+    assert changed.successful, changed.reason
+    wait_for(lambda: len(raw.probe.messages(topic)) == 2, 30.0, "label_info after the change")
+    assert raw.probe.messages(topic)[1].palette == "camvid"
+    raw.probe.forget(topic, late)
+    later = raw.probe.listen(topic, _label_info_type(), latched=True)
+    (newest,) = wait_for(lambda: raw.probe.messages(topic), 60.0, "label_info, joining later")
+    assert newest.palette == "camvid" and bytes(newest.colors) == get_palette("camvid").tobytes()
+    time.sleep(1.0)
+    assert len(raw.probe.messages(topic)) == 1  # depth 1: only the newest is kept
+    (restored,) = raw.probe.set_parameters(NODE, palette="camvid_cityscapes")
+    assert restored.successful, restored.reason
+    raw.probe.forget(topic, later)
+
+
 def test_sigint_during_a_frame_exits_cleanly(raw, frames):
     """Defect E: the context used to be shut down under the worker ('[ERROR] frame failed:
     publisher's context is invalid')."""
@@ -689,13 +858,81 @@ def test_compressed_input_follows_remapping_and_the_params_file(rclpy_module, ti
         assert probe.get_parameters(node, "keyframe_interval", "overlay_alpha") == {
             "keyframe_interval": 4, "overlay_alpha": 1}
         output = process.output()
-        assert "subscribed to /robot1/cam/image_raw/compressed (CompressedImage)" in output
+        assert "subscribed to /robot1/cam/image_raw/compressed (CompressedImage) and " \
+            "/robot1/cam/camera_info (CameraInfo)" in output  # beside the image, remapped
+        probe.listen(f"{node}/label_info", String, latched=True)
+        label_info = json.loads(wait_for(lambda: probe.messages(f"{node}/label_info"), 60.0,
+                                         "label_info as JSON")[0].data)
+        assert label_info["class_map"][0] == {"class_id": 0, "class_name": "sky"}
+        assert label_info["palette"] == "camvid_cityscapes" and len(label_info["colors"]) == 33
         assert "keyframe_intervall (did you mean keyframe_interval?)" in output
         assert "use_sim_time" not in output.split("ignoring unknown parameters")[1].split(
             "\n")[0]
         session.publisher.publish(compressed(session.clock.next()))
         time.sleep(0.05)
         assert_clean_exit(process, process.stop(signal.SIGTERM))
+    finally:
+        probe.close()
+        process.kill()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
+def test_oversized_malformed_and_hostile_compressed_frames(rclpy_module, tiny_checkpoint,
+                                                           frames, tmp_path):
+    """A 420 KB PNG declaring 12000 x 12000 pixels is refused from its header (decoding it
+    took 9 GB and 30 s per frame); corrupt PNG/JPEG data never reaches stderr past the node's
+    log (libpng, libjpeg and OpenCV used to print 34 raw lines for 62 bad frames): every bad
+    frame is counted, and reported once through the throttled ROS log."""
+    from sensor_msgs.msg import CompressedImage
+    from std_msgs.msg import String
+    from test_input_guard import _corrupt, png_bomb
+
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
+        "--params-file", str(PARAMS_FILE), "-r", "__ns:=/hostile",
+        "-p", "input_transport:=compressed", "-p", f"checkpoint:={tiny_checkpoint}",
+        "-p", "stats_window:=4",
+    ], dict(os.environ), tmp_path / "node.log")
+    probe = Probe(rclpy_module)
+    node = "/hostile/accel_segmentation"
+    try:
+        session = Session(process, probe, node, "/hostile/image/compressed", CompressedImage,
+                          String)
+
+        def compressed(data: bytes, stamp: tuple[int, int], fmt: str = "png") -> Any:
+            msg = CompressedImage(format=fmt)
+            msg.data = array.array("B", data)
+            msg.header.frame_id = "camera"
+            msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+            return msg
+
+        encoded = {fmt: rgb8_to_compressed(frames[0], fmt)["data"].tobytes()
+                   for fmt in ("png", "jpeg")}
+        session.warm_up(lambda stamp: compressed(encoded["jpeg"], stamp, "jpeg"))
+        peak = _peak_rss_mb(process.proc.pid)
+        before = int(next_diagnostic(probe)[2]["conversion_errors"])
+        since = len(diagnostics(probe))
+        bad = [png_bomb(), *_corrupt(encoded).values(), os.urandom(2000),
+               encoded["jpeg"][: len(encoded["jpeg"]) // 2]]
+        for data in bad:
+            session.publisher.publish(compressed(data, session.clock.next()))
+            time.sleep(0.3)  # one at a time: the newest-frame slot would drop all but the last
+        diagnostic_where(probe, lambda d: int(d[2]["conversion_errors"]) >= before + len(bad),
+                         FRAME_TIMEOUT, f"{len(bad)} more conversion errors", since)
+        out = session.send(compressed(encoded["png"], session.clock.next()))  # still working
+        assert (out["labels"].height, out["labels"].width) == (H, W)
+        assert _peak_rss_mb(process.proc.pid) - peak < 200  # the bomb was never decoded
+        output = process.output()
+        for raw_line in ("libpng", "Corrupt JPEG", "IHDR chunk shall be first", "[ERROR:",
+                         "[ WARN:"):
+            assert raw_line not in output, output
+        warnings = [line for line in output.splitlines() if "skipping frame" in line]
+        assert len(warnings) == 1 and warnings[0].startswith("[WARN]"), warnings
+        assert "12000x12000 pixels (144.0 MP) exceeds max_input_pixels" in warnings[0]
+        assert_clean_exit(process, process.stop(signal.SIGINT))
     finally:
         probe.close()
         process.kill()
@@ -713,7 +950,7 @@ def _cuda_available() -> bool:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("keyframe_interval:=0", "keyframe_interval must be >= 1"),
+        ("keyframe_interval:=0", "keyframe_interval must be in [1, 1000], got 0"),
         # In the user's params file: rcl would let the file's double win over a `-p` string.
         ("file: overlay_alpha: high", "'overlay_alpha' must be of type float"),
         ("device:=cuda:0", "CUDA is not available"),
@@ -755,6 +992,7 @@ def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stat
     executable = colcon_install / "accel_ros" / "lib" / "accel_ros" / "accel_segmentation_node"
     share = colcon_install / "accel_ros" / "share" / "accel_ros"
     assert executable.is_file() and (share / "config" / "accel.yaml").is_file()
+    assert executable.with_name("accel_segmentation_lifecycle_node").is_file()
     assert (share / "launch" / "accel.launch.py").is_file()
     env = sourced_env(colcon_install)
     process = NodeProcess(executable, [
@@ -878,7 +1116,7 @@ def test_several_cameras_headers_counts_and_routing_by_content(multi, frames, ti
     """Every output carries its own stream's header; each stream counts its own frames from 0;
     each stream's labels are what an independent segmenter fed only that stream gives."""
     from accel_ros.model import build_segmenter
-    from accel_ros.ros.node_logic import default_parameters, parse_parameters
+    from accel_ros.ros.parameters import default_parameters, parse_parameters
 
     content = multi_content(frames)
     # Warm-up: the first frames of each stream until all three came back (discovery).
@@ -896,7 +1134,8 @@ def test_several_cameras_headers_counts_and_routing_by_content(multi, frames, ti
             for s in MULTI_INPUTS:
                 sent[s] += 1
     output = multi.process.output()
-    assert "stream rear: subscribed to /elsewhere/rear_camera (Image)" in output, output
+    assert "stream rear: subscribed to /elsewhere/rear_camera (Image) and " \
+        "/elsewhere/camera_info (CameraInfo)" in output, output
     assert "3 streams: front, cams/left, rear" in output
 
     # A stamp gap resets every stream, so the comparison starts from a known (empty) cache.
@@ -964,6 +1203,13 @@ def test_one_camera_stopping_leaves_the_others_running(multi, frames):
     multi.send({s: multi.message(s, content[s][19], 2.0) for s in MULTI_INPUTS})
     start = time.monotonic()
     since = {s: len(multi.statuses(s)) for s in MULTI_INPUTS}
+    # A status published before that frame arrived may still be on its way, saying cams/left
+    # stopped (the previous test left it idle): count from the first that saw it receiving.
+    since["cams/left"] += wait_for(
+        lambda: next((i + 1 for i, d in enumerate(multi.statuses("cams/left",
+                                                                 since["cams/left"]))
+                      if "stopped receiving" not in d[1]), None),
+        30.0, "a cams/left status after its frame")
     before = {s: len(multi.probe.messages(f"{MULTI_NODE}/{s}/labels")) for s in MULTI_INPUTS}
     t = 0
     stopped = None
@@ -1016,3 +1262,258 @@ def test_clashing_stream_names_in_a_params_file_exit_with_one_clear_line(rclpy_m
     assert len(fatal) == 1 and "cannot start" in fatal[0], output
     assert "'front/image' and '/front/image_raw' both give the stream name 'front'" in fatal[0]
     assert "Traceback" not in output
+
+
+# --- reliable outputs with several cameras ---------------------------------------------------
+
+
+def test_reliable_outputs_lose_nothing_with_three_cameras(rclpy_module, colcon_install,
+                                                           stats_class, tiny_checkpoint, frames,
+                                                           tmp_path):
+    """Three 360x480 cameras at 30 Hz into one node running at about 7-12 Hz per stream
+    (input_size 64x96), and a subscriber to all four outputs of every stream: it receives
+    every message the node produced. Fast DDS repairs a sample lost in transport (the node
+    publishes 4 outputs x 3 streams at once per batch) at the writer's next heartbeat, every
+    3 s, unless large writes piggy-back one sooner; with the old default depth of 10, newer
+    stats messages had replaced the lost one by then (11-13 of 250-360 lost per stream in
+    45 s, twice; none of the images). The default depth comes from the params file."""
+    import cv2
+
+    streams = ("cam0", "cam1", "cam2")
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
+        "--params-file", str(PARAMS_FILE), "-r", "__ns:=/burst",
+        "-p", f"image_topics:=[{', '.join(f'{s}/image' for s in streams)}]",
+        "-p", f"checkpoint:={tiny_checkpoint}", "-p", "input_size:=[64, 96]",
+        "-p", "stats_window:=4",
+    ], msgs_env(colcon_install), tmp_path / "node.log")
+    probe = Probe(rclpy_module)
+    node = "/burst/accel_segmentation"
+    try:
+        for stream in streams:  # every output, as a viewer (rviz2 plus a logger) would
+            for name in OUTPUTS:
+                probe.listen(f"{node}/{stream}/{name}",
+                             stats_class if name == "stats" else _image_type())
+        probe.listen("/diagnostics", _diagnostic_type())
+        publishers = {s: probe.publisher(_image_type(), f"/burst/{s}/image") for s in streams}
+        for stream, publisher in publishers.items():
+            wait_for(lambda p=publisher: p.get_subscription_count() > 0, STARTUP_TIMEOUT,
+                     f"the node to subscribe to {stream}:\n" + process.output())
+        big = [cv2.resize(f, (480, 360), interpolation=cv2.INTER_LINEAR) for f in frames]
+        rate, seconds = 30.0, 45.0
+        clock = StreamClock(rate)
+        start, sent = time.monotonic(), 0
+        while time.monotonic() - start < seconds:
+            stamp = clock.next()
+            for index, publisher in enumerate(publishers.values()):
+                publisher.publish(image_msg(big[(sent + 7 * index) % len(big)], "rgb8",
+                                            (stamp[0], stamp[1] + index)))
+            sent += 1
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        time.sleep(5.0)  # the last batch and any repairs
+        final = {}
+        for stream in streams:
+            status = diagnostics(probe, name=f"accel_segmentation: {stream} segmentation")
+            final[stream] = int(status[-1][2]["frames_processed"])
+        for stream in streams:
+            got = {name: len({stamp_of(m) for m in probe.messages(f"{node}/{stream}/{name}")})
+                   for name in OUTPUTS}
+            assert final[stream] > 3 * seconds, (stream, final)  # the node kept up a fast pace
+            assert got == dict.fromkeys(OUTPUTS, final[stream]), (stream, got, final[stream])
+        assert_clean_exit(process, process.stop(signal.SIGINT))
+    finally:
+        probe.close()
+        process.kill()
+
+
+# --- the managed (lifecycle) node ------------------------------------------------------------
+
+# A node name of its own: /diagnostics statuses are named after the node, not its namespace.
+MANAGED_NODE = "/managed/accel_managed"
+
+
+def lifecycle_state(probe: Probe, node: str) -> str:
+    from lifecycle_msgs.srv import GetState
+
+    return probe.call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
+
+
+def change_state(probe: Probe, node: str, transition: str) -> bool:
+    """Trigger `transition` (its label) through the node's ~/change_state service."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    ids = {"configure": Transition.TRANSITION_CONFIGURE,
+           "activate": Transition.TRANSITION_ACTIVATE,
+           "deactivate": Transition.TRANSITION_DEACTIVATE,
+           "cleanup": Transition.TRANSITION_CLEANUP,
+           "shutdown": Transition.TRANSITION_ACTIVE_SHUTDOWN}
+    request = ChangeState.Request(transition=Transition(id=ids[transition]))
+    # configure builds the model (torch is imported then): as slow as a node's start-up.
+    return probe.call(ChangeState, f"{node}/change_state", request, STARTUP_TIMEOUT).success
+
+
+def assert_publishes_nothing(session: Session, frames: list[np.ndarray]) -> None:
+    """No publisher on any output, no subscriber on the input, and frames sent for a few
+    diagnostics periods give no labels and no /diagnostics status."""
+    probe, node = session.probe, session.node
+    outputs = [f"{node}/{name}" for name in (*OUTPUTS, "camera_info", "label_info")]
+    wait_for(lambda: session.publisher.get_subscription_count() == 0
+             and not any(probe.node.count_publishers(topic) for topic in outputs), 30.0,
+             "the node to drop its image subscription and its publishers")
+    name = node.rpartition("/")[2]  # statuses are named after the node
+    labels, statuses = len(probe.messages(f"{node}/labels")), len(diagnostics(probe, name=name))
+    for i in range(10):  # over three diagnostics periods
+        session.publisher.publish(image_msg(frames[i], "rgb8", session.clock.next()))
+        time.sleep(0.3)
+    assert len(probe.messages(f"{node}/labels")) == labels
+    assert len(diagnostics(probe, name=name)) == statuses
+
+
+def test_lifecycle_transitions_over_the_lifecycle_services(rclpy_module, colcon_install,
+                                                          stats_class, tiny_checkpoint, frames,
+                                                          tmp_path):
+    """accel_segmentation_lifecycle_node, driven through ~/change_state and ~/get_state:
+    unconfigured and inactive it publishes nothing; active it segments (and a late subscriber
+    gets label_info); deactivate keeps the model (activate again does not reload it); cleanup
+    frees it and configure loads it again; shutdown from active finalizes it."""
+    process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_lifecycle_node", [
+        "--params-file", str(PARAMS_FILE), "-r", "__ns:=/managed", "-r", "__node:=accel_managed",
+        "-p", f"checkpoint:={tiny_checkpoint}", "-p", "stats_window:=4",
+    ], msgs_env(colcon_install), tmp_path / "node.log")
+    probe = Probe(rclpy_module)
+    try:
+        session = Session(process, probe, MANAGED_NODE, "/managed/image", _image_type(),
+                          stats_class)
+        assert lifecycle_state(probe, MANAGED_NODE) == "unconfigured"
+        assert "model from" not in process.output()
+        assert_publishes_nothing(session, frames)
+
+        assert change_state(probe, MANAGED_NODE, "configure")
+        assert lifecycle_state(probe, MANAGED_NODE) == "inactive"
+        assert process.output().count("model from checkpoint") == 1
+        assert probe.get_parameters(MANAGED_NODE, "stats_window") == {"stats_window": 4}
+        assert_publishes_nothing(session, frames)
+
+        for _ in range(2):  # the second activation reuses the loaded model
+            assert change_state(probe, MANAGED_NODE, "activate")
+            assert lifecycle_state(probe, MANAGED_NODE) == "active"
+            session.warm_up(lambda stamp: image_msg(frames[0], "rgb8", stamp))
+            out = session.send(image_msg(frames[1], "rgb8", session.clock.next()))
+            assert out["labels"].header.frame_id == "camera"
+            assert (out["labels"].height, out["labels"].width) == (H, W)
+            since = len(diagnostics(probe, name="accel_managed"))
+            wait_for(lambda s=since: len(diagnostics(probe, name="accel_managed")) > s, 30.0,
+                     "/diagnostics while active")
+            late = probe.listen(f"{MANAGED_NODE}/label_info", _label_info_type(), latched=True)
+            wait_for(lambda: probe.messages(f"{MANAGED_NODE}/label_info"), 60.0,
+                     "label_info from the active node")
+            probe.forget(f"{MANAGED_NODE}/label_info", late)
+            assert change_state(probe, MANAGED_NODE, "deactivate")
+            assert lifecycle_state(probe, MANAGED_NODE) == "inactive"
+            assert_publishes_nothing(session, frames)
+        assert process.output().count("model from checkpoint") == 1
+
+        assert change_state(probe, MANAGED_NODE, "cleanup")
+        assert lifecycle_state(probe, MANAGED_NODE) == "unconfigured"
+        assert "unconfigured: model freed" in process.output()
+        assert change_state(probe, MANAGED_NODE, "configure")
+        assert process.output().count("model from checkpoint") == 2
+        assert change_state(probe, MANAGED_NODE, "activate")
+        session.warm_up(lambda stamp: image_msg(frames[2], "rgb8", stamp))
+        assert change_state(probe, MANAGED_NODE, "shutdown")
+        assert lifecycle_state(probe, MANAGED_NODE) == "finalized"
+        assert_publishes_nothing(session, frames)
+        assert "finalized (from active)" in process.output()
+        assert_clean_exit(process, process.stop(signal.SIGINT))
+    finally:
+        probe.close()
+        process.kill()
+
+
+# --- a 16:9 camera in every resize mode ----------------------------------------------------
+
+
+def test_full_hd_frames_give_full_hd_labels_in_every_resize_mode(rclpy_module, colcon_install,
+                                                                 stats_class, tiny_checkpoint,
+                                                                 frames, tmp_path):
+    """One node per resize_mode (started together), network input 360x480 (4:3), a 1920x1080
+    frame (16:9) and its camera_info in: 1920x1080 labels and the camera_info out, with the
+    frame's header. crop labels the centred 1440x1080 and marks the sides 255 (ignore); pad
+    and stretch label every pixel. The frames go in as JPEG (180 KB): a 6 MB raw frame on a
+    best-effort subscription is often lost in Fast DDS's UDP fragments on loopback."""
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    big_h, big_w = 1080, 1920
+    rgb = cv2.resize(frames[3], (big_w, big_h), interpolation=cv2.INTER_LINEAR)
+    jpeg = rgb8_to_compressed(rgb, "jpeg")
+    modes = ("pad", "stretch", "crop")
+    processes = {}
+    probe = Probe(rclpy_module)
+    try:
+        for mode in modes:
+            processes[mode] = NodeProcess(
+                Path(sys.executable).parent / "accel_segmentation_node", [
+                    "--params-file", str(PARAMS_FILE), "-r", f"__ns:=/resize_{mode}",
+                    "-p", f"checkpoint:={tiny_checkpoint}", "-p", f"resize_mode:={mode}",
+                    "-p", "input_size:=[360, 480]", "-p", "input_transport:=compressed",
+                    "-p", "publish_color:=false", "-p", "publish_overlay:=false",
+                ], msgs_env(colcon_install), tmp_path / f"{mode}.log")
+        nodes = {mode: f"/resize_{mode}/accel_segmentation" for mode in modes}
+        for node in nodes.values():
+            for name, msg_type in (("labels", _image_type()), ("camera_info",
+                                                               _camera_info_type())):
+                probe.listen(f"{node}/{name}", msg_type)
+        inputs = {mode: probe.publisher(CompressedImage, f"/resize_{mode}/image/compressed")
+                  for mode in modes}
+        drivers = {mode: probe.publisher(_camera_info_type(), f"/resize_{mode}/camera_info")
+                   for mode in modes}
+        calibration = camera_info_msg(big_h, big_w)
+        clock = StreamClock()
+
+        def returned(node: str, msg: Any) -> list[Any] | None:
+            found = [probe.find(f"{node}/{name}", stamp_of(msg))
+                     for name in ("labels", "camera_info")]
+            return found if all(m is not None for m in found) else None
+
+        for mode in modes:
+            wait_for(lambda m=mode: inputs[m].get_subscription_count() > 0
+                     and drivers[m].get_subscription_count() > 0, STARTUP_TIMEOUT,
+                     f"the {mode} node's subscriptions:\n" + processes[mode].output())
+        for mode, node in nodes.items():
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while True:  # until a frame comes back with its camera_info (the first may not)
+                assert time.monotonic() < deadline, processes[mode].output()
+                drivers[mode].publish(calibration)
+                time.sleep(0.2)
+                msg = CompressedImage(**jpeg)
+                msg.header.frame_id = "camera"
+                msg.header.stamp.sec, msg.header.stamp.nanosec = clock.next()
+                inputs[mode].publish(msg)
+                try:
+                    labels, info = wait_for(lambda n=node, m=msg: returned(n, m), 20.0,
+                                            f"{mode} labels and camera_info")
+                    break
+                except AssertionError:
+                    continue
+            assert labels.header == msg.header and info.header == msg.header
+            assert (labels.height, labels.width) == (big_h, big_w), mode
+            assert (info.height, info.width) == (big_h, big_w), mode
+            values = image_to_array(labels)
+            if mode == "crop":  # the canvas is the centred 1080 x 1440 (480 / 360 = 4 / 3)
+                assert (values[:, :240] == 255).all() and (values[:, -240:] == 255).all()
+                assert values[:, 240:-240].max() < 11
+            else:
+                assert values.max() < 11, mode  # every pixel labelled
+            late = probe.listen(f"{node}/label_info", _label_info_type(), latched=True)
+            (label_info,) = wait_for(lambda n=node: probe.messages(f"{n}/label_info"), 60.0,
+                                     f"label_info of {mode}")
+            assert label_info.resize_mode == mode
+            assert (label_info.input_height, label_info.input_width) == (360, 480)
+            probe.forget(f"{node}/label_info", late)
+        for process in processes.values():
+            assert_clean_exit(process, process.stop(signal.SIGINT))
+    finally:
+        probe.close()
+        for process in processes.values():
+            process.kill()

@@ -377,3 +377,113 @@ def test_fusion_stage_runs_in_the_one_loop_and_resumes(fake_camvid: Path, tmp_pa
     log = (out / "fusion" / "log.txt").read_text()
     assert "fusion: resumed at epoch 1, iteration 3" in log
     assert "fusion: finished after 2 epochs / 6 iterations" in log
+
+
+def test_batch_augment_keeps_frame_labels_and_soft_targets_aligned() -> None:
+    from accel_ros.learn.batch_augment import augment_batch
+
+    image = np.zeros((2, 3, 60, 80), np.uint8)
+    image[:, 0, :, :40] = 220  # red left half: class 0
+    image[:, 2, :, 40:] = 220  # blue right half: class 1
+    labels = np.zeros((2, 60, 80), np.uint8)
+    labels[:, :, 40:] = 1
+    soft = torch.zeros(2, 2, 6, 8)  # a teacher's scores on a coarser grid, same view
+    soft[:, 0, :, :4] = 5.0
+    soft[:, 1, :, 4:] = 5.0
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(4):
+        batch = augment_batch(torch.from_numpy(image), torch.from_numpy(labels), (30, 40),
+                              generator, (0.5, 1.5), reference_height=30, soft=soft)
+        assert batch.images.shape == (2, 3, 30, 40) and batch.labels.dtype == torch.int64
+        assert batch.soft.shape == (2, 2, 30, 40)
+        assert set(batch.labels.unique().tolist()) <= {0, 1, IGNORE_INDEX}
+        assert torch.equal(batch.labels == IGNORE_INDEX, ~batch.inside)
+        inside = batch.inside
+        colour = batch.images[:, 0] > batch.images[:, 2]  # red wins: class 0
+        teacher = batch.soft[:, 0] > batch.soft[:, 1]
+        # Only the blended columns at the boundary may disagree.
+        assert (colour[inside] == (batch.labels[inside] == 0)).float().mean() > 0.9
+        assert (teacher[inside] == (batch.labels[inside] == 0)).float().mean() > 0.85
+
+
+def test_distillation_loss_is_cross_entropy_plus_kl_to_the_teacher() -> None:
+    from accel_ros.learn.distill import distillation_loss
+
+    logits = torch.randn(2, 4, 5, 6)
+    labels = torch.randint(0, 4, (2, 5, 6))
+    inside = torch.ones(2, 5, 6, dtype=torch.bool)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    ce = criterion(logits, labels)
+    assert torch.allclose(distillation_loss(logits, logits * 3, labels, inside, criterion, 0.0),
+                          ce)
+    # The student agreeing with the teacher leaves only the labels' term.
+    assert torch.allclose(distillation_loss(logits, logits, labels, inside, criterion, 0.5),
+                          0.5 * ce, atol=1e-6)
+    student = torch.zeros(2, 4, 5, 6, requires_grad=True)
+    teacher = torch.zeros(2, 4, 5, 6)
+    teacher[:, 2] = 4.0
+    distillation_loss(student, teacher, labels, inside, criterion, 1.0).backward()
+    assert (student.grad[:, 2] < 0).all()  # pulled towards the teacher's class
+
+
+def test_update_stage_distils_and_the_checkpoint_records_its_data(
+    fake_camvid: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    config = parse_train(["--data-root", str(fake_camvid), "--out", str(out), "--epochs", "1",
+                          "--fusion-epochs", "1", "--max-iters", "2", "--distill-from", "self",
+                          "--data-splits", "train", "val", *TINY])
+    assert config.data_splits == ("train", "val") and config.distill_from == "self"
+    run_training(config)
+    log = (out / "update" / "log.txt").read_text()
+    assert "distilled from self (weight 0.5, T 2.0)" in log
+    scores = torch.load(out / "update" / "teacher_scores.pt", weights_only=True)
+    assert scores.shape == (14, 11, 2, 3) and scores.dtype == torch.float16  # 32x48 / 16
+    _, extra = load_checkpoint(out / FINAL_NAME)
+    assert extra["train_data"] == "camvid train+val (14 frames)"
+    assert extra["train_frames"] == {
+        "splits": ["train", "val"], "holdout": [], "frames": 14,
+        "frames_per_sequence": {"train:0001TP": 4, "train:0006R0": 4, "val:0016E5": 6}}
+    assert extra["validation"] == "camvid val (trained on)"
+    with pytest.raises(ValueError, match="data split"):
+        TrainConfig(data_splits=("test",))
+    with pytest.raises(ValueError, match="jitter"):
+        TrainConfig(jitter=1.0)
+    assert parse_train(["--jitter", "0.5", "--motion-steps", "1", "2"]).motion_steps == (1, 2)
+
+
+def test_age_pairs_span_real_and_synthetic_ages(fake_camvid: Path) -> None:
+    from accel_ros.learn.age_pairs import FRAME_STEPS, build_age_pair_cache, real_windows
+
+    frames = frames_module.load_frames("camvid", fake_camvid, "train", 11)  # 1 s apart
+    windows = real_windows(frames, (32, 48), max_age=2.0)
+    assert sorted(len(w[0]) for w in windows) == [2, 2, 3, 3, 3, 3]
+    assert windows[0][2] == pytest.approx([0.0, 1.0, 2.0])
+    model = AccelNet(ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                                 head_channels=16, num_classes=11)).eval()
+    cache = build_age_pair_cache(model, frames, (32, 48), torch.device("cpu"), max_age=2.0)
+    ages = cache.ages.tolist()
+    assert len(ages) == len(cache) == len(cache.labels)
+    assert ages.count(1.0) >= 6 and ages.count(2.0) >= 4  # the real 1 s / 2 s pairs
+    assert min(ages) == pytest.approx(FRAME_STEPS[0] / 30) and max(ages) <= 2.0 + 1e-6
+    assert cache.ages_of(torch.tensor([0])).tolist() == ages[:1]
+    fast = build_age_pair_cache(model, frames, (32, 48), torch.device("cpu"), real=False,
+                                steps=(1,))  # a 30 fps camera: 6 kept frames, up to 0.2 s
+    assert sorted(set(round(age * 30) for age in fast.ages.tolist())) == [1, 2, 3, 4, 5, 6]
+
+
+def test_fusion_stage_trains_an_age_aware_fusion(fake_camvid: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    common = ["--data-root", str(fake_camvid), "--out", str(out), "--stage", "fusion",
+              "--fusion-ages", "0.033", "0.5", "2", *TINY]
+    run_training(parse_train([*common, "--fusion-epochs", "1"]))
+    model, extra = load_checkpoint(out / FINAL_NAME)
+    assert model.fusion_uses_age and model.config.fusion_ages == (0.033, 0.5, 2.0)
+    assert extra["stages"]["fusion"]["ages"] == [0.033, 0.5, 2.0]
+    assert extra["stages"]["fusion"]["pairs"] > 0
+    knots = model.fusion.weight.detach()
+    assert not torch.equal(knots[0], knots[-1])  # each age learns its own weights
+    # Resuming with more epochs rebuilds the age-aware fusion before loading its state.
+    run_training(parse_train([*common, "--fusion-epochs", "2", "--resume"]))
+    rows = read_csv(out / "fusion" / "metrics.csv")
+    assert [row["epoch"] for row in rows] == ["1", "2"]

@@ -10,13 +10,17 @@ import sys
 
 # subcommand -> module exposing add_parser(subparsers) and main(args) -> int
 SUBCOMMANDS = {
-    "demo": "accel_ros.demo",
-    "segment": "accel_ros.replay.runner",
-    "make-bag": "accel_ros.replay.runner",
-    "bench": "accel_ros.bench.single_stream",
-    "train": "accel_ros.learn.train",
-    "average": "accel_ros.learn.train",
-    "eval": "accel_ros.learn.evaluate",
+    "demo": "accel_ros.cli.demo",
+    "segment": "accel_ros.cli.segment",
+    "make-bag": "accel_ros.cli.make_bag",
+    "bench": "accel_ros.cli.bench",
+    "bench-streams": "accel_ros.cli.bench_streams",
+    "train": "accel_ros.cli.train",
+    "average": "accel_ros.cli.train",
+    "eval": "accel_ros.cli.evaluate",
+    "export": "accel_ros.cli.export",
+    "fleet": "accel_ros.cli.fleet",
+    "bench-fleet": "accel_ros.cli.bench_fleet",
 }
 
 
@@ -36,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Errors that mean "this input (file, bag, option value) is bad": one line, exit 2. rosbags,
 # mcap and sqlite3 report unreadable storage with their own types; OSError covers permissions,
-# a directory where a file was expected, a full disk.
-INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, OSError)
+# a directory where a file was expected, a full disk. ModuleNotFoundError: an optional extra
+# (Ray, ONNX Runtime, ...) that the chosen command needs is not installed; its message names it.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, ValueError, OSError, ModuleNotFoundError)
 TRACEBACK_ENV = "ACCEL_ROS_TRACEBACK"
 
 

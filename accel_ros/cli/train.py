@@ -29,6 +29,7 @@ from typing import Any
 from ..learn.config import (
     CLASS_WEIGHTINGS,
     DATA_SOURCES,
+    DATA_SPLITS,
     IMAGENET_STARTS,
     OPTIMIZERS,
     STAGES,
@@ -91,6 +92,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "rescaled by --scale-range relative to the input size")
     parser.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range,
                         metavar=("MIN", "MAX"), help="random rescale range (augmentation)")
+    parser.add_argument("--data-splits", nargs="+", choices=DATA_SPLITS, default=d.data_splits,
+                        metavar="SPLIT",
+                        help="labelled splits to train on (train val: every labelled frame; "
+                             "the checkpoint records what it was trained on)")
+    parser.add_argument("--jitter", type=float, default=d.jitter,
+                        help="colour jitter: brightness, contrast and saturation in 1 +- this")
     parser.add_argument("--holdout", nargs="+", default=d.holdout, metavar="SEQ",
                         help="CamVid sequences held out of training and used to select models "
                              "(\"none\": validate on the val split instead)")
@@ -101,6 +108,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--backbone-lr-mult", type=float, default=d.backbone_lr_mult,
                         help="backbone learning rate / head learning rate (default 0.2 with "
                              "ImageNet weights, 1 from scratch)")
+    parser.add_argument("--distill-from", default=d.distill_from, metavar="CHECKPOINT",
+                        help="update stage: also learn the soft scores of this checkpoint's "
+                             "reference (a path, default = the shipped one, self = this "
+                             "model's own reference)")
+    parser.add_argument("--distill-weight", type=float, default=d.distill_weight,
+                        help="share of the distillation term (the rest: cross-entropy)")
+    parser.add_argument("--distill-temperature", type=float, default=d.distill_temperature)
+    parser.add_argument("--fusion-ages", type=float, nargs="+", default=d.fusion_ages,
+                        metavar="S",
+                        help="age-aware fusion: keyframe ages (seconds) of its weight knots, "
+                             "e.g. 0.033 0.1 0.3 1 2; trained on pairs up to --max-age")
+    parser.add_argument("--max-age", type=float, default=d.max_age,
+                        help="oldest keyframe (seconds) of the age-aware fusion's pairs")
+    parser.add_argument("--motion-steps", type=int, nargs="+", default=d.motion_steps,
+                        metavar="N",
+                        help="age-aware fusion: its synthetic-motion pairs keep one video frame "
+                             "in N (30 fps), N cycling through these")
     parser.add_argument("--offsets", type=int, nargs="+", default=d.offsets,
                         help="keyframe offsets of the fusion stage's pairs")
     parser.add_argument("--flow-scale", type=float, default=d.flow_scale,

@@ -46,8 +46,11 @@ class BagWorker:
 
         from ..config import PipelineConfig
         from ..model.checkpoint import load_model_or_preset
+        from ..runtime import set_threads
 
-        torch.set_num_threads(max(1, spec.threads))
+        # torch and OpenCV (DIS flow) alike: with one slot per worker, a second OpenCV thread
+        # per worker would compete with the other workers for the same cores.
+        set_threads(max(1, spec.threads))
         torch.manual_seed(0)  # random weights (no checkpoint) are the same in every worker
         self.loaded = load_model_or_preset(spec.preset, spec.checkpoint)
         self.model = self.loaded.model

@@ -216,8 +216,12 @@ def segmenter_label_info(segmenter: Any, palette: str) -> dict[str, Any]:
     )
 
 
-def label_info_to_json(fields: dict[str, Any], frame_id: str) -> str:
-    """The std_msgs/String fallback payload of LabelInfo, as JSON."""
-    payload = {"header": {"stamp": {"sec": 0, "nanosec": 0}, "frame_id": frame_id}, **fields,
+def label_info_to_json(fields: dict[str, Any], frame_id: str,
+                       stamp: tuple[int, int] | None = None) -> str:
+    """The std_msgs/String fallback payload of LabelInfo, as JSON; `stamp` (sec, nanosec) as
+    the message's header would carry it."""
+    sec, nanosec = stamp or (0, 0)
+    header = {"stamp": {"sec": int(sec), "nanosec": int(nanosec)}, "frame_id": frame_id}
+    payload = {"header": header, **fields,
                "class_map": [{"class_id": i, "class_name": n} for i, n in fields["class_map"]]}
     return json.dumps(payload)

@@ -15,9 +15,10 @@ def augment(
     generator: torch.Generator,
     scale_range: tuple[float, float] = (0.75, 1.5),
     reference_height: int | None = None,
+    jitter: float = 0.25,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random scale (relative to the network's input height `reference_height`, default the
-    crop height), random crop/pad to `size`, horizontal flip and colour jitter (+-25 %
+    crop height), random crop/pad to `size`, horizontal flip and colour jitter (+-`jitter`
     brightness, contrast, saturation), using `accel_ros.data.transforms`.
 
     image (H, W, 3) uint8, labels (H, W) uint8 -> (3, h, w) float [0, 1], (h, w) int64; padding
@@ -29,7 +30,7 @@ def augment(
         T.RandomScale(scale_range[0] * factor, scale_range[1] * factor),
         T.RandomCrop(size),
         T.RandomHorizontalFlip(),
-        T.ColorJitter(0.25, 0.25, 0.25),
+        T.ColorJitter(jitter, jitter, jitter),
     ])
     sample = {"image": T.image_to_tensor(image),
               "labels": torch.from_numpy(np.ascontiguousarray(labels)).long()}

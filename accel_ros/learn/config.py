@@ -21,6 +21,9 @@ IMAGENET_STARTS = ("auto", "yes", "no")
 # Evaluation modes, in the order tables and plots list them (cheapest idea first).
 EVAL_MODES = ("reference", "deeplab", "dff", "accel")
 EVAL_CLIPS = ("sequence", "motion")
+# The labelled splits a run may train on (CamVid's val clip lies inside training sequence 0016E5).
+DATA_SPLITS = ("train", "val")
+AMP_DTYPES = ("fp16", "bf16")
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
@@ -42,6 +45,7 @@ class TrainConfig:
     stage: str = "all"
     data: str = "camvid"
     data_root: Path | None = None
+    data_splits: tuple[str, ...] = ("train",)
     holdout: tuple[str, ...] = ("0001TP",)
     limit: int | None = None
     # the model
@@ -59,6 +63,8 @@ class TrainConfig:
     width: int = 480
     crop: tuple[int, int] | None = None
     scale_range: tuple[float, float] = (0.75, 1.5)
+    # colour jitter: brightness, contrast and saturation factors in 1 +- jitter
+    jitter: float = 0.25
     # schedule
     epochs: int = 30
     update_epochs: int | None = None
@@ -79,9 +85,20 @@ class TrainConfig:
     weight_decay: float = 1e-4
     backbone_lr_mult: float | None = None
     class_weights: str = "sqrt-median"
+    # distillation of N_U (update stage): a checkpoint whose reference is the teacher
+    # ("default": the shipped one; "self": this model's own reference), None: labels only
+    distill_from: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     # the (keyframe, current) pairs of the fusion and joint stages
     offsets: tuple[int, ...] = (1, 2, 3, 4)
     flow_scale: float = 0.5
+    # age-aware fusion: keyframe ages (s) of its weight knots; () keeps the plain 1x1 fusion
+    # and its 30 fps pairs at `offsets`. With knots, pairs span ages up to `max_age` s.
+    fusion_ages: tuple[float, ...] = ()
+    max_age: float = 2.0
+    # the synthetic-motion pairs keep one video frame in n, n cycling through these (30 fps)
+    motion_steps: tuple[int, ...] = (1, 2, 4, 8, 15, 30)
     # the run
     out: Path = Path("runs/train")
     resume: bool = False
@@ -89,10 +106,15 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 2
     no_amp: bool = False
+    # CUDA mixed precision: fp16 (with loss scaling) or bf16 (no scaling needed)
+    amp_dtype: str = "fp16"
+    # hold the frames on the device and augment whole batches there (GPU runs)
+    augment_on_device: bool = False
     half: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("stage", self.stage, (*STAGES, "all"))
+        _check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         _check_choice("data", self.data, DATA_SOURCES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("class_weights", self.class_weights, CLASS_WEIGHTINGS)
@@ -101,6 +123,14 @@ class TrainConfig:
             raise ValueError("batch sizes and val_every must be >= 1")
         if self.time_budget is not None and len(self.time_budget) not in (1, 2):
             raise ValueError(f"time_budget takes one or two values, got {self.time_budget}")
+        for split in self.data_splits:
+            _check_choice("data split", split, DATA_SPLITS)
+        if not self.data_splits:
+            raise ValueError("data_splits needs at least one split")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {self.jitter}")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight must be in [0, 1] and distill_temperature > 0")
 
     @property
     def size(self) -> tuple[int, int]:

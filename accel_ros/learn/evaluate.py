@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PipelineConfig
+from ..config import RANGES, PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
@@ -45,7 +45,8 @@ def evaluate_clips(
 
     Every clip is streamed through `AccelSegmenter` (the node's own pipeline: same resizing,
     flow, incremental warps, fusion and upsampling to the label size) with its keyframe on
-    frame 0, so offset o is scored on frame o. Single-frame modes (`reference`, `deeplab`)
+    frame 0, so offset o is scored on frame o, stamped o x the clip's frame time (keyframe
+    ages in seconds; no time-gap resets inside a clip). Single-frame modes (`reference`, `deeplab`)
     score every distinct frame once; their meter is the same object at every offset.
     """
     unknown = set(modes) - set(EVAL_MODES)
@@ -61,7 +62,7 @@ def evaluate_clips(
     segmenters = {
         mode: AccelSegmenter(model, dataclasses.replace(
             base, mode=mode, keyframe_interval=length, adaptive_flow_threshold=0.0,
-            adaptive_confidence_drop=0.0))
+            adaptive_confidence_drop=0.0, max_time_gap=RANGES["max_time_gap"].high))
         for mode in modes
     }
     meters: dict[str, list[ConfusionMeter]] = {}
@@ -92,7 +93,8 @@ def evaluate_clips(
                 target = clip.labels[offset]
                 if single and (not fresh[offset] or target is None):
                     continue
-                result = segmenter.process(clip.frames[offset])
+                # Stamps in clip time: an age-aware fusion reads the keyframe's age from them.
+                result = segmenter.process(clip.frames[offset], stamp=offset * clip.frame_time_s)
                 if target is not None:
                     meters[mode][offset].update(result.labels, target)
     for segmenter in segmenters.values():

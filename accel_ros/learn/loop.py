@@ -104,7 +104,8 @@ def run_epochs(run: StageRun, plan: StagePlan, steps: StageSteps) -> dict[str, A
     """Train from where `run` stands to the end of `plan`; returns the stage summary
     (epochs, iterations, final validation mIoU, seconds)."""
     use_amp = plan.amp and run.device.type == "cuda" and not run.config.no_amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 keeps fp32's exponent range: no loss scaling.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and run.config.amp_dtype == "fp16")
     total = plan.total_iters
     done = (run.iteration >= total
             or schedule_progress(run.iteration, total, run.elapsed, plan.budget_min) >= 1)
@@ -148,7 +149,8 @@ def _train_epoch(
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         chosen = order[step * plan.batch_size : (step + 1) * plan.batch_size]
-        with torch.autocast(run.device.type, enabled=use_amp):
+        dtype = torch.bfloat16 if run.config.amp_dtype == "bf16" else torch.float16
+        with torch.autocast(run.device.type, dtype=dtype, enabled=use_amp):
             loss = steps.batch_loss(chosen, generator)
         run.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -17,6 +17,7 @@ import torch
 
 from ..data.clips import motion_clips
 from ..data.frames import FrameSet, resize_pair, to_tensor
+from ..data.motion import FRAME_TIME_S
 from ..model import AccelNet, build_flow
 
 
@@ -27,7 +28,8 @@ class PairCache:
     warped: (P, K, h, w) reference scores of the keyframe warped to the current frame;
     update: (P, K, h, w) update-branch scores of the current frame; labels: (P, H, W) uint8;
     offsets: (P,) keyframe offsets; current: (P, 3, H, W) uint8 current frames, kept only
-    for the joint stage (which recomputes the update scores as N_U trains).
+    for the joint stage (which recomputes the update scores as N_U trains); ages: (P,) seconds
+    since the keyframe (age-aware pairs, `age_pairs.py`), None for 30 fps pairs.
     """
 
     warped: torch.Tensor
@@ -35,6 +37,13 @@ class PairCache:
     labels: torch.Tensor
     offsets: torch.Tensor
     current: torch.Tensor | None = None
+    ages: torch.Tensor | None = None
+
+    def ages_of(self, index: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """(B,) seconds since the keyframe of pairs `index` (offsets at 30 fps without ages)."""
+        if self.ages is not None:
+            return self.ages[index]
+        return self.offsets[index].float() * FRAME_TIME_S
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,12 +61,17 @@ def update_scores(model: AccelNet, images: torch.Tensor) -> torch.Tensor:
 
 
 def fused_logits(
-    model: AccelNet, warped: torch.Tensor, update: torch.Tensor, size: tuple[int, int]
+    model: AccelNet,
+    warped: torch.Tensor,
+    update: torch.Tensor,
+    size: tuple[int, int],
+    age_s: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Score fusion of warped reference scores and update scores (N, K, h, w) -> logits
-    (N, K, H, W) at `size`, through `AccelNet.fuse`. The cache keeps scores, not features:
-    score fusion needs none, and the stages refuse feature-fusion models."""
-    return model.upsample(model.fuse(None, None, warped, update), size)
+    (N, K, H, W) at `size`, through `AccelNet.fuse` (`age_s` (N,): keyframe ages, read by an
+    age-aware fusion). The cache keeps scores, not features: score fusion needs none, and
+    the stages refuse feature-fusion models."""
+    return model.upsample(model.fuse(None, None, warped, update, age_s=age_s), size)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from ..model import AccelNet, load_checkpoint, load_model, resolve_device, save_
 from .config import STAGES, TrainConfig
 from .optim import class_weights
 from .records import log_line, plot_curves, stage_finished
-from .stages import train_branch, train_fusion, train_joint
+from .stages import make_age_aware, train_branch, train_fusion, train_joint
 
 FINAL_NAME = "accel_camvid.pt"
 
@@ -36,11 +36,22 @@ class TrainData:
     val: FrameSet
     val_name: str
     holdout: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train",)
 
     @property
     def train_name(self) -> str:
         without = f", without {'+'.join(self.holdout)}" if self.holdout else ""
-        return f"({len(self.train)} frames{without})"
+        return f"{'+'.join(self.splits)} ({len(self.train)} frames{without})"
+
+    def manifest(self) -> dict[str, Any]:
+        """What the run trained on, as data (kept in the checkpoint's `extra`): splits,
+        held-out sequences, frames per sequence."""
+        counts: dict[str, int] = {}
+        for sequence in self.train.sequences:
+            name = sequence.split("#")[0]
+            counts[name] = counts.get(name, 0) + 1
+        return {"splits": list(self.splits), "holdout": list(self.holdout),
+                "frames": len(self.train), "frames_per_sequence": counts}
 
 
 def run_training(config: TrainConfig) -> Path:
@@ -53,6 +64,15 @@ def run_training(config: TrainConfig) -> Path:
     config.out.mkdir(parents=True, exist_ok=True)
     model, config = build_model(config)
     data = load_data(config, model.config.num_classes)
+    return train_model(model, data, config, device)
+
+
+def train_model(
+    model: AccelNet, data: TrainData, config: TrainConfig, device: torch.device
+) -> Path:
+    """Train the stages `config` names on `data`, starting from `model` (its backbones
+    already loaded as the run wants them); returns the path of the final checkpoint."""
+    config.out.mkdir(parents=True, exist_ok=True)
     log_line(config.out, f"data {config.data}: {len(data.train)} train, {len(data.val)} "
              f"validation ({data.val_name}) frames; model {model.config.reference_backbone}/"
              f"{model.config.update_backbone}, "
@@ -131,8 +151,9 @@ def _load_imagenet(model: AccelNet, config: TrainConfig) -> bool:
 
 
 def load_data(config: TrainConfig, num_classes: int) -> TrainData:
-    """Training frames, and validation frames: the held-out sequences when there are any,
-    else the val split."""
+    """Training frames (every split of `data_splits`, less the held-out sequences), and
+    validation frames: the held-out sequences when there are any, else the val split (which a
+    run that trains on it only remembers)."""
     holdout = (tuple(s for s in config.holdout if s.lower() != "none")
                if config.data == "camvid" else ())
 
@@ -140,13 +161,29 @@ def load_data(config: TrainConfig, num_classes: int) -> TrainData:
         return load_frames(config.data, config.data_root, split, num_classes, config.limit,
                            config.size, config.seed, **which)
 
-    train = frames("train", exclude=holdout)
+    train = join_frames({split: frames(split, exclude=holdout) for split in config.data_splits})
     if holdout:
         # Model selection on a street the model never sees (val lies inside training
         # sequence 0016E5, so it measures memory, not generalisation).
         return TrainData(train, frames("train", sequences=holdout),
-                         f"held-out {'+'.join(holdout)}", holdout)
-    return TrainData(train, frames("val"), f"{config.data} val")
+                         f"held-out {'+'.join(holdout)}", holdout, config.data_splits)
+    trained_on = " (trained on)" if "val" in config.data_splits else ""
+    return TrainData(train, frames("val"), f"{config.data} val{trained_on}", (),
+                     config.data_splits)
+
+
+def join_frames(parts: dict[str, FrameSet]) -> FrameSet:
+    """One FrameSet of several splits, in order; sequence ids get their split as a prefix
+    when there are several, so windows and pairs never join frames of two splits."""
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    joined = FrameSet([], [], [], [])
+    for split, part in parts.items():
+        joined.images += part.images
+        joined.labels += part.labels
+        joined.sequences += [f"{split}:{sequence}" for sequence in part.sequences]
+        joined.names += part.names
+    return joined
 
 
 def _run_stages(
@@ -166,6 +203,8 @@ def _run_stages(
         folder = config.out / stage
         if config.resume and stage_finished(folder, config.epochs_of(stage)):
             loaded, extra = load_checkpoint(folder / "final.pt")
+            if loaded.config.fusion_ages:
+                make_age_aware(model, loaded.config.fusion_ages)
             model.load_state_dict(loaded.state_dict())
             log_line(config.out, f"{stage}: already finished (resume), loaded "
                      f"{folder / 'final.pt'}")
@@ -198,7 +237,8 @@ def _save_final(
     extra = {
         "recipe": config.recipe(),
         "resolution": list(config.size),
-        "train_data": f"{config.data} train {data.train_name}",
+        "train_data": f"{config.data} {data.train_name}",
+        "train_frames": data.manifest(),
         "validation": data.val_name,
         "val_miou": {stage: info.get("val_miou") for stage, info in summary.items()},
         "stages": summary,

@@ -7,6 +7,7 @@ from .checkpoint import (
     average_checkpoints,
     load_checkpoint,
     load_model,
+    load_model_or_preset,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "flow_to_features",
     "load_checkpoint",
     "load_model",
+    "load_model_or_preset",
     "resize_flow",
     "resolve_checkpoint",
     "resolve_device",

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .backbone import ResNetFeatures, build_backbone
-from .fusion import FeatureFusion, ScoreFusion
+from .fusion import AgeScoreFusion, FeatureFusion, ScoreFusion
 from .heads import DilatedFeatureHead, ScoreUpsampler, TaskHead
 from .warp import feature_size, flow_to_features, warp
 
@@ -104,7 +104,9 @@ class AccelNet(nn.Module):
                 update_width, project = config.head_channels, reference_width
             self.update = build_branch(config, config.update_backbone, update_width, project,
                                        config.update_input_scale)
-            if config.fusion == "score":
+            if config.fusion == "score" and config.fusion_ages:
+                self.fusion = AgeScoreFusion(k, config.fusion_ages)
+            elif config.fusion == "score":
                 self.fusion = ScoreFusion(k)
             else:
                 self.fusion = FeatureFusion(reference_width)
@@ -135,18 +137,25 @@ class AccelNet(nn.Module):
     def fuses_features(self) -> bool:
         return isinstance(self.fusion, FeatureFusion)
 
+    @property
+    def fusion_uses_age(self) -> bool:
+        """The fusion weighs the branches by the keyframe's age (`AgeScoreFusion`)."""
+        return isinstance(self.fusion, AgeScoreFusion)
+
     def fuse(
         self,
         reference_features: torch.Tensor | None,
         update_features: torch.Tensor | None,
         reference_scores: torch.Tensor | None = None,
         update_scores: torch.Tensor | None = None,
+        age_s: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Corrected scores (N, K, h, w) from the warped reference and the update branch.
 
         Score fusion uses the given scores (computing any that are missing from the features;
         with both scores given, the features may be None); feature fusion needs the features
-        and scores the fused features with the reference head.
+        and scores the fused features with the reference head. `age_s` (N,): seconds since
+        each frame's keyframe, read by an age-aware fusion only (None: its youngest knot).
         """
         if self.fusion is None:
             raise RuntimeError("this model has no update branch, so there is nothing to fuse")
@@ -157,6 +166,8 @@ class AccelNet(nn.Module):
             reference_scores = self.reference_scores(reference_features)
         if update_scores is None:
             update_scores = self.update_scores(update_features)
+        if self.fusion_uses_age:
+            return self.fusion(reference_scores, update_scores, age_s)
         return self.fusion(reference_scores, update_scores)
 
     def upsample(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -223,13 +234,15 @@ class AccelNet(nn.Module):
         flows: torch.Tensor | None = None,
         mode: str = "accel",
         out_of_frame: str = "border",
+        age_s: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores for the last frame of a clip whose first frame is the keyframe.
 
         frames: (N, T, 3, H, W), T >= 1. flows: (N, T-1, 2, h', w') backward flows between
         consecutive frames (any resolution, pixels of that resolution; None only when T == 1).
         Features are warped incrementally, keyframe -> 1 -> ... -> T-1, exactly as at
-        inference. Returns logits (N, K, H, W).
+        inference. age_s (N,): seconds from the keyframe to the last frame (an age-aware
+        fusion reads it). Returns logits (N, K, H, W).
         """
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (N, T, 3, H, W), got {tuple(frames.shape)}")
@@ -257,7 +270,7 @@ class AccelNet(nn.Module):
             # A keyframe (T == 1) is answered by N_R alone, as at inference.
             scores = self.reference_scores(features)
         else:
-            scores = self.fuse(features, self.update_features(current))
+            scores = self.fuse(features, self.update_features(current), age_s=age_s)
         return self.upsample(scores, (height, width))
 
     def load_backbone(self, branch: str, path: str | Path | None = None) -> list[str]:

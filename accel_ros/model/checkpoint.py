@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +106,25 @@ class LoadedModel:
     def description(self) -> str:
         return f"checkpoint {self.path}" if self.path else "random weights"
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.path, self.model.config)
+
+
+def model_fingerprint(path: Path | None, config: ModelConfig | None) -> str:
+    """sha256 of a checkpoint file (of the config for random weights, `path` None): what
+    caches of derived files and manifests of finished work key on."""
+    if path is None:
+        if config is None:
+            raise ValueError("random weights are identified by their config: pass it")
+        text = json.dumps(config.to_dict(), sort_keys=True)
+        return "random:" + hashlib.sha256(text.encode()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 def load_model(spec: str | Path | ModelConfig | None = "default", **overrides: Any) -> LoadedModel:
     """The one way every tool gets a model from a user's choice.
@@ -123,6 +145,13 @@ def load_model(spec: str | Path | ModelConfig | None = "default", **overrides: A
     if overrides:
         return LoadedModel(AccelNet(dataclasses.replace(model.config, **overrides)))
     return LoadedModel(model, path, extra)
+
+
+def load_model_or_preset(model: str | ModelConfig, checkpoint: str | Path | None) -> LoadedModel:
+    """The node's and the commands' split of the choice into two options: a checkpoint
+    ("default" = shipped, a path) carries its own config and wins; without one (None/"none")
+    `model` (a preset name or a ModelConfig) gives random weights."""
+    return load_model(checkpoint if resolve_checkpoint(checkpoint) else model)
 
 
 def average_checkpoints(

@@ -1,4 +1,5 @@
-"""Fusion of the reference (warped) and update branches: a single 1x1 convolution."""
+"""Fusion of the reference (warped) and update branches: a single 1x1 convolution, or one per
+keyframe age (`AgeScoreFusion`)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,74 @@ class ScoreFusion(Fusion1x1):
 class FeatureFusion(Fusion1x1):
     """Feature fusion (paper's Accel-101): fuses features f_R and f_U, (N, C, h, w) each; the
     reference task head then scores the fused features."""
+
+
+def age_knot_weights(ages: tuple[float, ...], age_s: torch.Tensor) -> torch.Tensor:
+    """(N,) keyframe ages in seconds -> (N, B) weights of the B knots `ages`: linear in
+    log-age between the two knots around each age, all on the nearest knot outside them."""
+    knots = torch.tensor(ages, dtype=torch.float32, device=age_s.device).log()
+    position = age_s.float().clamp(min=ages[0], max=ages[-1]).log()
+    upper = torch.searchsorted(knots, position.contiguous()).clamp(1, len(ages) - 1)
+    lower = upper - 1
+    span = (knots[upper] - knots[lower]).clamp_min(1e-12)
+    share = ((position - knots[lower]) / span).clamp(0.0, 1.0)
+    weights = torch.zeros(age_s.shape[0], len(ages), device=age_s.device)
+    weights.scatter_(1, lower[:, None], (1 - share)[:, None])
+    weights.scatter_add_(1, upper[:, None], share[:, None])
+    return weights
+
+
+class AgeScoreFusion(nn.Module):
+    """Score fusion that knows how old the warped keyframe is: a 1x1 conv over concat(s_R,
+    s_U) per age knot (seconds, ascending), interpolated in log-age (`age_knot_weights`).
+
+    Warping is nearly exact a frame after the keyframe and fails more the older the keyframe
+    is, so the share of s_U must grow with age; one fusion for every age (`ScoreFusion`)
+    learns an average trust instead. Without an age the youngest knot answers. Every knot
+    starts as the average (a + b) / 2, or from a trained `ScoreFusion` (`from_plain`).
+
+    reference, update: (N, K, h, w) each (update resampled onto the reference grid);
+    age_s: (N,) seconds -> (N, K, h, w).
+    """
+
+    def __init__(self, channels: int, ages: tuple[float, ...]) -> None:
+        super().__init__()
+        if len(ages) < 1:
+            raise ValueError("an age-aware fusion needs at least one age knot")
+        self.channels = channels
+        self.ages = tuple(float(age) for age in ages)
+        eye = torch.eye(channels)
+        average = torch.cat((0.5 * eye, 0.5 * eye), dim=1)  # (K, 2K)
+        self.weight = nn.Parameter(average.repeat(len(ages), 1, 1))  # (B, K, 2K)
+        self.bias = nn.Parameter(torch.zeros(len(ages), channels))  # (B, K)
+
+    @torch.no_grad()
+    def copy_plain(self, plain: Fusion1x1) -> AgeScoreFusion:
+        """Start every knot from a trained one-for-all-ages fusion; returns self."""
+        self.weight.copy_(plain.conv.weight[:, :, 0, 0].expand_as(self.weight))
+        self.bias.copy_(plain.conv.bias.expand_as(self.bias))
+        return self
+
+    def forward(
+        self, reference: torch.Tensor, update: torch.Tensor, age_s: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if reference.shape[:2] != update.shape[:2]:
+            raise ValueError(
+                f"fusion inputs differ: reference {tuple(reference.shape)} vs "
+                f"update {tuple(update.shape)}"
+            )
+        if update.shape[-2:] != reference.shape[-2:]:
+            update = F.interpolate(update, size=reference.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        n = reference.shape[0]
+        if age_s is None:
+            age_s = torch.full((n,), self.ages[0], device=reference.device)
+        age_s = age_s.reshape(-1).to(reference.device)
+        if age_s.shape[0] != n:
+            raise ValueError(f"{age_s.shape[0]} ages for {n} score maps")
+        knots = age_knot_weights(self.ages, age_s)  # (N, B)
+        weight = torch.einsum("nb,bkc->nkc", knots, self.weight.float())
+        bias = knots @ self.bias.float()  # (N, K)
+        stacked = torch.cat((reference, update.to(reference.dtype)), dim=1)
+        fused = torch.einsum("nkc,nchw->nkhw", weight.to(stacked.dtype), stacked)
+        return fused + bias.to(fused.dtype)[:, :, None, None]

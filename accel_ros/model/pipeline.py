@@ -15,14 +15,18 @@ import torch.nn.functional as F
 
 from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
 from .accel import AccelNet
-from .checkpoint import load_model, resolve_checkpoint
+from .checkpoint import load_model_or_preset
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .flow import FlowEstimator, build_flow
+from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
 from .warp import check_flow
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
 # The stream `AccelSegmenter.process` uses when none is named.
 DEFAULT_STREAM = "default"
+# Seconds per frame when a frame or its keyframe has no stamp: a 30 fps camera's. Only an
+# age-aware fusion reads keyframe ages.
+NOMINAL_FRAME_TIME_S = 1.0 / 30.0
 
 
 @dataclass
@@ -85,6 +89,7 @@ class KeyframeCache:
     features: torch.Tensor | None = None  # float32 reference features warped to the last frame
     previous: Any = None  # previous frame, prepared for the flow estimator
     keyframe_index: int = -1
+    keyframe_stamp: float | None = None  # seconds; None when the keyframe had no stamp
     frame_size: tuple[int, int] | None = None
     last_stamp: float | None = None
     keyframe_confidence: float = 1.0
@@ -301,10 +306,14 @@ class AccelSegmenter:
         *,
         return_max_probability: bool = False,
         sync_stages: bool = False,
+        model_hash: str = "",
     ) -> None:
         """`return_max_probability`: fill `SegmentationResult.max_probability` (reduced on the
         device; what a scores topic needs). `sync_stages`: synchronise CUDA around every stage
-        so `timings` is a true per-stage breakdown (benchmarks); off in production."""
+        so `timings` is a true per-stage breakdown (benchmarks); off in production.
+        `model_hash`: the identity of the weights (`LoadedModel.fingerprint`), reported with
+        the labels' class metadata; empty when unknown."""
+        self.model_hash = model_hash
         self.pipeline_config = pipeline or PipelineConfig()
         cfg = self.pipeline_config
         self.device = resolve_device(cfg.device)
@@ -314,10 +323,13 @@ class AccelSegmenter:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.flow = flow or build_flow(cfg.flow_method, cfg.flow_scale)
-        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-        # Network calls go through FastOps: the model's own methods unless torch_compile /
-        # cuda_graphs ask for more (fixed here; see FastOps.notes for what is active).
-        self._ops = FastOps(self.model, self.device, cfg.torch_compile, cfg.cuda_graphs)
+        # Other backends run their own precision (OpenVINO bf16): torch's autocast stays off.
+        autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+        self._autocast_dtype = autocast if cfg.backend == "torch" else None
+        # Network calls go through FastOps (backend torch: the model's own methods unless
+        # torch_compile / cuda_graphs ask for more) or through exported graphs in another
+        # runtime; fixed here, `fast_path_notes` says what is active.
+        self._ops = _network_calls(self.model, self.device, cfg, self.input_size)
         self._flow_worker = FlowWorker()  # its thread starts on first use of overlap_flow
         self._upload = FrameUploader(self.device)
         self.return_max_probability = return_max_probability
@@ -360,6 +372,11 @@ class AccelSegmenter:
     def frame_index(self) -> int:
         """Frames of the default stream so far, minus one."""
         return self.stream_state().frame_index
+
+    def canvas(self, frame_size: tuple[int, int]) -> Canvas:
+        """Where a frame of `frame_size` meets the network input under `resize_mode`
+        (model/framing.py): the region of its pixel grid that is resized to `input_size`."""
+        return canvas(frame_size, self.input_size, self.pipeline_config.resize_mode)
 
     @property
     def input_size(self) -> tuple[int, int] | None:
@@ -519,7 +536,9 @@ class AccelSegmenter:
         image = self._upload(host, slot)
         size = self.input_size
         if size is not None and tuple(size) != tuple(image.shape[-2:]):
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            box = self.canvas((int(image.shape[-2]), int(image.shape[-1])))
+            image = F.interpolate(frame_to_canvas(image, box), size=size, mode="bilinear",
+                                  align_corners=False)
         if cfg.channels_last:
             return image.contiguous(memory_format=torch.channels_last)
         return image
@@ -609,6 +628,7 @@ class AccelSegmenter:
             first = cache.features is None
             cache.features = job_features
             cache.keyframe_index = job.state.frame_index
+            cache.keyframe_stamp = job.stamp
             cache.accumulated_flow = 0.0
             cache.force_keyframe = False
             # The stream's first keyframe (start, reset) shortens its first interval by its
@@ -651,7 +671,16 @@ class AccelSegmenter:
         for job, update in zip(pending, updates, strict=True):
             job.step.early_update = update
         with timer.stage("fusion"):
-            fused = run_batched(self._ops.fuse, [self._fusion_inputs(job) for job in jobs])
+            if getattr(self.model, "fusion_uses_age", False):
+                # An age-aware fusion (a few 1x1 weights mixed per frame) runs eagerly in
+                # torch with each frame's keyframe age; the fast paths and exported graphs
+                # serve the plain fusion's four-tensor call.
+                fused = run_batched(
+                    lambda *inputs: self.model.fuse(*inputs[:4], age_s=inputs[4]),
+                    [(*self._fusion_inputs(job), self._keyframe_age(job)) for job in jobs],
+                )
+            else:
+                fused = run_batched(self._ops.fuse, [self._fusion_inputs(job) for job in jobs])
         for job, scores in zip(jobs, fused, strict=True):
             job.scores = scores
 
@@ -661,6 +690,16 @@ class AccelSegmenter:
         assert job.step.early_update is not None
         update_features, update_scores = job.step.early_update
         return job.state.cache.features, update_features, job.scores, update_scores
+
+    def _keyframe_age(self, job: _Job) -> torch.Tensor:
+        """(1,) seconds since the frame's keyframe: from the stamps when both are known, else
+        frames since the keyframe at NOMINAL_FRAME_TIME_S each."""
+        cache = job.state.cache
+        if job.stamp is not None and cache.keyframe_stamp is not None:
+            age = job.stamp - cache.keyframe_stamp
+        else:
+            age = (job.state.frame_index - cache.keyframe_index) * NOMINAL_FRAME_TIME_S
+        return torch.tensor([max(age, 0.0)], device=self.device)
 
     def _output_step(self, jobs: list[_Job], timer: StageTimer) -> list[dict[str, Any]]:
         """Low-resolution scores (1, K, h, w) of each frame -> labels (H, W) uint8 on the host
@@ -677,7 +716,8 @@ class AccelSegmenter:
             for labels, logits, confidence in grouped:
                 probabilities = max_probability = None
                 if cfg.return_probabilities or self.return_max_probability:
-                    full = logits.softmax(dim=1)[0]
+                    size = (int(labels.shape[-2]), int(labels.shape[-1]))
+                    full = canvas_to_frame(logits.softmax(dim=1)[0], self.canvas(size), size, 0.0)
                     if self.return_max_probability:
                         max_probability = full.amax(dim=0).cpu().numpy()
                     if cfg.return_probabilities:
@@ -695,7 +735,11 @@ class AccelSegmenter:
         device."""
         scores = scores.float()
         confidence = scores.softmax(dim=1).amax(dim=1).mean(dim=(1, 2))
-        labels, logits = upsample_labels(self.model, scores, size)
+        box = self.canvas(size)
+        labels, logits = upsample_labels(self.model, scores, (box.height, box.width))
+        # Back onto the frame's own pixel grid (resize_mode): what the canvas padded is cut
+        # away, what it cropped gets the ignore label.
+        labels = canvas_to_frame(labels, box, size, IGNORE_LABEL)
         return labels.cpu(), logits, confidence
 
     def _finish(
@@ -734,11 +778,24 @@ class AccelSegmenter:
         )
 
 
+def _network_calls(
+    model: AccelNet, device: torch.device, cfg: PipelineConfig, input_size: tuple[int, int] | None
+) -> Any:
+    """What `AccelSegmenter` runs its networks through: an object with the calls of
+    `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. Backend torch: `FastOps`; the
+    others: `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs
+    of `input_size` now, so a first start pays the export before the first frame."""
+    if cfg.backend == "torch":
+        return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
+    # deploy/ builds on model/; imported on use so that model/ never imports it at load time.
+    from ..deploy.backends import build_networks
+
+    return build_networks(model, cfg, device, input_size)
+
+
 def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> AccelNet:
-    """A model from a checkpoint ("default" = shipped, a path) or random weights (None/"none")
-    of `model` (a preset name or a ModelConfig). A checkpoint carries its own config, which
-    wins over `model`. The node's and the tools' split of the choice into two options."""
-    return load_model(checkpoint if resolve_checkpoint(checkpoint) else model).model
+    """A model from a checkpoint, or random weights of `model` (see `load_model_or_preset`)."""
+    return load_model_or_preset(model, checkpoint).model
 
 
 def build_segmenter(
@@ -751,6 +808,6 @@ def build_segmenter(
     """One-call construction used by the node and the tools. `return_max_probability` is
     what a scores topic needs (see `AccelSegmenter`); it can also be switched live through the
     segmenter's attribute of that name."""
-    return AccelSegmenter(
-        build_model(model, checkpoint), pipeline, return_max_probability=return_max_probability
-    )
+    loaded = load_model_or_preset(model, checkpoint)
+    return AccelSegmenter(loaded.model, pipeline, return_max_probability=return_max_probability,
+                          model_hash=loaded.fingerprint)

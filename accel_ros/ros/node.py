@@ -1,8 +1,10 @@
 """ROS 2 node `accel_segmentation`: Accel video segmentation of one or several camera streams.
 
 The only module that imports rclpy and ROS message packages. It is deliberately thin: what to
-do with parameters, frames, statistics and errors is decided in `accel_ros.ros.node_logic` (tested
-without ROS); this file wires those decisions to subscriptions, publishers and timers.
+do with parameters (ros/parameters.py), arriving frames (ros/slots.py), input checks
+(ros/input_guard.py), batches and outputs (ros/processing.py) and health (ros/diagnostics.py)
+is decided in plain Python, tested without ROS; this file wires those decisions to
+subscriptions, publishers and timers.
 
 Topics (relative names, remappable):
   in   image (sensor_msgs/Image), or <image after remapping>/compressed
@@ -13,14 +15,25 @@ Topics (relative names, remappable):
        ~/overlay sensor_msgs/Image rgb8 labels blended on the input (publish_overlay)
        ~/scores  sensor_msgs/Image 32FC1 per-pixel max probability (publish_scores)
        ~/stats   accel_ros_msgs/SegmentationStats, or std_msgs/String JSON (see below)
+       ~/camera_info sensor_msgs/CameraInfo: the newest one received on the camera_info beside
+                 the image topic (image_transport's convention), with each labels header
+       ~/label_info accel_ros_msgs/LabelInfo (or std_msgs/String JSON): class map, palette,
+                 model identity; transient-local, once at start-up and on a palette change
        /diagnostics diagnostic_msgs/DiagnosticArray, every diagnostics_period seconds
-  Outputs are reliable keep-last `output_qos_depth` (10) unless output_qos is best_effort.
+  Outputs are reliable keep-last `output_qos_depth` (100) unless output_qos is best_effort.
+  Input frames declaring more than `max_input_pixels` are refused before decoding.
 
 Several cameras (`image_topics: [front/image, rear/image]`): one stream per topic, each
 relative and remappable (compressed transport appends /compressed to each); the outputs of
 stream <s> (the topic without its last component: front, rear) are ~/<s>/labels, ~/<s>/color,
-~/<s>/overlay, ~/<s>/scores and ~/<s>/stats, and /diagnostics carries one status per stream
-("<node name>: <s> segmentation"). One model serves all streams, with a keyframe cache each.
+~/<s>/overlay, ~/<s>/scores, ~/<s>/stats and ~/<s>/camera_info, and /diagnostics carries one
+status per stream ("<node name>: <s> segmentation"). One model serves all streams, with a
+keyframe cache each; ~/label_info describes it once for all.
+
+The steps (read parameters, prepare the segmenter, create the streams' topics, start and stop
+the worker, free the model) live in `SegmentationNodeSteps`, shared by this node, which runs
+them all at construction, and its managed variant (ros/lifecycle_node.py), which runs them on
+lifecycle transitions.
 
 Threading: a subscription callback judges the time gap to its stream's previous arrival and
 drops the message into that stream's newest-frame slot; one worker thread waits until any
@@ -34,7 +47,9 @@ finished and published) before the node and the context are shut down.
 from __future__ import annotations
 
 import array
+import copy
 import dataclasses
+import gc
 import json
 import signal
 import sys
@@ -47,42 +62,50 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
 
 from ..io.bridge import from_array, message_to_rgb8
-from ..io.messages import stamp_to_seconds, stats_fields, stats_to_json
-from .node_logic import (
-    NODE_NAME,
+from ..io.messages import (
+    label_info_to_json,
+    segmenter_label_info,
+    stamp_to_seconds,
+    stats_fields,
+    stats_to_json,
+)
+from .camera_info import CameraInfoRelay, camera_info_topic
+from .diagnostics import DiagnosticReport, StreamStatistics, diagnostic_report
+from .input_guard import silence_opencv
+from .parameters import (
     PARAMETER_SPECS,
     PARAMETERS,
     SOURCE_PARAMS_FILE,
-    BatchProcessor,
-    DiagnosticReport,
-    FrameOutputs,
     NodeSettings,
-    ReadyFrame,
-    StampGapMonitor,
-    StreamOutcome,
-    StreamPlan,
-    StreamSlots,
-    StreamStatistics,
-    Throttle,
+    ParamSpec,
     apply_live_pipeline,
+    change_summary,
     default_parameters,
-    diagnostic_report,
     parse_parameters,
     plan_parameter_update,
-    plan_streams,
     unknown_parameters,
 )
+from .processing import BatchProcessor, FrameOutputs, StreamOutcome
+from .slots import ReadyFrame, StampGapMonitor, StreamSlots
+from .streams import StreamPlan, plan_streams
+from .throttled_log import Throttle, ThrottledLog, shorten
 
 try:
     from rclpy.executors import ExternalShutdownException
@@ -92,13 +115,17 @@ except ImportError:  # rclpy before Humble
         pass
 
 
-# ament_python cannot generate rosidl messages: SegmentationStats comes from the companion
-# ament_cmake package accel_ros_msgs (built by `colcon build`). Without it, ~/stats carries the
-# same fields as JSON in a std_msgs/String.
+# ament_python cannot generate rosidl messages: SegmentationStats and LabelInfo come from the
+# companion ament_cmake package accel_ros_msgs (built by `colcon build`). Without it, ~/stats
+# and ~/label_info carry the same fields as JSON in a std_msgs/String.
 try:
     from accel_ros_msgs.msg import SegmentationStats
 except ImportError:
     SegmentationStats = None
+try:  # apart: an accel_ros_msgs built before LabelInfo existed still has SegmentationStats
+    from accel_ros_msgs.msg import ClassInfo, LabelInfo
+except ImportError:
+    ClassInfo = LabelInfo = None
 
 _PARAMETER_TYPES = {
     "bool": ParameterType.PARAMETER_BOOL,
@@ -108,6 +135,7 @@ _PARAMETER_TYPES = {
     "int_array": ParameterType.PARAMETER_INTEGER_ARRAY,
     "str_array": ParameterType.PARAMETER_STRING_ARRAY,
 }
+NODE_NAME = "accel_segmentation"
 _LEVELS = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
            DiagnosticStatus.STALE)
 # What a bad parameter value, a missing checkpoint or an unavailable device raise at start-up:
@@ -193,119 +221,260 @@ def _image_message(fields: dict[str, Any], header: Any) -> Image:
     return msg
 
 
+def _latched_qos() -> QoSProfile:
+    # ~/label_info: reliable, transient-local, depth 1, so a subscriber that joins late (with
+    # transient-local durability) still receives the newest one, as with vision_msgs/LabelInfo.
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
+
+
+def _label_info_message(msg_type: type, fields: dict[str, Any], stamp: Any) -> Any:
+    """LabelInfo (or its std_msgs/String JSON fallback) from `segmenter_label_info` fields.
+    Class metadata belongs to no camera frame: frame_id is empty."""
+    if msg_type is String:
+        return String(data=label_info_to_json(fields, "", (stamp.sec, stamp.nanosec)))
+    values = dict(fields)
+    values["class_map"] = [ClassInfo(class_id=index, class_name=name)
+                           for index, name in fields["class_map"]]
+    values["colors"] = array.array("B", fields["colors"])
+    return msg_type(header=Header(stamp=stamp, frame_id=""), **values)
+
+
+def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    """The ROS descriptor of one parameter: type, description, allowed values (from
+    accel_ros.config via the spec), read-only unless it may change live."""
+    # dynamic_typing: rclpy would reject `overlay_alpha: 1` (an int for a double) with a
+    # traceback; parse_parameters / plan_parameter_update check types and say why. It also
+    # lets image_topics default to []: rclpy cannot type an empty list (it stores a byte
+    # array), rcl reads `[]` from a file or `-p` as unset (None, which parse_parameters takes
+    # as []), and `[a/image, b/image]` arrives as a string array; the descriptor still
+    # describes it as one. Ranges are enforced by rclpy before the node's callback sees a
+    # change. Restart-only parameters are read-only: set them at start-up, not at run time.
+    descriptor = ParameterDescriptor(
+        name=spec.name,
+        type=_PARAMETER_TYPES[spec.kind],
+        description=spec.description + (" (live)" if spec.live else " (restart)"),
+        additional_constraints=spec.constraints(),
+        read_only=not spec.live,
+        dynamic_typing=True,
+    )
+    if spec.range is not None and spec.kind == "int":
+        descriptor.integer_range = [IntegerRange(
+            from_value=int(spec.range.low), to_value=int(spec.range.high), step=1)]
+    elif spec.range is not None and spec.kind == "float":
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=float(spec.range.low), to_value=float(spec.range.high), step=0.0)]
+    return descriptor
+
+
 @dataclasses.dataclass
 class _Stream:
-    """One input stream: its plan, arrival-gap monitor, statistics and ROS endpoints. Its
-    newest-frame slot lives in the node's StreamSlots, its error counters in the
-    BatchProcessor (both keyed by `plan.name`)."""
+    """One input stream: its plan, arrival-gap monitor, statistics, newest camera_info and ROS
+    endpoints. Its newest-frame slot lives in the node's StreamSlots, its error counters in
+    the BatchProcessor (both keyed by `plan.name`)."""
 
     plan: StreamPlan
     gaps: StampGapMonitor
     stats: StreamStatistics
+    camera_info: CameraInfoRelay = dataclasses.field(default_factory=CameraInfoRelay)
     publishers: dict[str, Any] = dataclasses.field(default_factory=dict)
     subscription: Any = None
+    info_subscription: Any = None
 
 
-class AccelSegmentationNode(Node):
-    """Subscribes to a camera, publishes Accel segmentation, statistics and diagnostics.
+class SegmentationNodeSteps:
+    """The node's steps, shared by `AccelSegmentationNode` (all at construction) and
+    `AccelSegmentationLifecycleNode` (ros/lifecycle_node.py; on transitions). Mixed into an
+    rclpy Node (or LifecycleNode), whose methods it calls.
 
-    `segmenter` injects a ready AccelSegmenter (tests use a tiny random-init one); otherwise
-    it is built once from the parameters. Other keyword arguments go to rclpy's Node
-    (e.g. `parameter_overrides`, `namespace`, `context`).
+    - `_read_parameters`: validate the start-up values, declare every parameter.
+    - `_configure`: keep the settings, prepare the segmenter (built and its backend prepared,
+      or injected).
+    - `_create_streams`: slots, statistics, the batch processor, every stream's topics,
+      /diagnostics and ~/label_info (published at once).
+    - `_start_worker` / `_stop_streams`: the diagnostics timer and the worker thread; stopping
+      also destroys what `_create_streams` created, so a stopped node publishes nothing.
+    - `_release_segmenter`: drop the model (and CUDA's cached memory).
     """
 
-    def __init__(self, segmenter: Any = None, **node_kwargs: Any) -> None:
-        super().__init__(NODE_NAME, **node_kwargs)
-        log = self.get_logger()
+    # What exists only between configuration and clean-up, or activation and deactivation.
+    segmenter: Any = None
+    _processor: BatchProcessor | None = None
+    _worker: threading.Thread | None = None
+    _diagnostics_timer: Any = None
+    _label_info_pub: Any = None
+    _label_info_fields: dict[str, Any] | None = None
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def _read_parameters(self) -> NodeSettings:
+        """Validate the start-up values (params file, command line) with the node's own
+        checks, then declare every parameter with its descriptor."""
+        overrides = getattr(self, "_parameter_overrides", {})
         try:
-            self._declare_parameters()
-            values = {spec.name: self.get_parameter(spec.name).value for spec in PARAMETERS}
-            self.settings: NodeSettings = parse_parameters(values)
+            defaults = default_parameters(find_params_file())
+            settings = parse_parameters({**defaults, **{
+                name: parameter.value for name, parameter in overrides.items()
+                if name in PARAMETER_SPECS}})
         except _STARTUP_ERRORS as error:  # bad config: fail at start-up, naming the parameter
             raise StartupError(str(error)) from error
-        options = self.settings.options
-        unknown = unknown_parameters(getattr(self, "_parameter_overrides", {}))
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, defaults[spec.name], parameter_descriptor(spec))
+        unknown = unknown_parameters(overrides)
         if unknown:  # rclpy ignores overrides nobody declares: a typo would go unnoticed
-            log.warning(
-                f"ignoring unknown parameters (command line or params file): "
-                f"{', '.join(unknown)}"
+            self.get_logger().warning(
+                "ignoring unknown parameters (command line or params file): "
+                + shorten(", ".join(unknown))
             )
+        return settings
 
+    def _configure(self, settings: NodeSettings, segmenter: Any) -> None:
+        """Keep `settings`, make the throttled logs and prepare the segmenter."""
+        self.settings = settings
+        self._throttle = Throttle(settings.options.log_throttle)
+        # Rejected parameter changes and camera_info warnings, one kind each.
+        self._log_throttled = ThrottledLog(self.get_logger(),
+                                           Throttle(settings.options.log_throttle))
+        self.segmenter = self._prepare_segmenter(segmenter)
+
+    def _prepare_segmenter(self, segmenter: Any) -> Any:
+        """The injected segmenter, or one built from the parameters; either way with a
+        keyframe cache per stream, empty, and the live pipeline parameters applied."""
+        options = self.settings.options
         if segmenter is None:
-            if options.random_weights:
-                log.warning(
-                    "checkpoint is 'none': the model has RANDOM WEIGHTS and its labels are "
-                    "meaningless. Use checkpoint:=default or a trained .pt file."
-                )
-            from ..model import build_segmenter  # torch import deferred until parameters pass
-
-            pipeline = dataclasses.replace(self.settings.pipeline)
-            try:
-                segmenter = build_segmenter(
-                    model=options.preset, pipeline=pipeline, checkpoint=options.checkpoint
-                )
-            except _STARTUP_ERRORS as error:  # missing checkpoint, no CUDA, ...
-                raise StartupError(f"cannot build the segmenter: {error}") from error
-        self.segmenter = segmenter
+            segmenter = self._build_segmenter()
         from ..model.pipeline import DEFAULT_STREAM  # torch is loaded: the segmenter exists
 
-        plans = plan_streams(options, DEFAULT_STREAM)
-        names = [plan.name for plan in plans]
+        self._plans = plan_streams(options, DEFAULT_STREAM)
         self._multi_stream = bool(options.image_topics)
-        # One model, one keyframe cache per stream; an injected segmenter may hold other
-        # streams' keyframes, so every stream starts empty.
-        self.segmenter.configure_streams(names)
-        self.segmenter.reset(stream=None)
-        apply_live_pipeline(self.segmenter.pipeline_config, self.settings)
+        # An injected segmenter may hold other streams' keyframes: every stream starts empty.
+        segmenter.configure_streams([plan.name for plan in self._plans])
+        segmenter.reset(stream=None)
+        apply_live_pipeline(segmenter.pipeline_config, self.settings)
+        self._log_model(segmenter)
+        return segmenter
+
+    def _build_segmenter(self) -> Any:
+        options = self.settings.options
+        if options.random_weights:
+            self.get_logger().warning(
+                "checkpoint is 'none': the model has RANDOM WEIGHTS and its labels are "
+                "meaningless. Use checkpoint:=default or a trained .pt file."
+            )
+        from ..model import build_segmenter  # torch import deferred until parameters pass
+
+        try:
+            # Builds the backend's networks too (an exported graph is exported and loaded now).
+            return build_segmenter(model=options.preset,
+                                   pipeline=dataclasses.replace(self.settings.pipeline),
+                                   checkpoint=options.checkpoint)
+        except _STARTUP_ERRORS as error:  # missing checkpoint, no CUDA, ...
+            raise StartupError(f"cannot build the segmenter: {error}") from error
+
+    def _log_model(self, segmenter: Any) -> None:
+        options, pipeline = self.settings.options, self.settings.pipeline
+        names = [plan.name for plan in self._plans]
         # A checkpoint carries its own architecture: the preset only matters without one.
         source = (f"preset {options.preset} (random weights)" if options.random_weights
                   else f"checkpoint {options.checkpoint}")
-        log.info(
-            f"model from {source} on {self.segmenter.device}, mode "
-            f"{self.settings.pipeline.mode}, keyframe interval "
-            f"{self.settings.pipeline.keyframe_interval}"
-            + (f", {len(plans)} streams: {', '.join(names)}" if self._multi_stream else "")
+        self.get_logger().info(
+            f"model from {source} on {segmenter.device}, mode {pipeline.mode}, keyframe "
+            f"interval {pipeline.keyframe_interval}"
+            + (f", {len(names)} streams: {', '.join(names)}" if self._multi_stream else "")
         )
         if self._multi_stream and options.image_topic != PARAMETER_SPECS["image_topic"].default:
-            log.warning(f"image_topics is set: image_topic {options.image_topic!r} is unused")
+            self.get_logger().warning(
+                f"image_topics is set: image_topic {options.image_topic!r} is unused")
 
+    def _release_segmenter(self) -> None:
+        """Drop the model: the node's reference, its flow thread and CUDA's cached blocks."""
+        segmenter, self.segmenter = self.segmenter, None
+        if segmenter is None:
+            return
+        segmenter.close()
+        on_cuda = getattr(segmenter.device, "type", "") == "cuda"
+        del segmenter
+        gc.collect()  # the model's tensors go now, not at the next collection
+        if on_cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # --- streams: topics, worker --------------------------------------------------------------
+
+    def _create_streams(self) -> None:
+        """Slots, statistics, the batch processor, every stream's topics, /diagnostics and
+        ~/label_info (published at once)."""
+        options, log = self.settings.options, self.get_logger()
+        names = [plan.name for plan in self._plans]
         self._slots = StreamSlots(names, options.stats_window)
         self._streams = {
             plan.name: _Stream(plan, StampGapMonitor(), StreamStatistics(options.stats_window))
-            for plan in plans
+            for plan in self._plans
         }
         self._stats_lock = threading.Lock()
-        self._throttle = Throttle(options.log_throttle)
+        silence_opencv()  # bad compressed frames are reported through the ROS log only
         self._processor = BatchProcessor(
-            self.segmenter,
-            names,
-            options,
+            self.segmenter, names, options,
             converter=make_converter(options.use_cv_bridge, log),
-            logger=log,
-            label_streams=self._multi_stream,
+            logger=log, label_streams=self._multi_stream,
         )
-
         self._stats_type: type | None = None
         try:
             for stream in self._streams.values():
                 self._create_endpoints(stream)
+            self._create_label_info_publisher()
         except Exception as error:  # e.g. a topic name rclpy refuses
             raise StartupError(f"cannot create the topics: {error}") from error
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publish_label_info()
 
+    def _start(self) -> None:
+        """Parameter callback, diagnostics timer and the worker thread."""
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        """The diagnostics timer and the worker thread."""
         self._diagnostics_timer = self.create_timer(
-            options.diagnostics_period, self._publish_diagnostics
+            self.settings.options.diagnostics_period, self._publish_diagnostics
         )
         self._worker = threading.Thread(target=self._work, name="accel_worker", daemon=True)
         self._worker.start()
 
+    def _stop_streams(self) -> None:
+        """Undo `_create_streams` and `_start_worker`: the worker finishes its frame, then the
+        timer, subscriptions and publishers go. The segmenter stays."""
+        if not self.stop_worker():
+            self.get_logger().warning("the frame in flight did not finish; stopping anyway")
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        # getattr: activation may have failed half-way through `_create_streams`.
+        for stream in getattr(self, "_streams", {}).values():
+            for subscription in (stream.subscription, stream.info_subscription):
+                if subscription is not None:
+                    self.destroy_subscription(subscription)
+            for publisher in stream.publishers.values():
+                self.destroy_publisher(publisher)
+        for publisher in (getattr(self, "_diagnostics_pub", None), self._label_info_pub):
+            if publisher is not None:
+                self.destroy_publisher(publisher)
+        self._streams, self._processor, self._diagnostics_pub = {}, None, None
+        self._label_info_pub = self._label_info_fields = None
+
     def _create_endpoints(self, stream: _Stream) -> None:
-        """The stream's output publishers and its input subscription."""
+        """The stream's output publishers and its input subscriptions (image, camera_info)."""
         options, log, prefix = self.settings.options, self.get_logger(), stream.plan.outputs
         output_qos = _output_qos(options.output_qos, options.output_qos_depth)
         for name in ("labels", "color", "overlay", "scores"):
             stream.publishers[name] = self.create_publisher(Image, prefix + name, output_qos)
+        stream.publishers["camera_info"] = self.create_publisher(
+            CameraInfo, prefix + "camera_info", output_qos)
         if self._stats_type is None and SegmentationStats is not None:
             try:
                 stream.publishers["stats"] = self.create_publisher(
@@ -319,66 +488,97 @@ class AccelSegmentationNode(Node):
             log.info(
                 "accel_ros_msgs is not installed (colcon build it and source "
                 "install/setup.bash): publishing ~/stats as std_msgs/String JSON with the "
-                "fields of accel_ros_msgs/msg/SegmentationStats.msg"
+                "fields of accel_ros_msgs/msg/SegmentationStats.msg (and ~/label_info with "
+                "those of LabelInfo.msg)"
             )
         if "stats" not in stream.publishers:
             stream.publishers["stats"] = self.create_publisher(
                 self._stats_type, prefix + "stats", output_qos
             )
+        self._subscribe(stream)
 
+    def _subscribe(self, stream: _Stream) -> None:
+        """The stream's image subscription, and its camera_info's beside the image topic
+        (image_transport's convention, after remapping: `-r image:=/cam/image_raw` takes
+        /cam/camera_info)."""
+        options, name = self.settings.options, stream.plan.name
+        base = self.resolve_topic_name(stream.plan.topic)
         if options.input_transport == "compressed":
             # Remap first, then append: `-r image:=/cam` subscribes to /cam/compressed.
-            topic = f"{self.resolve_topic_name(stream.plan.topic)}/compressed"
-            msg_type = CompressedImage
+            topic, msg_type = f"{base}/compressed", CompressedImage
         else:
             topic, msg_type = stream.plan.topic, Image
-        name = stream.plan.name
         stream.subscription = self.create_subscription(
             msg_type, topic, lambda msg: self._on_image(name, msg), _sensor_qos()
         )
-        where = f"subscribed to {stream.subscription.topic_name} ({msg_type.__name__})"
+        # Best effort matches camera drivers publishing camera_info reliable or best effort.
+        stream.info_subscription = self.create_subscription(
+            CameraInfo, camera_info_topic(base), stream.camera_info.update, _sensor_qos()
+        )
+        where = (f"subscribed to {stream.subscription.topic_name} ({msg_type.__name__}) and "
+                 f"{stream.info_subscription.topic_name} (CameraInfo)")
         if self._multi_stream:
-            where = f"stream {name}: {where}, outputs {prefix}{{labels,color,overlay,stats}}"
-        log.info(where)
+            where = (f"stream {name}: {where}, outputs {stream.plan.outputs}"
+                     "{labels,color,overlay,stats,camera_info}")
+        self.get_logger().info(where)
+
+    def _create_label_info_publisher(self) -> None:
+        """~/label_info: accel_ros_msgs/LabelInfo, or JSON when ~/stats is JSON too or the
+        built accel_ros_msgs predates LabelInfo."""
+        self._label_info_type = String
+        if self._stats_type is not String and LabelInfo is not None:
+            try:
+                self._label_info_pub = self.create_publisher(LabelInfo, "~/label_info",
+                                                             _latched_qos())
+                self._label_info_type = LabelInfo
+                return
+            except Exception as error:  # type support libraries missing
+                self.get_logger().warning(f"accel_ros_msgs LabelInfo is unusable ({error})")
+        elif self._stats_type is not String:
+            self.get_logger().info("accel_ros_msgs has no LabelInfo (rebuild it): publishing "
+                                   "~/label_info as std_msgs/String JSON")
+        self._label_info_pub = self.create_publisher(String, "~/label_info", _latched_qos())
+
+    def _publish_label_info(self) -> None:
+        """Publish the class metadata unless the newest one published says the same (a live
+        `palette` change alters it)."""
+        if self._label_info_pub is None or self.segmenter is None:
+            return
+        fields = segmenter_label_info(self.segmenter, self.settings.options.palette)
+        if fields == self._label_info_fields:
+            return
+        stamp = self.get_clock().now().to_msg()
+        self._label_info_pub.publish(_label_info_message(self._label_info_type, fields, stamp))
+        self._label_info_fields = fields
 
     # --- parameters -------------------------------------------------------------------------
-
-    def _declare_parameters(self) -> None:
-        defaults = default_parameters(find_params_file())
-        for spec in PARAMETERS:
-            constraints = f"one of {list(spec.choices)}" if spec.choices else ""
-            # dynamic_typing: rclpy would reject `overlay_alpha: 1` (an int for a double) with
-            # a traceback; parse_parameters / plan_parameter_update check types and say why.
-            # It also lets image_topics default to []: rclpy cannot type an empty list (it
-            # stores a byte array), rcl reads `[]` from a file or `-p` as unset (None, which
-            # parse_parameters takes as []), and `[a/image, b/image]` arrives as a string
-            # array; the descriptor still describes it as one.
-            # Restart-only parameters are read-only: set them at start-up, not at run time.
-            descriptor = ParameterDescriptor(
-                name=spec.name,
-                type=_PARAMETER_TYPES[spec.kind],
-                description=spec.description + (" (live)" if spec.live else " (restart)"),
-                additional_constraints=constraints,
-                read_only=not spec.live,
-                dynamic_typing=True,
-            )
-            self.declare_parameter(spec.name, defaults[spec.name], descriptor)
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         # Parameters rclpy declares itself (use_sim_time, ...) are rclpy's business.
         changes = {p.name: p.value for p in parameters if p.name in PARAMETER_SPECS}
         plan = plan_parameter_update(self.settings, changes)
         if not plan.successful or plan.settings is None:
-            self.get_logger().warning(f"rejected parameter change: {plan.reason}")
+            # Throttled: a burst of bad requests must not flood the log (the reason, already
+            # shortened, goes back to every caller).
+            self._log_throttled.warning("rejected", f"rejected parameter change: {plan.reason}")
             return SetParametersResult(successful=False, reason=plan.reason)
-        self.settings = plan.settings
-        apply_live_pipeline(self.segmenter.pipeline_config, plan.settings)
-        self._processor.options = plan.settings.options  # every stream's
-        self._throttle.period = plan.settings.options.log_throttle
+        self._apply_settings(plan.settings)
         if plan.changed:
-            summary = ", ".join(f"{n}={changes[n]!r}" for n in plan.changed)
-            self.get_logger().info(f"parameters changed live: {summary}")
+            self.get_logger().info(
+                f"parameters changed live: {change_summary(changes, plan.changed)}")
         return SetParametersResult(successful=True)
+
+    def _apply_settings(self, settings: NodeSettings) -> None:
+        """Accepted live settings to whatever exists now (a managed node may have no
+        segmenter or no streams yet)."""
+        self.settings = settings
+        if self.segmenter is not None:
+            apply_live_pipeline(self.segmenter.pipeline_config, settings)
+        if self._processor is not None:
+            self._processor.options = settings.options  # every stream's
+        self._throttle.period = settings.options.log_throttle
+        self._log_throttled.throttle.period = settings.options.log_throttle
+        self._publish_label_info()
 
     # --- frames -------------------------------------------------------------------------
 
@@ -419,6 +619,7 @@ class AccelSegmentationNode(Node):
         outputs, header = outcome.outputs, outcome.msg.header
         assert outputs is not None
         self._publish_images(stream, outputs, header)
+        self._publish_camera_info(stream, outputs.labels.shape, header)
         now = self.get_clock().now().nanoseconds * 1e-9
         fields = stats_fields(
             outputs.result,
@@ -452,6 +653,23 @@ class AccelSegmentationNode(Node):
             publishers["scores"].publish(
                 _image_message(from_array(outputs.scores, "32FC1"), header)
             )
+
+    def _publish_camera_info(self, stream: _Stream, size: tuple[int, int], header: Any) -> None:
+        """The stream's newest camera_info with the labels' header (labels have the input's
+        geometry, so the calibration passes on unchanged)."""
+        decision = stream.camera_info.for_labels(size)
+        prefix = f"stream {stream.plan.name}: " if self._multi_stream else ""
+        if decision.missing:
+            self.get_logger().info(
+                f"{prefix}no camera_info on {stream.info_subscription.topic_name} yet: "
+                f"{stream.plan.outputs}camera_info follows the labels once one arrives")
+        if decision.mismatch is not None:
+            self._log_throttled.warning(f"camera_info {stream.plan.name}",
+                                        prefix + decision.mismatch)
+        if decision.info is not None:
+            info = copy.copy(decision.info)  # shallow: only the header is replaced
+            info.header = header
+            stream.publishers["camera_info"].publish(info)
 
     # --- diagnostics ------------------------------------------------------------------------
 
@@ -500,22 +718,39 @@ class AccelSegmentationNode(Node):
     def stop_worker(self, timeout: float = _WORKER_STOP_TIMEOUT) -> bool:
         """Stop taking frames and wait for the frame in flight (it is still published).
         Returns False if the worker did not finish within `timeout` seconds."""
+        if self._worker is None:  # a managed node that was never activated
+            return True
         self._slots.close()
         if self._worker.is_alive():
             self._worker.join(timeout=timeout)
         return not self._worker.is_alive()
+
+
+class AccelSegmentationNode(SegmentationNodeSteps, Node):
+    """Subscribes to cameras, publishes Accel segmentation, statistics and diagnostics.
+
+    `segmenter` injects a ready AccelSegmenter (tests use a tiny random-init one); otherwise
+    it is built once from the parameters. Other keyword arguments go to rclpy's Node
+    (e.g. `parameter_overrides`, `namespace`, `context`).
+    """
+
+    def __init__(self, segmenter: Any = None, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._configure(self._read_parameters(), segmenter)
+        self._create_streams()
+        self._start()
 
     def destroy_node(self) -> None:
         self.stop_worker()
         super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> int:
-    """Entry point of `ros2 run accel_ros accel_segmentation_node`.
+def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Run the node `make_node` creates until SIGINT / SIGTERM; the exit status.
 
-    Exit status 0 after SIGINT / SIGTERM (the worker is stopped before the node and the
-    context, so nothing is published on a dead context); 1 when the node cannot start (bad
-    parameter value, missing checkpoint, unavailable device), with a one-line reason.
+    0 after SIGINT / SIGTERM (the worker is stopped before the node and the context, so
+    nothing is published on a dead context); 1 when the node cannot start (bad parameter
+    value, missing checkpoint, unavailable device), with a one-line reason.
     """
     # Our own signal handling: rclpy's would shut the context down under the worker thread.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
@@ -526,7 +761,7 @@ def main(args: list[str] | None = None) -> int:
     status = 0
     executor = SingleThreadedExecutor()
     try:
-        node = AccelSegmentationNode()
+        node = make_node()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
@@ -545,6 +780,11 @@ def main(args: list[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `ros2 run accel_ros accel_segmentation_node` (see `run_node`)."""
+    return run_node(AccelSegmentationNode, args)
 
 
 if __name__ == "__main__":
