@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from recording_logger import RecordingLogger
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.typesys import Stores, get_typestore
 
@@ -67,29 +67,6 @@ def store():
     return get_typestore(Stores.ROS2_HUMBLE)
 
 
-class ListLogger:
-    """Stands in for an rclpy / logging logger and keeps what was logged. Like rclpy's, it
-    refuses a call site (file and line) whose severity changes."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-        self._sites: dict[tuple[str, int], str] = {}
-
-    def _log(self, level: str, message: str) -> None:
-        caller = sys._getframe(2)
-        site = (caller.f_code.co_filename, caller.f_lineno)
-        if self._sites.setdefault(site, level) != level:
-            raise ValueError("Logger severity cannot be changed between calls.")
-        self.records.append((level, message))
-
-    def warning(self, message: str) -> None:
-        self._log("warning", message)
-
-    def info(self, message: str) -> None:
-        self._log("info", message)
-
-    def error(self, message: str) -> None:
-        self._log("error", message)
 
 
 def image_msg(store, rgb: np.ndarray, encoding: str = "rgb8", stamp: float = 1.0):
@@ -493,7 +470,7 @@ def test_throttled_log_mixes_severities_and_counts_what_it_held_back():
     """Warnings and infos of one logger through one ThrottledLog (rclpy refuses a call site
     whose severity changes: the node's reset infos used to fail frames after a warning)."""
     now = [0.0]
-    logger = ListLogger()
+    logger = RecordingLogger()
     log = ThrottledLog(logger, Throttle(5.0, clock=lambda: now[0]), limit=20)
     assert log.warning("a", "first warning")
     assert log.info("b", "an info")
@@ -604,7 +581,7 @@ def smooth_frames(count: int, height: int = 64, width: int = 96) -> list[np.ndar
 
 
 def test_processor_segments_rosbags_messages(store, fresh):
-    logger = ListLogger()
+    logger = RecordingLogger()
     processor = one_stream(fresh, NodeOptions(checkpoint="none"), logger=logger)
     outputs = [
         run(processor, image_msg(store, frame, "bgr8", stamp=1.0 + 0.1 * i))
@@ -627,7 +604,7 @@ def test_processor_segments_rosbags_messages(store, fresh):
 
 
 def test_processor_skips_bad_frames_and_keeps_going(store, fresh):
-    logger = ListLogger()
+    logger = RecordingLogger()
     processor = one_stream(fresh, NodeOptions(), logger=logger)
     frame = smooth_frames(1)[0]
     good = image_msg(store, frame, stamp=1.0)
@@ -650,7 +627,7 @@ def test_processor_skips_bad_frames_and_keeps_going(store, fresh):
 
 
 def test_processor_resolution_change_resets_the_cache(store, fresh):
-    logger = ListLogger()
+    logger = RecordingLogger()
     processor = one_stream(fresh, NodeOptions(), logger=logger)
     big, small = smooth_frames(2)[0], smooth_frames(1, 48, 64)[0]
     run(processor, image_msg(store, big, stamp=1.0))
@@ -667,7 +644,7 @@ def test_processor_resolution_change_resets_the_cache(store, fresh):
 
 
 def test_processor_applies_a_reset_judged_on_arrival(store, fresh):
-    logger = ListLogger()
+    logger = RecordingLogger()
     processor = one_stream(fresh, NodeOptions(), logger=logger)
     frames = smooth_frames(3)
     # Stamps 1.5 s apart do not reset by themselves: the node judges gaps on arrival.
@@ -686,7 +663,7 @@ def test_processor_applies_a_reset_judged_on_arrival(store, fresh):
 def test_processor_compressed_input_and_scores(store, fresh):
     options = NodeOptions(publish_scores=True, publish_color=False, publish_overlay=False)
     apply_live_pipeline(fresh.pipeline_config, parse_parameters({"publish_scores": True}))
-    processor = one_stream(fresh, options, logger=ListLogger())
+    processor = one_stream(fresh, options, logger=RecordingLogger())
     frame = smooth_frames(1)[0]
     header = store.types["std_msgs/msg/Header"](
         stamp=store.types["builtin_interfaces/msg/Time"](sec=3, nanosec=0), frame_id="camera"
@@ -717,7 +694,7 @@ def test_processor_survives_a_failing_segmenter(store):
         def reset(self, reason=None, stream="default"):
             self.resets += 1
 
-    logger = ListLogger()
+    logger = RecordingLogger()
     broken = Exploding()
     processor = one_stream(broken, NodeOptions(), logger=logger)
     msg = image_msg(store, smooth_frames(1, 16, 16)[0])
@@ -733,7 +710,7 @@ def test_processor_on_real_camvid_frames(store, fresh):
     import cv2
 
     files = sorted((CAMVID / "val").glob("*.png"))[:2]
-    processor = one_stream(fresh, NodeOptions(), logger=ListLogger())
+    processor = one_stream(fresh, NodeOptions(), logger=RecordingLogger())
     for i, path in enumerate(files):
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
         rgb = cv2.resize(rgb, (96, 72), interpolation=cv2.INTER_AREA)
@@ -876,7 +853,7 @@ def _ready(store, stream: str, value: int, stamp: float, reset: str | None = Non
 
 def test_batch_processor_routes_each_frame_to_its_own_stream(store):
     segmenter = FakeBatchSegmenter()
-    logger = ListLogger()
+    logger = RecordingLogger()
     batch = BatchProcessor(segmenter, ["a", "b", "c"], NodeOptions(), logger=logger)
     outcomes = batch.process([_ready(store, "a", 3, 1.0), _ready(store, "c", 7, 2.5, "gap")])
     assert segmenter.batches == [["a", "c"]]  # one call for the ready streams
@@ -895,7 +872,7 @@ def test_batch_processor_routes_each_frame_to_its_own_stream(store):
 
 def test_batch_processor_skips_a_bad_frame_for_its_stream_only(store):
     segmenter = FakeBatchSegmenter()
-    logger = ListLogger()
+    logger = RecordingLogger()
     batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=logger)
     bad = _ready(store, "b", 5, 1.0, reset="time gap")
     bad.msg = dataclasses.replace(bad.msg, encoding="rgb9")
@@ -919,7 +896,7 @@ def test_batch_processor_skips_a_bad_frame_for_its_stream_only(store):
 
 def test_batch_processor_survives_a_failing_batch_and_resets_its_streams(store):
     segmenter = FakeBatchSegmenter()
-    logger = ListLogger()
+    logger = RecordingLogger()
     batch = BatchProcessor(segmenter, ["a", "b", "c"], NodeOptions(), logger=logger)
     segmenter.fail = RuntimeError("CUDA out of memory")
     outcomes = batch.process([_ready(store, "a", 1, 1.0), _ready(store, "b", 2, 1.0)])
@@ -950,7 +927,7 @@ def test_batch_processor_refusal_inside_a_batch_costs_only_that_stream(store):
     """The shared policy (accel_ros.model.batching): a frame the segmenter refuses inside a
     batch is retried alone with the others, so only its own stream loses it."""
     segmenter = FakeBatchSegmenter()
-    batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=ListLogger())
+    batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=RecordingLogger())
     original = segmenter.process_batch
 
     def refuse_b(frames):
@@ -968,7 +945,8 @@ def test_batch_processor_refusal_inside_a_batch_costs_only_that_stream(store):
 
 
 def test_batch_processor_live_options_reach_every_stream(store):
-    batch = BatchProcessor(FakeBatchSegmenter(), ["a", "b"], NodeOptions(), logger=ListLogger())
+    batch = BatchProcessor(FakeBatchSegmenter(), ["a", "b"], NodeOptions(),
+                           logger=RecordingLogger())
     batch.options = NodeOptions(publish_color=False, publish_overlay=False)
     outcomes = batch.process([_ready(store, "a", 1, 1.0), _ready(store, "b", 2, 1.0)])
     assert all(o.outputs.color is None and o.outputs.overlay is None for o in outcomes)
@@ -988,7 +966,7 @@ def test_batch_processor_with_a_real_segmenter_keeps_streams_apart(store):
     config = dict(device="cpu", keyframe_interval=2, stagger_keyframes=False)
     shared = AccelSegmenter(model, PipelineConfig(**config))
     shared.configure_streams(["a", "b"])
-    batch = BatchProcessor(shared, ["a", "b"], NodeOptions(), logger=ListLogger())
+    batch = BatchProcessor(shared, ["a", "b"], NodeOptions(), logger=RecordingLogger())
     clips = {"a": smooth_frames(3), "b": [np.ascontiguousarray(f[::-1, ::-1])
                                           for f in smooth_frames(3)]}
     alone = {s: AccelSegmenter(model, PipelineConfig(**config)) for s in clips}

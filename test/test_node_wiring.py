@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 import yaml
+from recording_logger import RecordingLogger
 
 from accel_ros.config import CHOICES, RANGES, ModelConfig, PipelineConfig
 from accel_ros.io.bridge import from_rgb8, image_to_array
@@ -78,29 +79,6 @@ def _message(name: str, constants: dict[str, Any] | None = None, /, **defaults: 
     return type(name, (), {"__init__": init, **(constants or {})})
 
 
-class _Logger:
-    """Keeps what was logged; like rclpy's logger, refuses a call site (file and line) whose
-    severity changes."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str]] = []
-        self._sites: dict[tuple[str, int], str] = {}
-
-    def _log(self, level: str, message: str) -> None:
-        caller = sys._getframe(2)
-        site = (caller.f_code.co_filename, caller.f_lineno)
-        if self._sites.setdefault(site, level) != level:
-            raise ValueError("Logger severity cannot be changed between calls.")
-        self.records.append((level, message))
-
-    def info(self, message: str) -> None:
-        self._log("info", message)
-
-    def warning(self, message: str) -> None:
-        self._log("warning", message)
-
-    def error(self, message: str) -> None:
-        self._log("error", message)
 
 
 class _Publisher:
@@ -193,7 +171,7 @@ def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
             self.subscriptions: list[Any] = []
             self.timers: list[Any] = []
             self.parameter_callbacks: list[Any] = []
-            self.logger = _Logger()
+            self.logger = RecordingLogger()
             self.destroyed = False
             self.context = types.SimpleNamespace(ok=lambda: True)
             self._namespace = kwargs.get("namespace", "")
@@ -253,7 +231,7 @@ def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
         def destroy_timer(self, timer: Any) -> None:
             self.timers.remove(timer)
 
-        def get_logger(self) -> _Logger:
+        def get_logger(self) -> RecordingLogger:
             return self.logger
 
         def get_clock(self) -> Clock:
@@ -283,7 +261,7 @@ def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
         "rclpy.executors": module("rclpy.executors",
                                   ExternalShutdownException=type("ESE", (Exception,), {}),
                                   SingleThreadedExecutor=object),
-        "rclpy.logging": module("rclpy.logging", get_logger=lambda name: _Logger()),
+        "rclpy.logging": module("rclpy.logging", get_logger=lambda name: RecordingLogger()),
         "rclpy.signals": module("rclpy.signals", SignalHandlerOptions=enum(NO="no")),
         "rclpy.qos": module(
             "rclpy.qos",

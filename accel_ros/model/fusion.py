@@ -8,6 +8,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def on_reference_grid(reference: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """The update branch's scores (N, K, h', w') on the reference's (N, K, h, w) grid, where the
+    warped keyframe lives: an update branch run on a downscaled frame has a coarser grid.
+    Raises ValueError when batch or class counts differ."""
+    if reference.shape[:2] != update.shape[:2]:
+        raise ValueError(
+            f"fusion inputs differ: reference {tuple(reference.shape)} vs "
+            f"update {tuple(update.shape)}"
+        )
+    if update.shape[-2:] != reference.shape[-2:]:
+        update = F.interpolate(update, size=reference.shape[-2:], mode="bilinear",
+                               align_corners=False)
+    return update
+
+
 class Fusion1x1(nn.Module):
     """1x1 conv over concat(a, b), (N, C, h, w) each -> (N, C, h, w).
 
@@ -29,16 +44,7 @@ class Fusion1x1(nn.Module):
             self.conv.bias.zero_()
 
     def forward(self, reference: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        if reference.shape[:2] != update.shape[:2]:
-            raise ValueError(
-                f"fusion inputs differ: reference {tuple(reference.shape)} vs "
-                f"update {tuple(update.shape)}"
-            )
-        if update.shape[-2:] != reference.shape[-2:]:
-            # An update branch run on a downscaled frame has a coarser grid: bring it onto the
-            # reference grid, which is where the warped keyframe lives.
-            update = F.interpolate(update, size=reference.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+        update = on_reference_grid(reference, update)
         return self.conv(torch.cat((reference, update.to(reference.dtype)), dim=1))
 
 
@@ -100,14 +106,7 @@ class AgeScoreFusion(nn.Module):
     def forward(
         self, reference: torch.Tensor, update: torch.Tensor, age_s: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if reference.shape[:2] != update.shape[:2]:
-            raise ValueError(
-                f"fusion inputs differ: reference {tuple(reference.shape)} vs "
-                f"update {tuple(update.shape)}"
-            )
-        if update.shape[-2:] != reference.shape[-2:]:
-            update = F.interpolate(update, size=reference.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+        update = on_reference_grid(reference, update)
         n = reference.shape[0]
         if age_s is None:
             age_s = torch.full((n,), self.ages[0], device=reference.device)
