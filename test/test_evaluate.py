@@ -234,3 +234,29 @@ def test_pipeline_and_eval_give_the_fusion_keyframe_ages(tiny_config: ModelConfi
     evaluate.evaluate_clips(model, clips[:1], 2, modes=("accel",),
                             pipeline=PipelineConfig(device="cpu"))
     assert seen == [[1.0], [2.0]]  # 1 s steps: no time-gap reset inside a clip
+
+
+def test_eval_through_another_backend_gives_the_same_miou(tmp_path) -> None:
+    """`accel-ros eval --backend onnxruntime`: the same clips and the same numbers as torch."""
+    pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    from accel_ros.config import ModelConfig
+    from accel_ros.learn.config import EvalConfig
+    from accel_ros.learn.evaluate import run_eval
+    from accel_ros.model import AccelNet, save_checkpoint
+
+    config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
+                         head_channels=16)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", AccelNet(config))
+    results = {}
+    for backend in ("torch", "onnxruntime"):
+        run_eval(EvalConfig(checkpoint=str(checkpoint), data="synthetic", limit=2, height=64,
+                            width=96, max_offset=1, modes=("reference", "accel"),
+                            out=tmp_path / backend, device="cpu", backend=backend, threads=1))
+        results[backend] = json.loads((tmp_path / backend / "eval.json").read_text())
+    for key in ("per_offset", "per_interval", "pixel_accuracy"):
+        for mode in ("reference", "accel"):
+            ours, theirs = results["onnxruntime"][key][mode], results["torch"][key][mode]
+            assert ours.keys() == theirs.keys()
+            assert np.allclose(list(ours.values()), list(theirs.values()), atol=0.005), key
+    with pytest.raises(ValueError, match="backend"):
+        EvalConfig(backend="tensorrt")

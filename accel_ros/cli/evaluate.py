@@ -29,6 +29,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..config import BACKENDS, PRECISIONS
 from ..learn.config import DATA_SOURCES, EVAL_CLIPS, EVAL_MODES, EvalConfig, config_from
 
 DEFAULTS = EvalConfig()
@@ -64,6 +65,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=d.limit, help="first N frames only")
     parser.add_argument("--out", type=Path, default=d.out)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--backend", default=d.backend, choices=BACKENDS,
+                        help="runtime of the networks: torch, or exported ONNX graphs in "
+                        "OpenVINO or ONNX Runtime (docs/deploy.md)")
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of synthetic data")
     parser.set_defaults(handler=main)

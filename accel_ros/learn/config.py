@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import DEFAULT_PRESET
+from ..config import DEFAULT_PRESET, PipelineConfig
 
 STAGE_ORDER = ("reference", "update", "fusion")
 STAGES = (*STAGE_ORDER, "joint")  # stage "all" runs STAGE_ORDER; `joint` is asked for by name
@@ -188,12 +188,15 @@ class EvalConfig:
     limit: int | None = None
     out: Path = Path("runs/eval")
     device: str = "auto"
+    backend: str = "torch"  # config.BACKENDS: where the networks run (labels match torch's)
+    precision: str = "fp32"
     threads: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("data", self.data, DATA_SOURCES)
         _check_choice("clips", self.clips, EVAL_CLIPS)
+        PipelineConfig(backend=self.backend, precision=self.precision)  # checks both
         for mode in self.modes:
             _check_choice("mode", mode, EVAL_MODES)
 

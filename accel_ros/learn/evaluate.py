@@ -260,7 +260,8 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
                          config.limit, size, config.seed, sequences=tuple(config.sequences))
     clips = make_clips(config, frames)
     pipeline = PipelineConfig(device=config.device, input_size=size,
-                              flow_scale=config.flow_scale)
+                              flow_scale=config.flow_scale, backend=config.backend,
+                              precision=config.precision)
     started = time.monotonic()
     meters = evaluate_clips(model, clips.clips, config.max_offset, tuple(config.modes), pipeline,
                             progress=True, total=len(clips.clips))
