@@ -22,8 +22,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
                         help="output directory (default: ./demo_out)")
     parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--height", type=int, default=256)
-    parser.add_argument("--width", type=int, default=512)
+    # None: DemoConfig's size (4:3, the shipped model's aspect ratio); importing it here would
+    # load torch for `accel-ros --help`.
+    parser.add_argument("--height", type=int, default=None, help="clip height (default 288)")
+    parser.add_argument("--width", type=int, default=None, help="clip width (default 384)")
     add_model_options(parser, modes=False, input_size=False)
     parser.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     parser.add_argument("--overlay-alpha", type=float, default=0.5)
@@ -35,8 +37,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, format_demo, run_demo
 
+    size = {name: value for name, value in (("height", args.height), ("width", args.width))
+            if value is not None}
     config = DemoConfig(
-        out_dir=args.out, frames=args.frames, height=args.height, width=args.width,
+        out_dir=args.out, frames=args.frames, **size,
         checkpoint=args.checkpoint, preset=args.preset,
         keyframe_interval=args.keyframe_interval, device=args.device, flow=args.flow,
         backend=args.backend, seed=args.seed, alpha=args.overlay_alpha, quiet=args.quiet,
