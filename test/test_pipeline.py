@@ -306,3 +306,74 @@ def test_max_probability_switches_live(tiny_config, moving_frames) -> None:
     assert seg.process(moving_frames[0]).max_probability.shape == (64, 96)
     seg.return_max_probability = False
     assert seg.process(moving_frames[1]).max_probability is None
+
+
+class _FractionalFlow(ZeroFlow):
+    """A flow that changes every frame and lands between feature cells (bilinear weights)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def estimate(self, previous, current):  # type: ignore[override]
+        flow = super().estimate(previous, current)
+        self.calls += 1
+        flow[:, 0] = -5.3 * self.calls
+        flow[:, 1] = 2.7
+        return flow
+
+
+@pytest.mark.parametrize("mode", ["accel", "dff"])
+def test_warping_scores_equals_warping_features(tiny_config, moving_frames, mode) -> None:
+    """With a 1x1 N_task and border sampling the caches hold s_R (K channels, not C_R) and
+    give the scores and labels of warping the features and scoring them."""
+    torch.manual_seed(0)
+    model = AccelNet(tiny_config).eval()
+    results = {}
+    for warps_scores in (True, False):
+        seg = AccelSegmenter(model, PipelineConfig(mode=mode, keyframe_interval=6, device="cpu",
+                                                   return_probabilities=True))
+        seg.flow = _FractionalFlow()
+        if not warps_scores:
+            seg.model.warps_scores = lambda out_of_frame: False  # the paper's literal order
+        results[warps_scores] = [seg.process(frame) for frame in moving_frames]
+        channels = tiny_config.num_classes if warps_scores else tiny_config.head_channels
+        assert seg.cache.holds_scores is warps_scores
+        assert seg.cache.features.shape[1] == channels
+    assert [r.is_keyframe for r in results[True]] == [True] + [False] * 5
+    for scores_path, features_path in zip(results[True], results[False], strict=True):
+        np.testing.assert_allclose(scores_path.probabilities, features_path.probabilities,
+                                   rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(scores_path.labels, features_path.labels)
+
+
+def test_out_of_frame_zeros_warps_features_and_a_live_switch_reanchors(
+    tiny_config, moving_frames
+) -> None:
+    """Zero padding does not commute with N_task's bias, so the cache holds features then;
+    switching out_of_frame mid-interval makes the next frame a keyframe of the right kind."""
+    seg = _segmenter(tiny_config, keyframe_interval=10)
+    assert seg.process(moving_frames[0]).is_keyframe and seg.cache.holds_scores
+    assert not seg.process(moving_frames[1]).is_keyframe
+    seg.pipeline_config.out_of_frame = "zeros"
+    assert seg.process(moving_frames[2]).is_keyframe
+    assert not seg.cache.holds_scores
+    assert seg.cache.features.shape[1] == tiny_config.head_channels
+    assert not seg.process(moving_frames[3]).is_keyframe
+
+
+def test_labels_without_probabilities_take_the_label_path_and_agree(
+    tiny_config, moving_frames
+) -> None:
+    """Without probabilities the CPU output step reduces scores straight to labels
+    (model/labels.py); the labels are those of the full upsampling."""
+    torch.manual_seed(1)
+    model = AccelNet(tiny_config).eval()
+    plain = AccelSegmenter(model, PipelineConfig(keyframe_interval=3, device="cpu",
+                                                 return_probabilities=True))
+    direct = AccelSegmenter(model, PipelineConfig(keyframe_interval=3, device="cpu"))
+    assert direct._labels is not None
+    for frame in moving_frames:
+        expected, got = plain.process(frame), direct.process(frame)
+        assert got.probabilities is None
+        np.testing.assert_array_equal(got.labels, expected.labels)
+    assert direct._labels._tables  # the label path ran

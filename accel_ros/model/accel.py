@@ -170,6 +170,16 @@ class AccelNet(nn.Module):
             return self.fusion(reference_scores, update_scores, age_s)
         return self.fusion(reference_scores, update_scores)
 
+    def warps_scores(self, out_of_frame: str) -> bool:
+        """Whether warping the keyframe's scores s_R gives what warping its N_feat features
+        and scoring them gives: N_task is the paper's single 1x1 conv (linear in each cell) and
+        out-of-frame samples repeat the border (the bilinear weights then sum to one, so the
+        bias passes through unchanged), and the fusion reads scores, not features. The
+        streaming pipeline then caches and warps K channels instead of C_R (11 vs 1024) and
+        runs N_task once per keyframe instead of on every frame."""
+        linear_head = isinstance(self.reference.head.reduce, nn.Identity)
+        return linear_head and out_of_frame == "border" and not self.fuses_features
+
     def upsample(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(N, K, h, w) -> (N, K, H, W)."""
         return self.upsampler(scores, size)

@@ -19,6 +19,7 @@ from .checkpoint import load_model_or_preset
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .flow import FlowEstimator, build_flow
 from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
+from .labels import LabelUpsampler
 from .warp import check_flow
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
@@ -86,7 +87,10 @@ class StageTimer:
 class KeyframeCache:
     """State carried between frames of one stream."""
 
-    features: torch.Tensor | None = None  # float32 reference features warped to the last frame
+    # float32 reference map warped to the last frame: N_feat features (N, C_R, h, w), or the
+    # scores s_R (N, K, h, w) where warping them is exact (`AccelNet.warps_scores`).
+    features: torch.Tensor | None = None
+    holds_scores: bool = False
     previous: Any = None  # previous frame, prepared for the flow estimator
     keyframe_index: int = -1
     keyframe_stamp: float | None = None  # seconds; None when the keyframe had no stamp
@@ -334,6 +338,11 @@ class AccelSegmenter:
         self._upload = FrameUploader(self.device)
         self.return_max_probability = return_max_probability
         self.sync_stages = sync_stages
+        # On a CPU, labels from bilinear scores skip upsampling what cannot win (labels.py).
+        self._labels = (
+            LabelUpsampler()
+            if self.device.type == "cpu" and model.upsampler.mode == "bilinear" else None
+        )
         self._streams: dict[str, StreamState] = {DEFAULT_STREAM: StreamState()}
 
     # -- streams -------------------------------------------------------------------------------
@@ -444,8 +453,15 @@ class AccelSegmenter:
             return cfg.mode == "reference"
         if cache.features is None or cache.force_keyframe:
             return True
+        if cache.holds_scores != self._warps_scores():
+            return True  # out_of_frame changed live: re-anchor on the kind of map it allows
         interval = cfg.keyframe_interval - cache.interval_offset
         return state.frame_index - cache.keyframe_index >= max(interval, 1)
+
+    def _warps_scores(self) -> bool:
+        """The caches hold and warp s_R rather than N_feat features (exact; see
+        `AccelNet.warps_scores`)."""
+        return self.model.warps_scores(self.pipeline_config.out_of_frame)
 
     # -- processing ----------------------------------------------------------------------------
     def process(
@@ -620,13 +636,15 @@ class AccelSegmenter:
             )
         with timer.stage("task"):
             scores = run_batched(self._ops.reference_scores, [(f,) for f in features])
+        holds_scores = self._warps_scores()
         for job, job_features, job_scores in zip(jobs, features, scores, strict=True):
             job.scores = job_scores
             if cfg.mode not in ("accel", "dff"):
                 continue
             cache = job.state.cache
             first = cache.features is None
-            cache.features = job_features
+            cache.features = job_scores.float() if holds_scores else job_features
+            cache.holds_scores = holds_scores
             cache.keyframe_index = job.state.frame_index
             cache.keyframe_stamp = job.stamp
             cache.accumulated_flow = 0.0
@@ -638,8 +656,9 @@ class AccelSegmenter:
             cache.interval_offset = min(phase, cfg.keyframe_interval - 1)
 
     def _warp_and_score_step(self, jobs: list[_Job], timer: StageTimer) -> None:
-        """Move each cache by its flow (`AccelNet.propagate`) and score it with N_task: s_R.
-        Feature fusion scores the fused features instead, so its s_R stays None."""
+        """Move each cache by its flow (`AccelNet.propagate`) and score it with N_task: s_R
+        (a cache of scores is s_R once warped). Feature fusion scores the fused features
+        instead, so its s_R stays None."""
         if not jobs:
             return
         out_of_frame = self.pipeline_config.out_of_frame
@@ -653,11 +672,15 @@ class AccelSegmenter:
             )
         for job, features in zip(jobs, warped, strict=True):
             job.state.cache.features = features
-        if self.pipeline_config.mode == "accel" and self.model.fuses_features:
+            if job.state.cache.holds_scores:
+                job.scores = features  # s_R itself
+        to_score = [job for job in jobs if not job.state.cache.holds_scores]
+        if not to_score or (self.pipeline_config.mode == "accel" and self.model.fuses_features):
             return
         with timer.stage("task"):
-            scores = run_batched(self._ops.reference_scores, [(f,) for f in warped])
-        for job, job_scores in zip(jobs, scores, strict=True):
+            scores = run_batched(self._ops.reference_scores,
+                                 [(job.state.cache.features,) for job in to_score])
+        for job, job_scores in zip(to_score, scores, strict=True):
             job.scores = job_scores
 
     def _fuse_step(self, jobs: list[_Job], timer: StageTimer) -> None:
@@ -729,14 +752,18 @@ class AccelSegmenter:
 
     def _upsample_and_reduce(
         self, scores: torch.Tensor, size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Scores (N, K, h, w) -> labels (N, H, W) uint8 on the host (the one wait for the
-        device), logits (N, K, H, W) and the mean max probability per frame (N,) on the
-        device."""
+        device), logits (N, K, H, W) on the device when probabilities are asked for (else None)
+        and the mean max probability per frame (N,) on the device."""
         scores = scores.float()
         confidence = scores.softmax(dim=1).amax(dim=1).mean(dim=(1, 2))
         box = self.canvas(size)
-        labels, logits = upsample_labels(self.model, scores, (box.height, box.width))
+        wants_logits = self.pipeline_config.return_probabilities or self.return_max_probability
+        if self._labels is not None and not wants_logits:
+            labels, logits = self._labels(scores, (box.height, box.width)), None
+        else:
+            labels, logits = upsample_labels(self.model, scores, (box.height, box.width))
         # Back onto the frame's own pixel grid (resize_mode): what the canvas padded is cut
         # away, what it cropped gets the ignore label.
         labels = canvas_to_frame(labels, box, size, IGNORE_LABEL)
