@@ -307,3 +307,32 @@ def test_time_backends_interleaves_and_compares_to_torch(lite_model, graph_root,
     assert rows[0].ratio_to_torch == 1.0 and rows[1].ratio_to_torch > 0
     assert all(r.fastest <= r.ms_per_frame <= r.slowest and r.rounds == 2 for r in rows)
     assert dataclasses.asdict(rows[1])["stages"]["flow"] > 0
+
+
+def test_exported_module_matches_torch_and_names_what_does_not_export() -> None:
+    """Any one-input network through a runtime (the bench's peers): torch's numbers, one
+    export per input shape, the folder gone on close; a network torch cannot export is one
+    NotExportableError naming it."""
+    from accel_ros.deploy.backends import ExportedModule, NotExportableError
+
+    runtime = RUNTIMES[0]
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    exported = ExportedModule(net, "tiny", runtime)
+    for size in ((16, 24), (16, 24), (8, 8)):
+        image = torch.rand(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(exported(image), net(image), rtol=0, atol=1e-5)
+    assert len(exported.notes) == 2 and "tiny through" in exported.notes[0]
+    folder = exported._folder
+    assert len(list(folder.glob("*.onnx"))) == 2
+    exported.close()
+    assert not folder.exists()
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(image.numpy() * 2)  # leaves the graph: tracing cannot
+
+    broken = ExportedModule(Unexportable(), "numpy_net", runtime)
+    with pytest.raises(NotExportableError, match=f"numpy_net does not export for {runtime}"):
+        broken(torch.rand(1, 3, 8, 8))
+    broken.close()

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from ..config import BACKENDS, ModelConfig, PipelineConfig
+from ..deploy.backends import NotExportableError
 from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
 from .common import (
     NO_DEADLINE,
@@ -460,8 +461,6 @@ def _plan(settings: BenchSettings) -> Iterator[PlanEntry]:
             settings.fast_intervals or settings.intervals
         )
         for variant in variants:
-            if VARIANTS[variant][0] == "peer" and fast.fields.get("backend", "torch") != "torch":
-                continue  # torchvision peers are not exported: they run in torch only
             if VARIANTS[variant][0] in EVERY_FRAME_MODES:
                 yield fast, variant, None
             else:
@@ -508,6 +507,8 @@ def _measure_entry(context: _Context, entry: PlanEntry, into: _Measured) -> str 
                       settings.warmup, context.memory, settings.breakdown, context.deadline)
         into.notes = list(segmenter.fast_path_notes)
         into.ran = fast_path_outcome(segmenter)
+    except NotExportableError as error:
+        return str(error)
     finally:
         free_segmenter(segmenter)  # peers and graphs must not inflate the next row's peak
         del segmenter

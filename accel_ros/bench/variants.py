@@ -26,6 +26,7 @@ import torch
 from ..config import PipelineConfig
 from ..model import AccelNet, load_model, resolve_device
 from ..model.fastpath import CompiledCall, CudaGraphCall, calls_outcome, fallback_notes
+from ..model.labels import class_argmax
 from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
 
 MODEL_KEY = "--model"
@@ -151,16 +152,33 @@ class PeerResult:
     is_keyframe: bool = False
 
 
+class _NormalisedPeer(torch.nn.Module):
+    """A torchvision segmentation network with its ImageNet normalisation, returning the
+    "out" scores: image (N, 3, H, W) in [0, 1] -> (N, K, H, W), the graph an exported
+    backend runs."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network((image - self.mean) / self.std)["out"]
+
+
 class PeerSegmenter:
     """A torchvision single-frame segmentation network behind `AccelSegmenter`'s interface
     (process / reset / close / device / fast_path_notes), every frame a "keyframe" of its own.
 
     Same frame path as Accel: uint8 upload, float on the device, ImageNet normalisation,
     network, argmax, labels to the host. Precision, channels_last, torch.compile and CUDA
-    graphs follow the PipelineConfig; flow and keyframe options do not apply. Network time is
-    billed to "feature", argmax and the copy to "output". `close()` frees the network at once:
-    a graph or compiled wrapper holds `self._forward`, a reference cycle that would otherwise
-    keep the weights (on the GPU) alive until the next garbage collection."""
+    graphs follow the PipelineConfig; flow and keyframe options do not apply. With backend
+    onnxruntime / openvino the network (normalisation included) runs as an exported graph in
+    that runtime (`deploy.backends.ExportedModule`, at the PipelineConfig's precision).
+    Network time is billed to "feature", argmax and the copy to "output". `close()` frees the
+    network at once: a graph or compiled wrapper holds `self._forward`, a reference cycle that
+    would otherwise keep the weights (on the GPU) alive until the next garbage collection."""
 
     def __init__(
         self, builder: str, num_classes: int, pipeline: PipelineConfig, sync_stages: bool = False
@@ -174,15 +192,15 @@ class PeerSegmenter:
                                   "num_classes": num_classes}
         if builder.startswith("deeplabv3"):
             kwargs["aux_loss"] = False
-        network = getattr(segmentation, builder)(**kwargs).eval().to(self.device)
+        network = _NormalisedPeer(getattr(segmentation, builder)(**kwargs)).eval().to(self.device)
         if pipeline.channels_last:
             network = network.to(memory_format=torch.channels_last)
         self.network: torch.nn.Module | None = network
         self.sync_stages = sync_stages
         self._upload = FrameUploader(self.device)
-        self._mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
-        self._dtype = AUTOCAST_DTYPES.get(pipeline.precision)
+        # Another runtime runs its own precision: torch's autocast stays off.
+        torch_runs = pipeline.backend == "torch"
+        self._dtype = AUTOCAST_DTYPES.get(pipeline.precision) if torch_runs else None
         self._notes = [f"torchvision {builder}, random weights"]
         self._compiled: dict[str, CompiledCall] = {}
         self._graphs: dict[str, CudaGraphCall] = {}
@@ -195,11 +213,19 @@ class PeerSegmenter:
             else:
                 self._notes.append(f"cuda_graphs is on but the device is {self.device}: "
                                    "the network runs eagerly")
+        self._exported = None
+        if pipeline.backend != "torch":
+            # deploy/ is imported on use: the torch path needs no ONNX packages.
+            from ..deploy.backends import ExportedModule
+
+            call = self._exported = ExportedModule(network, builder, pipeline.backend,
+                                                   pipeline.precision)
         self._call: Any = call
 
     @property
     def fast_path_notes(self) -> list[str]:
-        return self._notes + fallback_notes(self._graphs, self._compiled)
+        exported = self._exported.notes if self._exported is not None else []
+        return self._notes + exported + fallback_notes(self._graphs, self._compiled)
 
     def fast_path_outcome(self) -> dict[str, Any]:
         cfg = self.pipeline_config
@@ -207,7 +233,7 @@ class PeerSegmenter:
 
     def _forward(self, image: torch.Tensor) -> torch.Tensor:
         assert self.network is not None, "PeerSegmenter used after close()"
-        return self.network((image - self._mean) / self._std)["out"]
+        return self.network(image)
 
     def reset(self) -> None:
         pass
@@ -216,6 +242,8 @@ class PeerSegmenter:
         """Free the network and its graphs now (the outcome and notes stay readable)."""
         for graph in self._graphs.values():
             graph.release()
+        if self._exported is not None:
+            self._exported.close()
         self._call = None
         self.network = None
 
@@ -234,5 +262,5 @@ class PeerSegmenter:
             with timer.stage("feature"):
                 logits = self._call(image)
             with timer.stage("output"):
-                labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+                labels = class_argmax(logits)[0].cpu().numpy()
         return PeerResult(labels, timer.finish())

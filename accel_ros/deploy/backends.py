@@ -9,7 +9,10 @@ first use of a model and input size.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +24,8 @@ import torch
 
 from ..config import PipelineConfig
 from ..model.accel import AccelNet
-from .export import ExportedGraphs, cached_graphs
+from .export import ExportedGraphs, cached_graphs, check_graph, export_graph
+from .graphs import GraphSpec
 from .runtimes import OPENVINO_PRECISIONS, RUNTIMES, GraphSession, open_session, require
 
 # Graphs whose input is the frame: a frame of a new size exports (or loads) that size's graphs.
@@ -32,6 +36,19 @@ MAX_SIZES = 4
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    """Stop start-up, not the first frame, on a runtime that is unknown or not installed or a
+    precision it does not run."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("fp32",)
+    if precision not in allowed:
+        raise ValueError(f"backend {runtime} runs precision {' or '.join(allowed)}, "
+                         f"got {precision!r}")
+    require(runtime, f"backend {runtime}")
+    require("onnx", f"backend {runtime} (exporting its graphs)")
 
 
 @dataclass
@@ -61,15 +78,7 @@ class GraphNetworks:
         threads: int | None = None,
         log: Callable[[str], None] | None = _stderr,
     ) -> None:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
-        allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("fp32",)
-        if precision not in allowed:
-            raise ValueError(f"backend {runtime} runs precision {' or '.join(allowed)}, "
-                             f"got {precision!r}")
-        # Missing packages stop start-up here, not at the first frame.
-        require(runtime, f"backend {runtime}")
-        require("onnx", f"backend {runtime} (exporting its graphs)")
+        check_runtime(runtime, precision)
         self.model = model
         self.runtime = runtime
         self.precision = precision
@@ -198,3 +207,65 @@ def build_networks(
                          f"{device}: set device to cpu, or use backend torch")
     return GraphNetworks(model, backend, precision=pipeline.precision,
                          out_of_frame=pipeline.out_of_frame, input_size=input_size, **options)
+
+
+class NotExportableError(ValueError):
+    """A network that torch cannot export to ONNX, or whose graph disagrees with torch."""
+
+
+class ExportedModule:
+    """A torch module with one image input, (N, 3, H, W) -> one tensor, run by `runtime` as an
+    ONNX graph: exported and checked against torch on the first input of each shape, into a
+    private folder that `close()` removes. For networks outside `AccelNet` (the benchmark's
+    torchvision peers); raises NotExportableError where a network does not export."""
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        name: str,
+        runtime: str,
+        precision: str = "fp32",
+        threads: int | None = None,
+    ) -> None:
+        check_runtime(runtime, precision)
+        self.module = module.eval()
+        self.name = name
+        self.runtime = runtime
+        self.precision = precision
+        self.threads = threads
+        self.notes: list[str] = []
+        self._folder = Path(tempfile.mkdtemp(prefix=f"accel_ros_{name}_"))
+        self._sessions: dict[tuple[int, ...], GraphSession] = {}
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        shape = tuple(image.shape)
+        session = self._sessions.get(shape) or self._prepare(image)
+        return torch.from_numpy(session(image.detach().float().contiguous().cpu().numpy()))
+
+    def _prepare(self, image: torch.Tensor) -> GraphSession:
+        start = time.perf_counter()
+        image = image.detach().float().contiguous().cpu()
+        with torch.no_grad():
+            expected = self.module(image)
+        spec = GraphSpec(self.name, self.module, {"image": image}, "scores", expected)
+        path = self._folder / f"{self.name}-{'x'.join(str(side) for side in image.shape)}.onnx"
+        try:
+            export_graph(spec, path)
+            check_graph(spec, path, self.runtime)
+        except Exception as error:  # any exporter or check failure: "does not export"
+            first_line = (str(error).splitlines() or [""])[0]
+            raise NotExportableError(f"{self.name} does not export for {self.runtime}: "
+                             f"{type(error).__name__}: {first_line}") from error
+        threads = self.threads or torch.get_num_threads()
+        session = open_session(self.runtime, path, threads, self.precision)
+        self._sessions[tuple(image.shape)] = session
+        self.notes.append(f"{self.name} through {self.runtime} ({self.precision}, {threads} "
+                          f"thread(s)): exported at {image.shape[-2]}x{image.shape[-1]} in "
+                          f"{time.perf_counter() - start:.1f} s")
+        return session
+
+    def close(self) -> None:
+        """Drop the sessions and the exported files."""
+        self._sessions.clear()
+        shutil.rmtree(self._folder, ignore_errors=True)
+

@@ -204,7 +204,7 @@ def export_graphs(
         graphs = {}
         for spec in specs:
             path = staging / f"{spec.name}.onnx"
-            _export_one(spec, path, key)
+            export_graph(spec, path, key.opset, dynamic_batch=key.batch == 0)
             onnx.checker.check_model(str(path), full_check=True)
             error = check_graph(spec, path, check_runtime)
             graphs[spec.name] = _graph_entry(spec, path, key, error)
@@ -221,20 +221,19 @@ def export_graphs(
     return manifest
 
 
-def _export_one(spec: GraphSpec, path: Path, key: ExportKey) -> None:
-    """torch's TorchScript-based exporter (dynamo=False): it writes opset 16-19 directly and
-    needs nothing beyond torch; the dynamo exporter needs onnxscript and converts down from
-    opset 18."""
+def export_graph(spec: GraphSpec, path: Path, opset: int = OPSET, dynamic_batch: bool = False
+                 ) -> None:
+    """Write one graph. torch's TorchScript-based exporter (dynamo=False): it writes opset
+    16-19 directly and needs nothing beyond torch; the dynamo exporter needs onnxscript and
+    converts down from opset 18."""
     names = list(spec.inputs)
-    dynamic = None
-    if key.batch == 0:
-        dynamic = {name: {0: "batch"} for name in [*names, spec.output]}
+    dynamic = {name: {0: "batch"} for name in [*names, spec.output]} if dynamic_batch else None
     with warnings.catch_warnings():
         # The deprecation notice of dynamo=False, and tracer warnings on the shape checks that
         # tracing turns into constants (the shapes are static by design).
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            spec.module, tuple(spec.inputs.values()), str(path), opset_version=key.opset,
+            spec.module, tuple(spec.inputs.values()), str(path), opset_version=opset,
             dynamo=False, input_names=names, output_names=[spec.output],
             dynamic_axes=dynamic, do_constant_folding=True,
         )

@@ -30,6 +30,13 @@ import torch.nn.functional as F
 MAX_TABLES = 8
 
 
+def class_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Full-resolution scores (N, K, H, W) -> labels (N, H, W) uint8, the first maximum as
+    argmax keeps it. On a CPU, argmax over the channels of a contiguous tensor is a strided
+    reduction (~22 ms of ~26 ms for 11 classes at 256x512); a channels-last max takes a few."""
+    return logits.contiguous(memory_format=torch.channels_last).max(dim=1).indices.to(torch.uint8)
+
+
 def _axis_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Bilinear (align_corners=False) resampling along one axis, read off torch itself by
     resizing an identity: per output index, its two source indices (equal at the borders)
