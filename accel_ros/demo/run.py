@@ -287,8 +287,13 @@ def footer(config: DemoConfig, model_config: Any, weights: str,
 
 
 def real_video_scores(extra: dict[str, Any], model_config: Any) -> str | None:
-    """One line of what the checkpoint scored on its held-out real video (recorded by
-    training), or None when it recorded nothing: the numbers the synthetic clip cannot show."""
+    """One line of what the checkpoint scored on held-out real video, or None when it recorded
+    nothing: the numbers the synthetic clip cannot show. A checkpoint trained on every
+    labelled frame has no held-out video of its own; its `heldout_estimate` (the same recipe
+    trained without one street) stands in for it."""
+    estimate = extra.get("heldout_estimate")
+    if isinstance(estimate, dict):
+        extra = estimate
     scores = extra.get("val_miou")
     if not isinstance(scores, dict) or "reference" not in scores:
         return None
