@@ -259,6 +259,37 @@ def test_shipped_checkpoint_streams_alike_on_every_backend(tmp_path, monkeypatch
                             expected)
 
 
+def test_age_aware_fuse_and_score_warp_graphs_match_torch(tmp_path) -> None:
+    """An age-aware fusion exports with the keyframe age as an input and answers as torch at
+    ages on, between and beyond its knots; the warp graph warps what the pipeline caches
+    (s_R with border sampling, f_R with zeros)."""
+    from accel_ros.deploy.runtimes import open_session
+    from accel_ros.learn.stages import make_age_aware
+
+    torch.manual_seed(2)
+    model = AccelNet(_lite_config()).eval()
+    make_age_aware(model, (0.033, 0.3, 2.0))
+    with torch.no_grad():  # knots that differ, so the age matters
+        model.fusion.weight.add_(torch.randn_like(model.fusion.weight))
+    key = ExportKey.for_model(model, SIZE)
+    manifest = export_graphs(model, tmp_path / "age", key, check_runtime=RUNTIMES[0])
+    fuse = manifest.graphs["fuse"]
+    assert list(fuse["inputs"]) == ["reference_scores", "update_scores", "age_s"]
+    assert list(manifest.graphs["warp"]["inputs"]) == ["reference_scores", "flow"]
+    session = open_session(RUNTIMES[0], tmp_path / "age" / fuse["file"])
+    shapes = list(fuse["inputs"].values())
+    s_r, s_u = torch.randn(*shapes[0]), torch.randn(*shapes[1])
+    for age in (0.0, 0.033, 0.1, 0.3, 1.0, 2.0, 9.0):
+        ages = torch.tensor([age])
+        with torch.no_grad():
+            expected = model.fuse(None, None, s_r, s_u, age_s=ages)
+        _close(torch.from_numpy(session(s_r.numpy(), s_u.numpy(), ages.numpy())), expected)
+    zeros = export_graphs(model, tmp_path / "zeros",
+                          ExportKey.for_model(model, SIZE, out_of_frame="zeros"),
+                          check_runtime=RUNTIMES[0])
+    assert list(zeros.graphs["warp"]["inputs"]) == ["reference_features", "flow"]
+
+
 # -- choices and failures ----------------------------------------------------------------------
 def test_missing_runtime_is_one_line_naming_the_extra(lite_model, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails

@@ -9,9 +9,12 @@ One graph per network call the streaming pipeline makes (`fastpath.OP_NAMES`), p
 | `update_features`    | image (B, 3, H, W)                            | f_U (B, C_U, h_U, w_U)  |
 | `update_scores`      | f_U                                           | s_U (B, K, h_U, w_U)    |
 | `fuse`               | s_R, s_U (score fusion) or f_R, f_U (feature) | scores (B, K, h, w)     |
-| `warp`               | f_R, flow (B, 2, h, w) in feature cells       | warped f_R              |
+|                      | (+ age_s (B,) seconds: age-aware fusion)      |                         |
+| `warp`               | s_R (or f_R), flow (B, 2, h, w) in cells      | warped s_R (or f_R)     |
 
-(h, w) = ceil((H, W) / output stride). The update branch's antialiased downscale of the frame
+(h, w) = ceil((H, W) / output stride). `warp` takes the map the pipeline caches: s_R when
+N_task is a 1x1 conv and out-of-frame samples repeat the border (`AccelNet.warps_scores`), else
+f_R. The update branch's antialiased downscale of the frame
 (`update_input_scale`) is inside its graph: the legacy exporter has no antialiased Resize, so
 it is written as a strided depthwise convolution (or two matrix products) that reproduces
 torch's resampling weights exactly (`antialiased_downscale`).
@@ -155,15 +158,18 @@ class BranchFeatures(nn.Module):
 
 class Fuse(nn.Module):
     """`AccelNet.fuse` with both inputs given: score fusion (s_R, s_U) -> scores; feature
-    fusion (f_R, f_U) -> the reference head on the fused features."""
+    fusion (f_R, f_U) -> the reference head on the fused features; an age-aware fusion takes
+    the keyframe ages in seconds (B,) as a third input."""
 
     def __init__(self, model: AccelNet) -> None:
         super().__init__()
         self.fusion = model.fusion
         self.head = model.reference.head if model.fuses_features else nn.Identity()
 
-    def forward(self, reference: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fusion(reference, update))
+    def forward(
+        self, reference: torch.Tensor, update: torch.Tensor, *age_s: torch.Tensor
+    ) -> torch.Tensor:
+        return self.head(self.fusion(reference, update, *age_s))
 
 
 class Warp(nn.Module):
@@ -223,10 +229,16 @@ def graph_specs(
         add("update_scores", model.update.head, {"update_features": specs[-1].expected},
             "update_scores")
         pair = (specs[0], specs[2]) if model.fuses_features else (specs[1], specs[3])
-        add("fuse", Fuse(model), {spec.output: spec.expected for spec in pair}, "scores")
+        inputs = {spec.output: spec.expected for spec in pair}
+        if model.fusion_uses_age:
+            # The age of each frame's keyframe, between the knots (the graph must interpolate).
+            inputs["age_s"] = torch.full((image.shape[0],), 0.2)
+        add("fuse", Fuse(model), inputs, "scores")
     flow = _example_flow(features)
-    add("warp", Warp(out_of_frame), {"reference_features": features, "flow": flow},
-        "warped_features")
+    # The map the streaming pipeline caches and warps: s_R where that is exact, else f_R.
+    cached = specs[1] if model.warps_scores(out_of_frame) else specs[0]
+    add("warp", Warp(out_of_frame), {cached.output: cached.expected, "flow": flow},
+        f"warped_{cached.output.removeprefix('reference_')}")
     return specs
 
 

@@ -17,7 +17,7 @@ from ..config import DEFAULT_PRESET, PRESETS, ModelConfig, preset
 from .accel import AccelNet
 
 FORMAT = "accel_ros/1"
-# The checkpoint shipped inside the package (trained on CamVid train; see README).
+# The checkpoint shipped inside the package (every labelled CamVid frame; docs/training.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "weights" / "accel_camvid.pt"
 
 

@@ -59,17 +59,21 @@ class FeatureFusion(Fusion1x1):
 
 def age_knot_weights(ages: tuple[float, ...], age_s: torch.Tensor) -> torch.Tensor:
     """(N,) keyframe ages in seconds -> (N, B) weights of the B knots `ages`: linear in
-    log-age between the two knots around each age, all on the nearest knot outside them."""
+    log-age between the two knots around each age, all on the nearest knot outside them.
+
+    Written as hat functions (each knot's weight rises from the knot below and falls to the
+    knot above, clipped to [0, 1]) rather than a search for the two knots: the same numbers
+    from elementwise operations only, so the fusion exports to ONNX with the age as an input.
+    """
+    position = age_s.float().clamp(min=ages[0], max=ages[-1]).log()[:, None]  # (N, 1)
+    if len(ages) == 1:
+        return torch.ones_like(position)
     knots = torch.tensor(ages, dtype=torch.float32, device=age_s.device).log()
-    position = age_s.float().clamp(min=ages[0], max=ages[-1]).log()
-    upper = torch.searchsorted(knots, position.contiguous()).clamp(1, len(ages) - 1)
-    lower = upper - 1
-    span = (knots[upper] - knots[lower]).clamp_min(1e-12)
-    share = ((position - knots[lower]) / span).clamp(0.0, 1.0)
-    weights = torch.zeros(age_s.shape[0], len(ages), device=age_s.device)
-    weights.scatter_(1, lower[:, None], (1 - share)[:, None])
-    weights.scatter_add_(1, upper[:, None], share[:, None])
-    return weights
+    gaps = knots[1:] - knots[:-1]
+    beyond = torch.ones_like(position)  # the end knots keep everything past their side
+    rise = torch.cat((beyond, (position - knots[:-1]) / gaps), dim=1)
+    fall = torch.cat(((knots[1:] - position) / gaps, beyond), dim=1)
+    return torch.minimum(rise, fall).clamp(0.0, 1.0)
 
 
 class AgeScoreFusion(nn.Module):
