@@ -381,10 +381,14 @@ class SegmentationNodeSteps:
         # A checkpoint carries its own architecture: the preset only matters without one.
         source = (f"preset {options.preset} (random weights)" if options.random_weights
                   else f"checkpoint {options.checkpoint}")
+        # Which runtime runs the networks, and how (graphs exported or from the cache).
+        runtime = "; ".join(getattr(segmenter, "fast_path_notes", None) or [])
         self.get_logger().info(
             f"model from {source} on {segmenter.device}, mode {pipeline.mode}, keyframe "
-            f"interval {pipeline.keyframe_interval}"
+            f"interval {pipeline.keyframe_interval}, backend {pipeline.backend} "
+            f"{pipeline.precision}"
             + (f", {len(names)} streams: {', '.join(names)}" if self._multi_stream else "")
+            + (f" ({runtime})" if runtime else "")
         )
         if self._multi_stream and options.image_topic != PARAMETER_SPECS["image_topic"].default:
             self.get_logger().warning(
