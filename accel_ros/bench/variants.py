@@ -214,7 +214,7 @@ class PeerSegmenter:
                 self._notes.append(f"cuda_graphs is on but the device is {self.device}: "
                                    "the network runs eagerly")
         self._exported = None
-        if pipeline.backend != "torch":
+        if not torch_runs:
             # deploy/ is imported on use: the torch path needs no ONNX packages.
             from ..deploy.backends import ExportedModule
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.accel import AccelNet, SegmentationBranch
+from ..model.resampling import resize_matrix
 from ..model.warp import warp
 
 # In the order a non-key frame meets them; `warp` is for deployments (the pipeline warps in
@@ -45,16 +46,6 @@ def branch_input_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     if scale == 1.0:
         return int(size[0]), int(size[1])
     return max(16, round(size[0] * scale)), max(16, round(size[1] * scale))
-
-
-def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """(size_out, size_in) float64: torch's antialiased bilinear resampling along one axis, read
-    off by resizing an identity (each channel is a one-hot signal along the width). Two rows,
-    not one: torch answers a one-pixel side with a constant."""
-    eye = torch.eye(size_in, dtype=torch.float64).view(1, size_in, 1, size_in).expand(-1, -1, 2, -1)
-    rows = F.interpolate(eye, size=(2, size_out), mode="bilinear", align_corners=False,
-                         antialias=True)
-    return rows[0, :, 0, :].T.contiguous()
 
 
 @dataclass
@@ -133,8 +124,8 @@ def antialiased_downscale(size_in: tuple[int, int], size_out: tuple[int, int]) -
     antialias=True)` on (B, 3, *size_in) inputs (Identity when the sizes agree)."""
     if tuple(size_in) == tuple(size_out):
         return nn.Identity()
-    rows = resize_matrix(size_in[0], size_out[0])
-    cols = resize_matrix(size_in[1], size_out[1])
+    rows = resize_matrix(size_in[0], size_out[0], antialias=True)
+    cols = resize_matrix(size_in[1], size_out[1], antialias=True)
     row_kernel, col_kernel = _as_strided_kernel(rows), _as_strided_kernel(cols)
     if row_kernel is None or col_kernel is None:
         return MatrixDownscale(rows, cols)

@@ -24,7 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
+
+from .resampling import resize_matrix
 
 # Source/destination sizes whose tables stay built (a handful of camera sizes in one node).
 MAX_TABLES = 8
@@ -37,13 +38,10 @@ def class_argmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.contiguous(memory_format=torch.channels_last).max(dim=1).indices.to(torch.uint8)
 
 
-def _axis_weights(size_in: int, size_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear (align_corners=False) resampling along one axis, read off torch itself by
-    resizing an identity: per output index, its two source indices (equal at the borders)
-    and their two weights. Returns (first (out,), second (out,), weights (out, 2))."""
-    eye = torch.eye(size_in, dtype=torch.float64).view(1, size_in, size_in, 1)
-    matrix = F.interpolate(eye, size=(size_out, 1), mode="bilinear", align_corners=False)
-    matrix = matrix[0, :, :, 0].T  # (out, in)
+def _two_taps(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A bilinear resampling matrix (out, in) as, per output index, its two source indices
+    (equal at the borders) and their weights: (first (out,), second (out,), weights (out, 2))."""
+    size_out = matrix.shape[0]
     first = torch.empty(size_out, dtype=torch.long)
     second = torch.empty(size_out, dtype=torch.long)
     for index, row in enumerate(matrix):
@@ -63,13 +61,9 @@ class BilinearLabels:
     def __init__(self, low: tuple[int, int], high: tuple[int, int]) -> None:
         (h, w), (height, width) = low, high
         self.low, self.high = (h, w), (height, width)
-        rows_first, rows_second, row_weights = _axis_weights(h, height)
+        rows_first, rows_second, row_weights = _two_taps(resize_matrix(h, height))
         # Column interpolation as one (w, W) matrix: (K*h, w) @ (w, W).
-        cols_first, cols_second, col_weights = _axis_weights(w, width)
-        column_matrix = torch.zeros(w, width)
-        column_matrix[cols_first, torch.arange(width)] += col_weights[:, 0]
-        column_matrix[cols_second, torch.arange(width)] += col_weights[:, 1]
-        self.column_matrix = column_matrix
+        self.column_matrix = resize_matrix(w, width).T.float().contiguous()
         # Output rows in bands that blend the same two source rows; each band padded to the
         # tallest so that a band is one slice of a (bands, tallest, W) tensor.
         pair = rows_first * h + rows_second
