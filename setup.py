@@ -39,9 +39,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(exclude=["test", "test.*"]),
-    package_data={PACKAGE: ["weights/*.pt"]},
-    include_package_data=True,
+    # The shipped checkpoint's folder is a data-only package: named here so that setuptools
+    # installs it without "absent from the `packages` configuration" warnings.
+    packages=[*find_packages(exclude=["test", "test.*"]), f"{PACKAGE}.weights"],
+    package_data={f"{PACKAGE}.weights": ["*.pt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -81,7 +82,6 @@ setup(
         "ros-build": ROS_RUNTIME + ROS_BUILD,
     },
     zip_safe=False,
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "accel-ros = accel_ros.cli.main:main",

@@ -10,17 +10,34 @@ parameter of the same name (NODE_PARAMETERS); an empty value keeps the parameter
 descriptions, allowed values included, come from the node's parameter table
 (accel_ros.ros.parameters). `lifecycle:=true` starts the managed node
 (`accel_segmentation_lifecycle_node`); `autostart` then configures and activates it from here,
-or (false) leaves it unconfigured for a lifecycle manager. Not run here: launch_ros has no PyPI
-wheel (the node itself is started by its console script in the tests).
+or (false) leaves it unconfigured for a lifecycle manager.
+
+`use_rviz` (default true) starts rviz2 with config/accel.rviz where rviz2 is installed; on a
+computer without it (most robots) one info line says so and the node runs alone. With several
+cameras rviz2 shows the first (accel_ros.ros.rviz). Everything that can fail is looked up
+before any process starts, so a launch that fails leaves no node behind; and when the
+segmentation node exits (a bad parameter value, say), the launch ends with it.
 """
 
 from __future__ import annotations
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import (
+    PackageNotFoundError,
+    get_package_prefix,
+    get_package_share_directory,
+)
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    Shutdown,
+)
+from launch.event_handlers import OnProcessExit
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
@@ -29,8 +46,10 @@ from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 from accel_ros.ros.parameters import PARAMETER_SPECS
+from accel_ros.ros.rviz import rviz_remappings
 
 PACKAGE = "accel_ros"
+NODE_NAME = "accel_segmentation"
 # Launch arguments passed to the node as parameters of the same name: (name, default).
 NODE_PARAMETERS = (
     ("image_topic", "/camera/image_raw"),
@@ -57,13 +76,13 @@ def _flag(context, name: str) -> bool:
 
 def _segmentation(context, parameters: list) -> list:
     """The node, or the managed node with (when `autostart`) its configure and activate."""
-    common = dict(package=PACKAGE, name="accel_segmentation", output="screen",
-                  parameters=parameters)
+    common = dict(package=PACKAGE, name=NODE_NAME, output="screen", parameters=parameters)
     if not _flag(context, "lifecycle"):
-        return [Node(executable="accel_segmentation_node", **common)]
+        node = Node(executable="accel_segmentation_node", **common)
+        return [node, _end_with(node)]
     node = LifecycleNode(executable="accel_segmentation_lifecycle_node", namespace="", **common)
     if not _flag(context, "autostart"):
-        return [node]
+        return [node, _end_with(node)]
 
     def transition(transition_id: int) -> EmitEvent:
         return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
@@ -73,7 +92,34 @@ def _segmentation(context, parameters: list) -> list:
     activate = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
         entities=[transition(Transition.TRANSITION_ACTIVATE)]))
-    return [node, activate, transition(Transition.TRANSITION_CONFIGURE)]
+    return [node, _end_with(node), activate, transition(Transition.TRANSITION_CONFIGURE)]
+
+
+def _end_with(node: Node) -> RegisterEventHandler:
+    """End the launch when `node` exits: a node that cannot start (a bad parameter value) must
+    not leave rviz2 running alone. Not when the launch is ending already: a second Shutdown
+    event makes launch_ros fail ("Cannot shutdown a ROS adapter that is not running")."""
+
+    def on_exit(event, context) -> list:
+        return [] if context.is_shutdown else [Shutdown(reason=f"{NODE_NAME} exited")]
+
+    return RegisterEventHandler(OnProcessExit(target_action=node, on_exit=on_exit))
+
+
+def _rviz(context, overrides: dict) -> list:
+    """rviz2 with config/accel.rviz, or one info line where rviz2 is not installed."""
+    if not _flag(context, "use_rviz"):
+        return []
+    try:
+        get_package_prefix("rviz2")
+    except PackageNotFoundError:
+        return [LogInfo(msg="rviz2 is not installed: the segmentation runs without it "
+                            "(use_rviz:=false hides this line)")]
+    remappings = rviz_remappings(NODE_NAME, overrides.get("image_topic", "image"),
+                                 overrides.get("image_topics", ()))
+    config = os.path.join(get_package_share_directory(PACKAGE), "config", "accel.rviz")
+    return [Node(package="rviz2", executable="rviz2", name="accel_rviz",
+                 arguments=["-d", config], remappings=remappings)]
 
 
 def _nodes(context, *args, **kwargs):  # OpaqueFunction passes extra args
@@ -84,23 +130,12 @@ def _nodes(context, *args, **kwargs):  # OpaqueFunction passes extra args
             overrides[name] = [topic.strip() for topic in value.split(",") if topic.strip()]
         elif value:
             overrides[name] = value
-    share = get_package_share_directory(PACKAGE)
-    nodes = _segmentation(context,
-                          [LaunchConfiguration("params_file").perform(context), overrides])
-    if _flag(context, "use_rviz"):
-        # config/accel.rviz shows the relative topics `image`, `accel_segmentation/color`,
-        # `accel_segmentation/overlay` and (with accel_segmentation/camera_info beside it, in
-        # 3D) `accel_segmentation/color`; the input is remapped here, not hard-coded there.
-        nodes.append(
-            Node(
-                package="rviz2",
-                executable="rviz2",
-                name="accel_rviz",
-                arguments=["-d", os.path.join(share, "config", "accel.rviz")],
-                remappings=[("image", overrides.get("image_topic", "image"))],
-            )
-        )
-    return nodes
+    params_file = LaunchConfiguration("params_file").perform(context)
+    if not os.path.isfile(params_file):
+        raise FileNotFoundError(f"params_file {params_file!r} is not a file")
+    # Everything that can fail is decided before the node's process is started.
+    viewer = _rviz(context, overrides)
+    return _segmentation(context, [params_file, overrides]) + viewer
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -118,7 +153,8 @@ def generate_launch_description() -> LaunchDescription:
                 description="ROS 2 parameters file for the accel_segmentation node",
             ),
             DeclareLaunchArgument(
-                "use_rviz", default_value="true", description="start rviz2 with config/accel.rviz"
+                "use_rviz", default_value="true",
+                description="start rviz2 with config/accel.rviz where it is installed",
             ),
             DeclareLaunchArgument(
                 "lifecycle", default_value="false",

@@ -1,12 +1,39 @@
-"""Shared fixtures: tiny models keep the CPU test suite fast."""
+"""Shared fixtures: tiny models keep the CPU test suite fast. Every test runs with the
+package's caches, ROS 2's logs and matplotlib's settings in a temporary folder, never in the
+user's home."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from accel_ros.config import ModelConfig
+from accel_ros.deploy.export import CACHE_ENV
+
+# What tests (and the processes they start) would otherwise write under ~: the exported graphs
+# (~/.cache/accel_ros), ROS 2 logs (~/.ros/log), matplotlib's font cache (~/.config).
+_HOME_WRITERS = {CACHE_ENV: "accel_ros_cache", "ROS_HOME": "ros", "ROS_LOG_DIR": "ros/log",
+                 "MPLCONFIGDIR": "matplotlib", "XDG_CACHE_HOME": "cache"}
+_TEMPORARY_HOME: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every writer of _HOME_WRITERS at a temporary folder, before any test module is
+    imported (matplotlib reads its variable at import) and for every process tests start."""
+    root = tempfile.mkdtemp(prefix="accel_ros_test_home_")
+    _TEMPORARY_HOME.append(root)
+    for variable, folder in _HOME_WRITERS.items():
+        os.environ[variable] = os.path.join(root, folder)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _TEMPORARY_HOME:
+        shutil.rmtree(_TEMPORARY_HOME.pop(), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -749,8 +749,12 @@ class AccelSegmentationNode(SegmentationNodeSteps, Node):
         super().destroy_node()
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
-    """Run the node `make_node` creates until SIGINT / SIGTERM; the exit status.
+    """Run the node `make_node` creates until SIGINT / SIGTERM; the exit status. The entry
+    point of a node process: it leaves both signals ignored.
 
     0 after SIGINT / SIGTERM (the worker is stopped before the node and the context, so
     nothing is published on a dead context); 1 when the node cannot start (bad parameter
@@ -759,8 +763,8 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     # Our own signal handling: rclpy's would shut the context down under the worker thread.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda *_: stop.set())
     node = None
     status = 0
     executor = SingleThreadedExecutor()
@@ -781,8 +785,12 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
             node.destroy_node()
         executor.shutdown()
         rclpy.try_shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        # Stopped: further SIGINT / SIGTERM are ignored until the process is gone. Under
+        # `ros2 launch` a Ctrl-C reaches the node twice (from the terminal, then forwarded by
+        # launch), and Python's exit restores the default action of signals it handles: a
+        # second SIGINT then would kill the process ("process has died [exit code -2]").
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
     return status
 
 

