@@ -22,6 +22,8 @@ segmentation node exits (a bad parameter value, say), the launch ends with it.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 from ament_index_python.packages import (
     PackageNotFoundError,
@@ -138,7 +140,18 @@ def _nodes(context, *args, **kwargs):  # OpaqueFunction passes extra args
     return _segmentation(context, [params_file, overrides]) + viewer
 
 
+def _keep_sigint_for_launch() -> None:
+    """Let SIGINT reach launch only through its own handler (signal.set_wakeup_fd). Python's
+    default handler also raises KeyboardInterrupt in the main thread, and when that lands while
+    launch reads its wakeup socket the signal is lost: on a busy CPU, SIGINT to `ros2 launch`
+    was ignored and the node kept running. A handler that does nothing keeps the wakeup path
+    (launch ignores KeyboardInterrupt anyway)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *_: None)
+
+
 def generate_launch_description() -> LaunchDescription:
+    _keep_sigint_for_launch()
     share = get_package_share_directory(PACKAGE)
     arguments = [
         DeclareLaunchArgument(name, default_value=default, description=_description(name))
