@@ -65,10 +65,12 @@ def main(args: argparse.Namespace) -> int:
     key = ExportKey.for_model(loaded.model, size, batch=args.batch, opset=args.opset,
                               out_of_frame=args.out_of_frame)
     folder = args.output or cache_root() / key.folder_name
-    reason = stale_reason(folder, key)
+    reason = stale_reason(folder, key)  # hashes every graph: a corrupted one is stale
     if reason is None and not args.force:
         print(f"up to date: {folder} holds these graphs ({loaded.description})")
         return 0
+    if reason is not None and Path(folder).exists():  # say why a folder there is not kept
+        print(f"exporting again: {reason}")
     if reason is None:  # --force: an up-to-date folder would be kept as it is
         shutil.rmtree(folder)
     manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
