@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from accel_ros.data.synthetic import SceneConfig, SyntheticDrivingScene
 from accel_ros.deploy import export as export_module
 from accel_ros.deploy.backends import GraphNetworks, build_networks
 from accel_ros.deploy.export import (
+    CACHE_ENV,
     ExportKey,
     cached_graphs,
     export_graphs,
@@ -389,6 +391,45 @@ def test_export_command_writes_graphs_and_trtexec_lines(lite_model, tmp_path, ca
     assert printed.splitlines()[0].startswith("exporting again: stale cache: update_features.onnx")
     assert cli_main([*args, "--force"]) == 0
     assert "exported 6 graphs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("blocked", [
+    "file in the way",
+    pytest.param("read-only folder", marks=pytest.mark.skipif(
+        os.geteuid() == 0, reason="root writes into read-only folders")),
+])
+def test_unwritable_cache_is_one_line_naming_the_export_and_the_variable(
+        lite_model, tmp_path, monkeypatch, capsys, blocked) -> None:
+    """The cache cannot be written: one line (exit 2) that says graphs were being exported,
+    where, and that ACCEL_ROS_CACHE (or --output) chooses another place; no errno text."""
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", lite_model)
+    if blocked == "file in the way":
+        cache = tmp_path / "cache"
+        cache.write_text("a file where the cache's folder would go")
+    else:
+        (tmp_path / "read_only").mkdir(mode=0o555)
+        cache = tmp_path / "read_only" / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    args = ["export", "--checkpoint", str(checkpoint), "--threads", "1", "--check-runtime",
+            RUNTIMES[0]]
+    try:
+        assert cli_main(args) == 2
+        error = capsys.readouterr().err
+        assert len(error.splitlines()) == 1, error
+        assert error.startswith(f"accel-ros export: error: exporting the ONNX graphs to {cache}/")
+        assert f"set {CACHE_ENV} to a writable folder" in error
+        assert "Errno" not in error and "Traceback" not in error
+        # With --output the remedy is another --output.
+        assert cli_main([*args, "--output", str(cache / "graphs")]) == 2
+        error = capsys.readouterr().err
+        assert f"exporting the ONNX graphs to {cache / 'graphs'}" in error
+        assert "another --output" in error and CACHE_ENV not in error
+        # The backends (the node, accel-ros segment) stop with the same words.
+        with pytest.raises(OSError, match=f"exporting the ONNX graphs to .*{CACHE_ENV}"):
+            GraphNetworks(lite_model, RUNTIMES[0], input_size=SIZE, log=None)
+    finally:
+        if blocked == "read-only folder":  # let pytest remove tmp_path
+            (tmp_path / "read_only").chmod(0o755)
 
 
 def test_time_backends_interleaves_and_compares_to_torch(lite_model, graph_root, clip,

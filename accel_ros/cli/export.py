@@ -4,11 +4,11 @@ OpenVINO / ONNX Runtime backends (their cache, the default) or for TensorRT (`--
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ..config import DEFAULT_PRESET, PRESETS
 from ..deploy.export import (
+    CACHE_REMEDY,
     OPSET,
     OPSETS,
     OUT_OF_FRAME,
@@ -71,10 +71,10 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if reason is not None and Path(folder).exists():  # say why a folder there is not kept
         print(f"exporting again: {reason}")
-    if reason is None:  # --force: an up-to-date folder would be kept as it is
-        shutil.rmtree(folder)
+    remedy = CACHE_REMEDY if args.output is None else "choose another --output folder"
     manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
-                             checkpoint=str(loaded.path) if loaded.path else None)
+                             checkpoint=str(loaded.path) if loaded.path else None,
+                             replace=args.force, remedy=remedy)
     print(describe(manifest, folder))
     return 0
 
