@@ -8,7 +8,9 @@ streamed clip (keyframes + warped frames + fusion through AccelSegmenter)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +24,13 @@ from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import SceneConfig, SyntheticDrivingScene
 from accel_ros.deploy import export as export_module
 from accel_ros.deploy.backends import GraphNetworks, build_networks
-from accel_ros.deploy.export import ExportKey, cached_graphs, export_graphs, stale_reason
+from accel_ros.deploy.export import (
+    CACHE_ENV,
+    ExportKey,
+    cached_graphs,
+    export_graphs,
+    stale_reason,
+)
 from accel_ros.deploy.graphs import MatrixDownscale, StridedDownscale, antialiased_downscale
 from accel_ros.deploy.runtimes import BackendUnavailableError, available_runtimes, require
 from accel_ros.deploy.timing import time_backends
@@ -71,6 +79,23 @@ def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
     assert got.shape == expected.shape
     scale = max(1.0, float(expected.abs().max()))
     assert float((got - expected).abs().max()) <= SCORE_TOLERANCE * scale
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _overwrite_weights(path: Path) -> None:
+    """Overwrite the graph's largest weight tensor in place, as a disk error or a stray write
+    would: the file keeps its size and still parses, only its bytes differ."""
+    raw = max((tensor.raw_data for tensor in onnx.load(str(path)).graph.initializer), key=len)
+    data = bytearray(path.read_bytes())
+    start = data.find(raw)
+    assert start > 0 and len(raw) > 10_000
+    data[start : start + len(raw)] = b"\x47" * len(raw)  # every weight 51015.3
+    size = path.stat().st_size
+    path.write_bytes(bytes(data))
+    assert path.stat().st_size == size
 
 
 # -- the graphs --------------------------------------------------------------------------------
@@ -137,6 +162,15 @@ def test_cache_is_used_when_fresh_and_rebuilt_when_stale(tmp_path) -> None:
     rebuilt = cached_graphs(model, SIZE, root=tmp_path, check_runtime=RUNTIMES[0],
                             log=lines.append)
     assert rebuilt.exported and "torch" in rebuilt.reason and "0.0.1" in rebuilt.reason
+    # A manifest from before graphs were pinned by their sha256: stale, exported again.
+    data = json.loads(manifest_path.read_text())
+    for entry in data["graphs"].values():
+        del entry["sha256"]
+    manifest_path.write_text(json.dumps(data))
+    pinned = cached_graphs(model, SIZE, root=tmp_path, check_runtime=RUNTIMES[0], log=None)
+    assert pinned.exported and "no sha256" in pinned.reason
+    assert all(_sha256(pinned.folder / entry["file"]) == entry["sha256"]
+               for entry in pinned.manifest.graphs.values())
     # A graph file changed on disk: stale.
     with open(first.folder / "reference_scores.onnx", "ab") as handle:
         handle.write(b"\0")
@@ -175,6 +209,31 @@ def test_backend_calls_match_torch(lite_model, graph_root, clip, runtime) -> Non
         _close(got, expected)
     got_labels, expected_labels = pairs[-1][0].argmax(1), pairs[-1][1].argmax(1)
     assert float((got_labels == expected_labels).float().mean()) >= LABELS_IDENTICAL
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_corrupted_graph_in_the_cache_is_exported_again(lite_model, clip, tmp_path,
+                                                       runtime) -> None:
+    """Bytes overwritten inside a cached graph (same size, still valid ONNX) are caught by the
+    manifest's sha256 when the backend opens the graphs: they are exported again, one line
+    names the file, and the backend answers as torch."""
+    GraphNetworks(lite_model, runtime, input_size=SIZE, root=tmp_path, log=None)
+    key = ExportKey.for_model(lite_model, SIZE)
+    corrupted = tmp_path / key.folder_name / "update_features.onnx"
+    _overwrite_weights(corrupted)
+
+    lines: list[str] = []
+    networks = GraphNetworks(lite_model, runtime, root=tmp_path, log=lines.append)
+    graphs = networks.prepare(SIZE)
+    image = torch.from_numpy(clip[3]).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        expected = lite_model.update_features(image)
+        _close(networks.update_features(image), expected)
+        _close(networks.update_scores(expected), lite_model.update_scores(expected))
+    assert graphs.exported and "update_features.onnx" in graphs.reason
+    assert len(lines) == 1 and "update_features.onnx" in lines[0], lines
+    assert _sha256(corrupted) == graphs.manifest.graphs["update_features"]["sha256"]
+    assert stale_reason(graphs.folder, key) is None
 
 
 def _stream(model: AccelNet, frames, **pipeline) -> list:
@@ -324,8 +383,53 @@ def test_export_command_writes_graphs_and_trtexec_lines(lite_model, tmp_path, ca
     assert json.loads((out / "manifest.json").read_text())["checkpoint"] == str(checkpoint)
     assert cli_main(args) == 0
     assert "up to date" in capsys.readouterr().out
+    # A graph overwritten in place (same size): not "up to date", exported again.
+    _overwrite_weights(out / "update_features.onnx")
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "up to date" not in printed and "exported 6 graphs" in printed
+    assert printed.splitlines()[0].startswith("exporting again: stale cache: update_features.onnx")
     assert cli_main([*args, "--force"]) == 0
     assert "exported 6 graphs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("blocked", [
+    "file in the way",
+    pytest.param("read-only folder", marks=pytest.mark.skipif(
+        os.geteuid() == 0, reason="root writes into read-only folders")),
+])
+def test_unwritable_cache_is_one_line_naming_the_export_and_the_variable(
+        lite_model, tmp_path, monkeypatch, capsys, blocked) -> None:
+    """The cache cannot be written: one line (exit 2) that says graphs were being exported,
+    where, and that ACCEL_ROS_CACHE (or --output) chooses another place; no errno text."""
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", lite_model)
+    if blocked == "file in the way":
+        cache = tmp_path / "cache"
+        cache.write_text("a file where the cache's folder would go")
+    else:
+        (tmp_path / "read_only").mkdir(mode=0o555)
+        cache = tmp_path / "read_only" / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    args = ["export", "--checkpoint", str(checkpoint), "--threads", "1", "--check-runtime",
+            RUNTIMES[0]]
+    try:
+        assert cli_main(args) == 2
+        error = capsys.readouterr().err
+        assert len(error.splitlines()) == 1, error
+        assert error.startswith(f"accel-ros export: error: exporting the ONNX graphs to {cache}/")
+        assert f"set {CACHE_ENV} to a writable folder" in error
+        assert "Errno" not in error and "Traceback" not in error
+        # With --output the remedy is another --output.
+        assert cli_main([*args, "--output", str(cache / "graphs")]) == 2
+        error = capsys.readouterr().err
+        assert f"exporting the ONNX graphs to {cache / 'graphs'}" in error
+        assert "another --output" in error and CACHE_ENV not in error
+        # The backends (the node, accel-ros segment) stop with the same words.
+        with pytest.raises(OSError, match=f"exporting the ONNX graphs to .*{CACHE_ENV}"):
+            GraphNetworks(lite_model, RUNTIMES[0], input_size=SIZE, log=None)
+    finally:
+        if blocked == "read-only folder":  # let pytest remove tmp_path
+            (tmp_path / "read_only").chmod(0o755)
 
 
 def test_time_backends_interleaves_and_compares_to_torch(lite_model, graph_root, clip,

@@ -4,11 +4,11 @@ OpenVINO / ONNX Runtime backends (their cache, the default) or for TensorRT (`--
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 from ..config import DEFAULT_PRESET, PRESETS
 from ..deploy.export import (
+    CACHE_REMEDY,
     OPSET,
     OPSETS,
     OUT_OF_FRAME,
@@ -65,14 +65,16 @@ def main(args: argparse.Namespace) -> int:
     key = ExportKey.for_model(loaded.model, size, batch=args.batch, opset=args.opset,
                               out_of_frame=args.out_of_frame)
     folder = args.output or cache_root() / key.folder_name
-    reason = stale_reason(folder, key)
+    reason = stale_reason(folder, key)  # hashes every graph: a corrupted one is stale
     if reason is None and not args.force:
         print(f"up to date: {folder} holds these graphs ({loaded.description})")
         return 0
-    if reason is None:  # --force: an up-to-date folder would be kept as it is
-        shutil.rmtree(folder)
+    if reason is not None and Path(folder).exists():  # say why a folder there is not kept
+        print(f"exporting again: {reason}")
+    remedy = CACHE_REMEDY if args.output is None else "choose another --output folder"
     manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
-                             checkpoint=str(loaded.path) if loaded.path else None)
+                             checkpoint=str(loaded.path) if loaded.path else None,
+                             replace=args.force, remedy=remedy)
     print(describe(manifest, folder))
     return 0
 

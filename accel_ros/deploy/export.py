@@ -3,13 +3,15 @@ keys them by the weights' hash and the input size.
 
 A folder of graphs holds one `<graph>.onnx` per graph and `manifest.json`: input size, batch,
 classes, palette, opset, the hash of the weights, the package versions that made it, and each
-graph's inputs, output and shapes. Every graph is checked when it is written: `onnx.checker`,
-then a run in a runtime (ONNX Runtime by default) against torch on the same inputs.
+graph's inputs, output, shapes, size and sha256. Every graph is checked when it is written:
+`onnx.checker`, then a run in a runtime (ONNX Runtime by default) against torch on the same
+inputs.
 
 The cache (`cached_graphs`) serves the runtime backends: a folder per weights hash, input size
 and batch under `cache_root()`; a manifest that disagrees with what is asked (opset, warp rule,
-versions) or a graph file whose size changed makes the folder stale, and a stale folder is
-exported again, never used.
+versions) or a graph file whose bytes are not the ones the manifest pins makes the folder
+stale, and a stale folder is exported again, never used. A folder that cannot be written is
+one `GraphWriteError` naming it and the remedy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,17 @@ CACHE_ENV = "ACCEL_ROS_CACHE"
 # Export check, per graph: max |runtime - torch| <= CHECK_TOLERANCE * max(1, max |torch|).
 # fp32 graphs differ from torch by summation order only: ~1e-5 relative is typical.
 CHECK_TOLERANCE = 1e-3
+# What to do when the graphs cannot be written: in the cache (cached_graphs, `accel-ros
+# export` without --output), elsewhere (a folder the caller chose).
+CACHE_REMEDY = f"set {CACHE_ENV} to a writable folder to cache them elsewhere"
+FOLDER_REMEDY = "choose a writable folder"
+# Graph files are hashed in blocks of this size: memory stays flat for graphs of any size.
+HASH_BLOCK = 1 << 20
+
+
+class GraphWriteError(OSError):
+    """The graphs being exported could not be written (a file where a folder must go, no
+    permission, a full disk); the message names the folder and what to do."""
 
 
 def cache_root() -> Path:
@@ -56,6 +69,16 @@ def cache_root() -> Path:
         return Path(os.environ[CACHE_ENV]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "accel_ros" / "graphs"
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes: 30-50 ms for the shipped model's 45 MB of graphs (page cache
+    warm, 2 busy cores of an Intel Xeon with SHA-NI), paid on every start that uses them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def weights_hash(model: AccelNet) -> str:
@@ -127,7 +150,7 @@ def _version_of(module: str) -> str:
 @dataclass
 class Manifest:
     """What a folder of graphs holds; `graphs` maps a graph name to its file, inputs (name ->
-    shape, 0 = the dynamic batch axis), output name and shape, size in bytes and the
+    shape, 0 = the dynamic batch axis), output name and shape, size in bytes, sha256 and the
     export check's max error."""
 
     key: ExportKey
@@ -165,7 +188,8 @@ def read_manifest(folder: Path) -> Manifest | None:
 
 
 def stale_reason(folder: Path, key: ExportKey) -> str | None:
-    """Why the graphs in `folder` must not serve `key` (None: they may)."""
+    """Why the graphs in `folder` must not serve `key` (None: they may). Every graph file is
+    hashed: the check runs whenever a folder is about to be used."""
     manifest = read_manifest(folder)
     if manifest is None:
         return "no cache yet" if not Path(folder).exists() else "no readable manifest"
@@ -174,9 +198,23 @@ def stale_reason(folder: Path, key: ExportKey) -> str | None:
         changed = [f"{name} {old[name]} -> {new[name]}" for name in new if old[name] != new[name]]
         return "stale cache: " + "; ".join(changed)
     for graph in manifest.graphs.values():
-        path = Path(folder) / graph["file"]
-        if not path.is_file() or path.stat().st_size != graph["bytes"]:
-            return f"stale cache: {graph['file']} is missing or changed"
+        reason = _changed_graph(Path(folder), graph)
+        if reason is not None:
+            return f"stale cache: {reason}"
+    return None
+
+
+def _changed_graph(folder: Path, graph: dict[str, Any]) -> str | None:
+    """Why one graph file is not the one its manifest entry pins (None: it is). The size alone
+    misses bytes overwritten in place, which still parse and run with wrong weights."""
+    name, path = graph["file"], folder / graph["file"]
+    if "sha256" not in graph:  # a manifest from before graphs were pinned
+        return f"the manifest has no sha256 of {name} (written by an older accel_ros)"
+    try:
+        if path.stat().st_size != graph["bytes"] or file_sha256(path) != graph["sha256"]:
+            return f"{name} changed on disk, its sha256 is not the manifest's"
+    except OSError as error:  # missing, unreadable, or removed by a concurrent export
+        return f"{name} cannot be read: {error.strerror or error}"
     return None
 
 
@@ -187,37 +225,77 @@ def export_graphs(
     *,
     check_runtime: str = "onnxruntime",
     checkpoint: str | None = None,
+    replace: bool = False,
+    remedy: str = FOLDER_REMEDY,
 ) -> Manifest:
     """Export every graph of `model` for `key` into `folder`, check each (onnx.checker, then a
     run in `check_runtime` against torch) and write the manifest. The folder is replaced as a
     whole, atomically, unless it serves `key` already by the time the export is done (another
-    process exported it meanwhile). Raises ValueError naming a graph that fails its check."""
-    onnx = require("onnx", "ONNX export")
+    process exported it meanwhile) and `replace` is False. Raises ValueError naming a graph
+    that fails its check, GraphWriteError (ending in `remedy`) where `folder` is not writable."""
     folder = Path(folder)
+    with _writing_graphs(folder, remedy):
+        staging = _staging_folder(folder)
+        try:
+            manifest = _export_into(model, staging, key, check_runtime, checkpoint)
+            _replace_folder(staging, folder, key, keep_fresh=not replace)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+@contextlib.contextmanager
+def _writing_graphs(folder: Path, remedy: str) -> Iterator[None]:
+    """Turn an OSError while the graphs are written into one line: what was being done, where,
+    what stopped it and `remedy` (the bare errno text names a staging file, not the cause)."""
+    try:
+        yield
+    except GraphWriteError:
+        raise
+    except OSError as error:
+        raise GraphWriteError(f"exporting the ONNX graphs to {folder} failed: "
+                              f"{_write_problem(error, folder)}; {remedy}") from error
+
+
+def _write_problem(error: OSError, folder: Path) -> str:
+    """What stopped a write: a file where one of `folder`'s folders must go, else the OS's
+    reason and the path it names."""
+    for path in [*reversed(folder.parents), folder]:
+        if path.exists() and not path.is_dir():
+            return f"{path} is a file, not a folder"
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror or error}{where}"
+
+
+def _staging_folder(folder: Path) -> Path:
+    """An empty folder beside `folder` to export into; made first, so that a place that cannot
+    be written fails before the seconds of export."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    specs = graph_specs(model, key.input_size, max(key.batch, 1), key.out_of_frame)
     staging = folder.parent / f".{folder.name}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    try:
-        graphs = {}
-        for spec in specs:
-            path = staging / f"{spec.name}.onnx"
-            export_graph(spec, path, key.opset, dynamic_batch=key.batch == 0)
-            onnx.checker.check_model(str(path), full_check=True)
-            error = check_graph(spec, path, check_runtime)
-            graphs[spec.name] = _graph_entry(spec, path, key, error)
-        config = model.config
-        manifest = Manifest(
-            key, config.num_classes, list(config.class_names), config.palette, config.to_dict(),
-            graphs, check_runtime, round(time.perf_counter() - start, 2), checkpoint,
-        )
-        (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",
-                                        encoding="utf-8")
-        _replace_folder(staging, folder, key)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def _export_into(model: AccelNet, staging: Path, key: ExportKey, check_runtime: str,
+                 checkpoint: str | None) -> Manifest:
+    """Write and check every graph of `model` for `key` in `staging`, then its manifest."""
+    onnx = require("onnx", "ONNX export")
+    start = time.perf_counter()
+    graphs = {}
+    for spec in graph_specs(model, key.input_size, max(key.batch, 1), key.out_of_frame):
+        path = staging / f"{spec.name}.onnx"
+        export_graph(spec, path, key.opset, dynamic_batch=key.batch == 0)
+        onnx.checker.check_model(str(path), full_check=True)
+        error = check_graph(spec, path, check_runtime)
+        graphs[spec.name] = _graph_entry(spec, path, key, error)
+    config = model.config
+    manifest = Manifest(
+        key, config.num_classes, list(config.class_names), config.palette, config.to_dict(),
+        graphs, check_runtime, round(time.perf_counter() - start, 2), checkpoint,
+    )
+    (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",
+                                    encoding="utf-8")
     return manifest
 
 
@@ -267,16 +345,18 @@ def _graph_entry(spec: GraphSpec, path: Path, key: ExportKey, error: float) -> d
         "inputs": {name: shape(tensor) for name, tensor in spec.inputs.items()},
         "output": {spec.output: shape(spec.expected)},
         "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
         "check_max_error": error,
     }
 
 
-def _replace_folder(staging: Path, folder: Path, key: ExportKey) -> None:
+def _replace_folder(staging: Path, folder: Path, key: ExportKey, keep_fresh: bool = True
+                    ) -> None:
     """Move the finished `staging` folder to `folder`. A stale `folder` is dropped; one that
     serves `key` already (another process finished the same export meanwhile, and may be
-    reading it) is kept and `staging` discarded."""
+    reading it) is kept and `staging` discarded, unless `keep_fresh` is False."""
     if folder.exists():
-        if stale_reason(folder, key) is None:
+        if keep_fresh and stale_reason(folder, key) is None:
             return
         old = folder.parent / f".{folder.name}.{os.getpid()}.old"
         with contextlib.suppress(FileNotFoundError):
@@ -316,8 +396,9 @@ def cached_graphs(
     log: Callable[[str], None] | None = _stderr,
 ) -> ExportedGraphs:
     """The graphs of `model` at `input_size` from the cache under `root` (default
-    `cache_root()`), exported first when missing or stale; an export says so in one line on
-    `log` with its reason and duration."""
+    `cache_root()`), exported first when missing or stale (a graph file whose sha256 is not
+    the manifest's included); an export says so in one line on `log` with its reason (naming
+    the file) and duration. Raises GraphWriteError where the cache cannot be written."""
     key = ExportKey.for_model(model, input_size, batch=batch, opset=opset,
                               out_of_frame=out_of_frame)
     folder = Path(root or cache_root()) / key.folder_name
@@ -327,7 +408,8 @@ def cached_graphs(
         assert manifest is not None
         return ExportedGraphs(folder, manifest, exported=False, seconds=0.0)
     start = time.perf_counter()
-    manifest = export_graphs(model, folder, key, check_runtime=check_runtime)
+    remedy = CACHE_REMEDY if root is None else FOLDER_REMEDY
+    manifest = export_graphs(model, folder, key, check_runtime=check_runtime, remedy=remedy)
     seconds = time.perf_counter() - start
     if log is not None:
         log(f"accel_ros: exported {len(manifest.graphs)} ONNX graphs for "
