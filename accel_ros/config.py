@@ -84,6 +84,7 @@ RANGES: dict[str, Range] = {
     "overlay_alpha": Range(0, 1),
     "diagnostics_period": Range(0, 3600, low_open=True),
     "stream_timeout": Range(0, 3600),  # 0 = never report a stream stopped
+    "expected_rate": Range(0, 1000),  # Hz; 0 = judge the cameras' rate by their stamps
     "stats_window": Range(2, 10000),
     "log_throttle": Range(0, 3600),
     # Larger frames are refused before they are decoded (a 420 KB PNG can declare 12000 x

@@ -41,6 +41,7 @@ from accel_ros.ros.diagnostics import (
     StreamStatistics,
     diagnostic_report,
 )
+from accel_ros.ros.input_rate import InputRate
 from accel_ros.ros.parameters import (
     PARAMETER_SPECS,
     PARAMETERS,
@@ -482,6 +483,65 @@ def test_throttled_log_mixes_severities_and_counts_what_it_held_back():
         ("warning", "first warning"), ("info", "an info"),
         ("warning", "x" * 20 + "... (100 characters) (2 similar messages suppressed)"),
         ("error", "an error")]
+
+
+def test_throttled_log_says_what_it_held_back_when_a_burst_stops():
+    """A burst of warnings that ends: once a period has passed without one let through,
+    flush() logs how many were held back and the newest, at their severity, once."""
+    now = [0.0]
+    logger = RecordingLogger()
+    log = ThrottledLog(logger, Throttle(5.0, clock=lambda: now[0]), limit=40)
+    assert log.warning("frame", "bad frame 1") and log.error("worker", "failed 1")
+    for i in range(2, 5):
+        assert not log.warning("frame", f"bad frame {i}")
+    assert not log.error("worker", "failed 2")
+    now[0] = 4.9
+    assert log.flush() == 0  # within the period: the next message may still carry the count
+    now[0] = 5.0
+    assert log.flush() == 2
+    assert logger.records[2:] == [
+        ("warning", "3 similar messages suppressed; the newest: bad frame 4"),
+        ("error", "1 similar messages suppressed; the newest: failed 2")]
+    assert log.flush() == 0  # said once
+    assert log.warning("frame", "bad frame 5")
+    assert logger.records[-1] == ("warning", "bad frame 5")  # no count twice
+
+
+def test_input_rate_tells_frames_lost_before_the_node_by_their_stamps():
+    """A 15 Hz camera with jittered stamps: all frames arriving is no loss; 40% of them lost
+    on the way (never seen by the node, so never counted as drops) is seen in the stamps, and
+    /diagnostics warns. Unstamped frames say nothing; a stamp going back starts again."""
+    rng = np.random.default_rng(3)
+    stamps = 1000.0 + (np.arange(120) + rng.uniform(-0.15, 0.15, 120)) / 15.0
+    complete, lossy = InputRate(window=60), InputRate(window=60)
+    assert complete.rates() is None
+    for stamp, lost in zip(stamps, rng.random(120) < 0.4, strict=True):
+        complete.observe(float(stamp))
+        if not lost:
+            lossy.observe(float(stamp))
+        lossy.observe(0.0)  # unstamped: ignored
+    rates = complete.rates()
+    assert rates.camera == pytest.approx(15.0, rel=0.05) and rates.loss < 0.05
+    lost = lossy.rates()
+    assert lost.camera == pytest.approx(15.0, rel=0.08)
+    assert lost.loss == pytest.approx(0.4, abs=0.12)
+    assert lossy.rates(expected_rate=30.0).loss == pytest.approx(0.7, abs=0.08)
+
+    options, stats, errors = NodeOptions(), StreamStatistics(10), ErrorCounters()
+    slot = FrameSlot()
+    slot.put(object())
+    stats.record({"total": 10.0}, True, 0.0)
+    healthy = diagnostic_report(stats, slot, errors, "cpu", options, 5, rates=rates)
+    assert healthy.level == OK and float(dict(healthy.values)["input_loss_ratio"]) < 0.05
+    report = diagnostic_report(stats, slot, errors, "cpu", options, 5, rates=lost)
+    values = dict(report.values)
+    assert report.level == WARN and "of the camera's frames did not reach the node" in (
+        report.message), report.message
+    assert float(values["input_rate_hz"]) == pytest.approx(9.0, abs=2.0)
+    assert float(values["camera_rate_hz"]) == pytest.approx(15.0, rel=0.08)
+
+    lossy.observe(900.0)  # the recording starts again: a new window
+    assert lossy.rates() is None
 
 
 def test_diagnostic_levels_and_values():
@@ -1060,3 +1120,47 @@ def test_camera_info_relay_notes_missing_once_then_passes_the_newest_on(store):
     relay.update(binned)
     assert relay.for_labels((180, 240)) == RelayDecision(info=binned)  # binning: it matches
     assert relay.received == 3
+
+
+def test_camera_info_relay_refuses_unsound_calibrations_and_drops_the_one_before(store):
+    """Wrong geometry is worse than none: a NaN or inf anywhere, or a negative focal length,
+    is refused when it arrives and the calibration before it is no longer passed on; the
+    next sound one is. All-zero K (ROS's "uncalibrated") passes."""
+    relay = CameraInfoRelay()
+    sound = _camera_info(store, 180, 240)
+    assert relay.update(sound) is None
+    nan = _camera_info(store, 180, 240)
+    nan.k = np.array([np.nan, 0, 120, 0, 300, 90, 0, 0, 1.0])
+    assert relay.update(nan) == ("camera_info refused, its K holds nan: labels go without one "
+                                 "until a sound one")
+    assert relay.for_labels((180, 240)) == RelayDecision()  # nothing, and no "missing" note
+    for field, values in (("d", [0.1, np.inf, 0, 0, 0]), ("p", [np.nan] * 12)):
+        broken = _camera_info(store, 180, 240)
+        setattr(broken, field, np.array(values))
+        assert f"its {field.upper()} holds" in relay.update(broken)
+    negative = _camera_info(store, 180, 240)
+    negative.k = np.array([-300.0, 0, 120, 0, 300, 90, 0, 0, 1])
+    assert "focal length is negative" in relay.update(negative)
+    uncalibrated = _camera_info(store, 180, 240)
+    uncalibrated.k = np.zeros(9)
+    assert relay.update(uncalibrated) is None
+    assert relay.for_labels((180, 240)) == RelayDecision(info=uncalibrated)
+    assert (relay.received, relay.refused) == (6, 4)
+
+
+def test_camera_info_relay_stops_passing_on_a_calibration_whose_publisher_stopped(store):
+    """Drivers publish camera_info with every image: one older than max_age (the node's
+    stream_timeout) is stale and not passed on, until a new one arrives; 0 turns it off."""
+    now = [100.0]
+    relay = CameraInfoRelay(clock=lambda: now[0])
+    info = _camera_info(store, 180, 240)
+    relay.update(info)
+    now[0] = 102.9
+    assert relay.for_labels((180, 240), max_age=3.0) == RelayDecision(info=info)
+    now[0] = 103.5
+    stale = relay.for_labels((180, 240), max_age=3.0)
+    assert stale.info is None and stale.stale == (
+        "the newest camera_info is 3.5 s old (more than stream_timeout 3 s): not passed on")
+    assert relay.for_labels((180, 240), max_age=0.0) == RelayDecision(info=info)
+    relay.update(info)  # the driver is back
+    assert relay.for_labels((180, 240), max_age=3.0) == RelayDecision(info=info)

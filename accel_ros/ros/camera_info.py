@@ -9,12 +9,19 @@ size in every `resize_mode`), so the calibration passes on unchanged.
 
 `CameraInfoRelay` keeps one stream's newest camera_info and says, for each labels message,
 what to publish and what to report: nothing and one note when none has arrived, the message
-plus a size warning when its image size is not the frame's.
+plus a size warning when its image size is not the frame's. Wrong geometry is worse than none
+to a consumer that projects labels, so two kinds are never passed on: a calibration with a
+non-finite number (NaN, inf) or a negative focal length (refused when it arrives, and the one
+before it dropped), and a stale one: drivers publish camera_info with every image, so one older
+than `max_age` seconds (the node's `stream_timeout`) means its publisher stopped.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +45,21 @@ def calibrated_image_size(info: Any) -> tuple[int, int]:
     return height // binning_y, width // binning_x
 
 
+def calibration_problem(info: Any) -> str | None:
+    """Why a sensor_msgs/CameraInfo cannot describe a camera (None: it can): a non-finite
+    number in K, D, R or P, or a negative focal length. All-zero K is ROS's "uncalibrated"
+    and passes, as consumers know to check it."""
+    for field in ("k", "d", "r", "p"):
+        values = [float(v) for v in getattr(info, field, ())]
+        bad = next((v for v in values if not math.isfinite(v)), None)
+        if bad is not None:
+            return f"its {field.upper()} holds {bad}"
+    k = [float(v) for v in getattr(info, "k", ())]
+    if len(k) == 9 and (k[0] < 0 or k[4] < 0):
+        return f"its focal length is negative (fx {k[0]}, fy {k[4]})"
+    return None
+
+
 @dataclass
 class RelayDecision:
     """What to do with camera_info for one labels message."""
@@ -45,34 +67,49 @@ class RelayDecision:
     info: Any = None  # the camera_info to republish (with the labels' header); None: nothing
     missing: bool = False  # no camera_info has arrived yet: note it (once per relay)
     mismatch: str | None = None  # why its image size is not the labels' (a warning)
+    stale: str | None = None  # why the newest is too old to pass on (a warning)
 
 
 class CameraInfoRelay:
     """The newest camera_info of one stream, set by its subscription callback and read by the
-    worker thread for every labels message it publishes."""
+    worker thread for every labels message it publishes. `clock` gives seconds (monotonic)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._clock = clock
         self._latest: Any = None
+        self._arrival = 0.0
         self._noted_missing = False
         self.received = 0
+        self.refused = 0
 
-    def update(self, info: Any) -> None:
-        """Keep `info` (a sensor_msgs/CameraInfo) as the newest."""
+    def update(self, info: Any) -> str | None:
+        """Keep `info` (a sensor_msgs/CameraInfo) as the newest, or refuse it: then no
+        calibration is passed on until a sound one arrives. Returns why it was refused."""
+        problem = calibration_problem(info)
         with self._lock:
-            self._latest = info
             self.received += 1
+            if problem is not None:
+                self.refused += 1
+                self._latest = None
+                return f"camera_info refused, {problem}: labels go without one until a sound one"
+            self._latest, self._arrival = info, self._clock()
+        return None
 
-    def for_labels(self, size: tuple[int, int]) -> RelayDecision:
+    def for_labels(self, size: tuple[int, int], max_age: float = 0.0) -> RelayDecision:
         """The decision for a labels message of (height, width) `size`: the newest camera_info
-        (None before the first, noted once as missing) and, when its image size differs from
-        `size`, why (it is still passed on: the calibration may be right and the image
-        cropped upstream, which only the user can tell)."""
+        (None before the first, noted once as missing; None when older than `max_age` seconds,
+        with why, unless `max_age` is 0) and, when its image size differs from `size`, why (it
+        is still passed on: the calibration may be right and the image cropped upstream, which
+        only the user can tell)."""
         with self._lock:
-            info = self._latest
+            info, age = self._latest, self._clock() - self._arrival
             if info is None:
                 missing, self._noted_missing = not self._noted_missing, True
-                return RelayDecision(missing=missing)
+                return RelayDecision(missing=missing and self.refused == 0)
+        if max_age > 0 and age > max_age:
+            return RelayDecision(stale=f"the newest camera_info is {age:.1f} s old (more than "
+                                       f"stream_timeout {max_age:g} s): not passed on")
         described = calibrated_image_size(info)
         mismatch = None
         if described != tuple(size):

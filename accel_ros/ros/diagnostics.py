@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .input_rate import Rates
 from .parameters import NodeOptions
 from .slots import FrameSlot
+
+# More of a camera's frames than this lost before they reach the node is a warning.
+INPUT_LOSS_WARN = 0.1
 
 
 def _percentiles(values: deque[float]) -> dict[str, float]:
@@ -126,12 +130,15 @@ def diagnostic_report(
     now: float | None = None,
     stream: str | None = None,
     topic: str | None = None,
+    rates: Rates | None = None,
 ) -> DiagnosticReport:
     """Summarise the health of one stream. STALE before the first frame and, given `now` (the
     slot's clock), when no frame arrived for `stream_timeout` seconds (the camera stopped);
     WARN with random weights, failed frames or more than half of the input dropped among the
-    recent frames (the last `stats_window`), ERROR when every recent frame failed. Counters
-    are cumulative. `stream` and `topic` (several cameras) are added to the values."""
+    recent frames (the last `stats_window`), or more than INPUT_LOSS_WARN of the camera's
+    frames lost before they arrive (`rates`, from their stamps), ERROR when every recent frame
+    failed. Counters are cumulative. `stream` and `topic` (several cameras) are added to the
+    values."""
     latency = stats.latency()
     values: list[tuple[str, str]] = []
     if stream is not None:
@@ -156,6 +163,9 @@ def diagnostic_report(
         ("resets", str(errors.resets)),
         ("last_reset", errors.last_reset),
     ]
+    if rates is not None:
+        values += [("input_rate_hz", _fmt(rates.received)), ("camera_rate_hz", _fmt(rates.camera)),
+                   ("input_loss_ratio", _fmt(rates.loss))]
     silent = math.nan
     if now is not None and slot.last_arrival is not None:
         silent = max(now - slot.last_arrival, 0.0)
@@ -180,6 +190,10 @@ def diagnostic_report(
     recent_drops = slot.recent_drop_ratio()
     if recent_drops > 0.5:
         problems.append(f"{100 * recent_drops:.0f}% of recent input frames dropped")
+    if rates is not None and rates.loss > INPUT_LOSS_WARN:
+        problems.append(f"{100 * rates.loss:.0f}% of the camera's frames did not reach the node "
+                        f"({rates.received:.1f} Hz received, the camera sends "
+                        f"{rates.camera:.1f} Hz)")
     summary = f"{stats.fps():.1f} fps, keyframe ratio {stats.keyframe_ratio():.2f}"
     if problems:
         return DiagnosticReport(WARN, f"{summary}; " + "; ".join(problems), values)

@@ -89,6 +89,7 @@ from ..io.messages import (
 from .camera_info import CameraInfoRelay, camera_info_topic
 from .diagnostics import DiagnosticReport, StreamStatistics, diagnostic_report
 from .input_guard import silence_opencv
+from .input_rate import InputRate
 from .parameters import (
     PARAMETER_SPECS,
     PARAMETERS,
@@ -273,14 +274,16 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
 
 @dataclasses.dataclass
 class _Stream:
-    """One input stream: its plan, arrival-gap monitor, statistics, newest camera_info and ROS
-    endpoints. Its newest-frame slot lives in the node's StreamSlots, its error counters in
-    the BatchProcessor (both keyed by `plan.name`)."""
+    """One input stream: its plan, arrival-gap monitor, input rate, statistics, newest
+    camera_info and ROS endpoints. Its newest-frame slot lives in the node's StreamSlots, its
+    error counters in the BatchProcessor (both keyed by `plan.name`)."""
 
     plan: StreamPlan
     gaps: StampGapMonitor
     stats: StreamStatistics
     camera_info: CameraInfoRelay = dataclasses.field(default_factory=CameraInfoRelay)
+    rate: InputRate = dataclasses.field(default_factory=InputRate)
+    noted_unstamped: bool = False  # "frames carry no stamp" said once
     publishers: dict[str, Any] = dataclasses.field(default_factory=dict)
     subscription: Any = None
     info_subscription: Any = None
@@ -517,7 +520,8 @@ class SegmentationNodeSteps:
         )
         # Best effort matches camera drivers publishing camera_info reliable or best effort.
         stream.info_subscription = self.create_subscription(
-            CameraInfo, camera_info_topic(base), stream.camera_info.update, _sensor_qos()
+            CameraInfo, camera_info_topic(base),
+            lambda info: self._on_camera_info(stream, info), _sensor_qos()
         )
         where = (f"subscribed to {stream.subscription.topic_name} ({msg_type.__name__}) and "
                  f"{stream.info_subscription.topic_name} (CameraInfo)")
@@ -587,10 +591,16 @@ class SegmentationNodeSteps:
     # --- frames -------------------------------------------------------------------------
 
     def _on_image(self, stream: str, msg: Image | CompressedImage) -> None:
-        # Gaps are judged here, on every arrival, so that dropped frames never look like gaps.
-        reset = self._streams[stream].gaps.observe(
-            stamp_to_seconds(msg.header.stamp), self.segmenter.pipeline_config.max_time_gap
-        )
+        # Gaps and the input rate are judged here, on every arrival, so that dropped frames
+        # never look like gaps or losses.
+        stamp, state = stamp_to_seconds(msg.header.stamp), self._streams[stream]
+        if not state.rate.observe(stamp) and not state.noted_unstamped:
+            state.noted_unstamped = True
+            prefix = f"stream {stream}: " if self._multi_stream else ""
+            self.get_logger().info(
+                f"{prefix}frames carry no stamp (0): their end-to-end latency is unknown (NaN "
+                "in ~/stats), and neither time gaps nor lost frames can be judged")
+        reset = state.gaps.observe(stamp, self.segmenter.pipeline_config.max_time_gap)
         self._slots.put(stream, msg, reset)  # never blocks; an unprocessed older frame drops
 
     def _work(self) -> None:
@@ -658,11 +668,22 @@ class SegmentationNodeSteps:
                 _image_message(from_array(outputs.scores, "32FC1"), header)
             )
 
+    def _on_camera_info(self, stream: _Stream, info: Any) -> None:
+        refused = stream.camera_info.update(info)
+        if refused is not None:
+            prefix = f"stream {stream.plan.name}: " if self._multi_stream else ""
+            topic = stream.info_subscription.topic_name
+            self._log_throttled.warning(f"camera_info refused {stream.plan.name}",
+                                        f"{prefix}{refused} ({topic})")
+
     def _publish_camera_info(self, stream: _Stream, size: tuple[int, int], header: Any) -> None:
         """The stream's newest camera_info with the labels' header (labels have the input's
-        geometry, so the calibration passes on unchanged)."""
-        decision = stream.camera_info.for_labels(size)
+        geometry, so the calibration passes on unchanged), unless it is stale."""
+        decision = stream.camera_info.for_labels(size, self.settings.options.stream_timeout)
         prefix = f"stream {stream.plan.name}: " if self._multi_stream else ""
+        if decision.stale is not None:
+            self._log_throttled.warning(f"camera_info stale {stream.plan.name}",
+                                        prefix + decision.stale)
         if decision.missing:
             self.get_logger().info(
                 f"{prefix}no camera_info on {stream.info_subscription.topic_name} yet: "
@@ -695,9 +716,14 @@ class SegmentationNodeSteps:
                 now=time.monotonic(),
                 stream=name if self._multi_stream else None,
                 topic=stream.subscription.topic_name if self._multi_stream else None,
+                rates=stream.rate.rates(self.settings.options.expected_rate),
             )
 
     def _publish_diagnostics(self) -> None:
+        # Counts of warnings held back by a burst that has stopped are due now.
+        self._log_throttled.flush()
+        if self._processor is not None:
+            self._processor.flush_log()
         statuses = []
         for stream in self._streams.values():
             report = self._diagnostic_report(stream)

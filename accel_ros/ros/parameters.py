@@ -64,6 +64,9 @@ class NodeOptions:
     diagnostics_period: float = 1.0
     # A stream without an arriving frame for this long is reported stopped (STALE); 0 = never.
     stream_timeout: float = 3.0
+    # The cameras' frame rate (Hz) when known; 0 = judged from the stamps of what arrives.
+    # Fewer frames reaching the node than this is reported in /diagnostics (ros/input_rate.py).
+    expected_rate: float = 0.0
     stats_window: int = 100
     log_throttle: float = 5.0
     # Decode sensor_msgs/Image with cv_bridge when it imports; the numpy bridge otherwise.
@@ -85,7 +88,7 @@ class NodeOptions:
 
 _NODE_CHOICES = ("preset", "input_transport", "output_qos", "palette")
 _NODE_RANGES = ("max_input_pixels", "output_qos_depth", "overlay_alpha", "diagnostics_period",
-                "stream_timeout", "stats_window", "log_throttle")
+                "stream_timeout", "expected_rate", "stats_window", "log_throttle")
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
     "diagnostics_period": ("seconds between /diagnostics messages", False),
     "stream_timeout": ("seconds without an arriving frame after which a stream is reported "
                        "stopped (STALE) in /diagnostics; 0 = never", True),
+    "expected_rate": ("the cameras' frame rate in Hz, when known (0: judged from the stamps of "
+                      "the frames that arrive); /diagnostics warns when fewer reach the node",
+                      True),
     "stats_window": ("frames in the latency / fps / keyframe-ratio window", False),
     "log_throttle": ("seconds between repeated warnings of one kind", True),
     "use_cv_bridge": ("decode images with cv_bridge when importable (else the numpy bridge)",

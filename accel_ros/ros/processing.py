@@ -190,6 +190,11 @@ class BatchProcessor:
         """The stream's failure and reset counters."""
         return self.reporters[stream].errors
 
+    def flush_log(self) -> None:
+        """Log the counts of frame warnings held back by bursts that have stopped."""
+        for reporter in self.reporters.values():
+            reporter.log.flush()
+
     def process(self, frames: Sequence[ReadyFrame]) -> list[StreamOutcome]:
         """Segment the newest frame of each ready stream (at most one per stream) in one
         batch. Returns one outcome per frame, in the order given."""

@@ -271,6 +271,19 @@ def test_future_stamp_gives_no_negative_latency(raw, frames):
     assert not float(values.get("end_to_end_ms_p50", "nan")) < 0
 
 
+def test_unstamped_frames_say_once_why_their_latency_is_unknown(raw, frames):
+    """A camera that leaves stamps at 0: labels as usual, end-to-end latency NaN (unknown,
+    never a huge number), and one info line saying why."""
+    before = len(raw.probe.messages(f"{NODE}/stats"))
+    for index in (10, 11):
+        raw.publisher.publish(image_msg(frames[index], "rgb8", (0, 0)))
+        stats = wait_for(lambda n=before: raw.probe.messages(f"{NODE}/stats")[n:], FRAME_TIMEOUT,
+                         "stats of an unstamped frame")[-1]
+        before = len(raw.probe.messages(f"{NODE}/stats"))
+        assert stamp_of(stats) == (0, 0) and math.isnan(stats.end_to_end_ms)
+    assert raw.process.output().count("frames carry no stamp (0)") == 1, raw.process.output()
+
+
 def test_replay_tool_measures_latency_over_dds(raw, frames, colcon_install, tmp_path):
     """accel_ros.ros.bag_player: a rosbag2 of the frames played at camera rate into the node."""
     import cv2
