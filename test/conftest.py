@@ -16,9 +16,10 @@ from accel_ros.config import ModelConfig
 from accel_ros.deploy.export import CACHE_ENV
 
 # What tests (and the processes they start) would otherwise write under ~: the exported graphs
-# (~/.cache/accel_ros), ROS 2 logs (~/.ros/log), matplotlib's font cache (~/.config).
-_HOME_WRITERS = {CACHE_ENV: "accel_ros_cache", "ROS_HOME": "ros", "ROS_LOG_DIR": "ros/log",
-                 "MPLCONFIGDIR": "matplotlib", "XDG_CACHE_HOME": "cache"}
+# (~/.cache/accel_ros), ROS 2 logs (~/.ros/log), matplotlib's font cache (~/.config), and
+# whatever keeps to $HOME itself (ONNX Runtime's ~/.cache/Microsoft/DeveloperTools).
+_HOME_WRITERS = {"HOME": "home", CACHE_ENV: "accel_ros_cache", "ROS_HOME": "ros",
+                 "ROS_LOG_DIR": "ros/log", "MPLCONFIGDIR": "matplotlib", "XDG_CACHE_HOME": "cache"}
 _TEMPORARY_HOME: list[str] = []
 
 
@@ -29,6 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _TEMPORARY_HOME.append(root)
     for variable, folder in _HOME_WRITERS.items():
         os.environ[variable] = os.path.join(root, folder)
+        os.makedirs(os.environ[variable], exist_ok=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -25,8 +25,10 @@ COMMANDS = ("accel-ros", "accel_segmentation_node", "accel_segmentation_lifecycl
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     """The repository's tracked files and the checkpoint, copied (pip builds in the source)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], cwd=ROOT, capture_output=True, check=True)
+    # The tests' HOME is a temporary folder: no user git configuration to trust the checkout.
+    listed = subprocess.run(["git", "-c", "safe.directory=*", "ls-files", "-z", "--cached",
+                             "--others", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            check=True)
     copy = tmp_path_factory.mktemp("source")
     for name in listed.stdout.decode().split("\0"):
         if name and (ROOT / name).is_file():
