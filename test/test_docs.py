@@ -164,6 +164,26 @@ def test_node_parameter_table_matches_the_parameters_file():
     assert not wrong, f"docs/node.md defaults differ from config/accel.yaml: {wrong}"
 
 
+def test_readme_command_lines_are_accepted_as_written():
+    """Every `accel-ros ...` line of the README's code blocks parses with the command line's
+    own parser (a renamed option or subcommand would leave the README wrong)."""
+    import shlex
+
+    from accel_ros.cli.main import build_parser
+
+    readme = ROOT / "README.md"
+    commands = [token.content for token in _tokens(readme) if token.type == "fence"]
+    lines = [line.split("  #")[0].strip() for block in commands for line in block.splitlines()
+             if line.strip().startswith("accel-ros ")]
+    assert len(lines) >= 15, lines
+    parser = build_parser()
+    for line in lines:
+        try:
+            parser.parse_args(shlex.split(line)[1:])
+        except SystemExit:
+            pytest.fail(f"README: `{line}` is not accepted by accel-ros")
+
+
 def test_checks_catch_a_stray_fence(tmp_path):
     """The failure these tests exist for: a fence after a closed block swallows the rest."""
     page = tmp_path / "page.md"
