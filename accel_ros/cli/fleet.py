@@ -19,13 +19,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "bag folders, .mcap/.db3 files, globs or .txt files listing them. OUT receives one "
         "output bag per input, manifest.json (a rerun skips unchanged finished bags) and "
         "index.parquet (a row per frame: bag, topic, stamp, keyframe, class pixel fractions, "
-        "confidence, latency). Needs the fleet extra: pip install 'accel_ros[fleet]'.",
+        "confidence, latency). One run at a time per OUT. Exit status: 0 every bag done or "
+        "skipped, 1 some bag failed (the summary names it), 2 the run did not start (bad "
+        "input, OUT in use by another run). Needs the fleet extra: pip install "
+        "'accel_ros[fleet]'.",
     )
     fleet.add_argument("inputs", nargs="+", metavar="INPUT")
     fleet.add_argument("--out", "-o", required=True, type=Path, metavar="OUT")
     fleet.add_argument("--address", default=None,
                        help="Ray cluster to join ('auto' or ray://host:port); default: start a "
-                       "private local instance")
+                       "private local instance, whatever RAY_ADDRESS or an earlier `ray start` "
+                       "names")
     fleet.add_argument("--workers", type=int, default=2,
                        help="Ray actors, each holding one model (default 2)")
     fleet.add_argument("--gpus-per-worker", type=float, default=None,
@@ -56,4 +60,6 @@ def main(args: argparse.Namespace) -> int:
         list(args.inputs), args.out, spec, workers=args.workers, address=args.address,
         gpus_per_worker=gpus, max_attempts=args.max_attempts, quiet=args.quiet))
     print(summary)
-    return 1 if summary.failed and not summary.done and not summary.skipped else 0
+    # 1 when any bag failed, however many others finished: a script must not take a partial
+    # run for a complete one. (2: the run did not start, main's rule for bad input.)
+    return 1 if summary.failed else 0

@@ -5,7 +5,9 @@ Workers are Ray actors that load the model once and take bag after bag. Ray runs
 least once; exactly-once outputs come from here: every attempt writes under a name of its own
 and renames a complete bag into place (worker.py), the driver alone records finished bags in
 the manifest, and the scene index is merged from the parts of the bags the manifest holds as
-done. A worker that dies is replaced and its bag retried, up to `max_attempts`.
+done. A worker that dies is replaced and its bag retried, up to `max_attempts`. One run at a
+time holds a run folder (lock.py), and the manifest's names are checked before they become
+paths (manifest.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..config import preset
 from ..model.checkpoint import model_fingerprint, resolve_checkpoint
 from .index import INDEX_NAME, merge_parts
 from .inputs import expand_inputs, fingerprint
+from .lock import hold_run_folder
 from .manifest import BagEntry, Manifest
 from .worker import PARTS_DIR, TMP_DIR, BagJob, BagWorker, WorkerSpec
 
@@ -36,7 +39,7 @@ class FleetSettings:
     out: Path  # run folder: output bags, manifest.json, index.parquet
     spec: WorkerSpec
     workers: int = 2
-    address: str | None = None  # None: a local Ray instance; "auto" or "ray://host:port"
+    address: str | None = None  # None: a private local Ray instance; "auto", "ray://host:port"
     gpus_per_worker: float = 0.0
     max_attempts: int = 3
     quiet: bool = False
@@ -53,6 +56,7 @@ class FleetSummary:
     index_rows: int = 0
     retries: int = 0
     workers: dict[int, list[float]] = field(default_factory=dict)  # pid -> [frames, seconds]
+    notes: list[str] = field(default_factory=list)  # what was wrong in the run folder, a line each
 
     def __str__(self) -> str:
         fps = self.frames / self.seconds if self.seconds > 0 else 0.0
@@ -68,12 +72,21 @@ class FleetSummary:
 
 
 def run_fleet(settings: FleetSettings) -> FleetSummary:
-    """Segment every input bag not already done with this model; returns the summary."""
+    """Segment every input bag not already done with this model; returns the summary.
+    Raises RunFolderInUseError when another run holds `settings.out`."""
     bags = expand_inputs(settings.inputs)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with hold_run_folder(settings.out):
+        return _run(settings, bags)
+
+
+def _run(settings: FleetSettings, bags: list[Path]) -> FleetSummary:
+    """run_fleet with the run folder held: no other run adds to or removes from it."""
     out = settings.out
-    out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(out)
-    summary = FleetSummary()
+    summary = FleetSummary(notes=list(manifest.notes))
+    for note in summary.notes:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     jobs = _plan(bags, manifest, _model_id(settings.spec), summary)
     manifest.save()
     started = time.perf_counter()
@@ -202,9 +215,11 @@ def _init_ray(ray: Any, settings: FleetSettings) -> None:
     if settings.address:
         ray.init(address=settings.address, log_to_driver=False)
         return
-    # A private local instance on loopback with one CPU slot per worker.
-    ray.init(num_cpus=max(1, settings.workers), include_dashboard=False, log_to_driver=False,
-             _node_ip_address="127.0.0.1", configure_logging=False)
+    # A private local instance on loopback with one CPU slot per worker. address="local":
+    # with address=None Ray joins the cluster that RAY_ADDRESS or an earlier `ray start`
+    # (/tmp/ray/ray_current_cluster) names, and would send the user's bags to it.
+    ray.init(address="local", num_cpus=max(1, settings.workers), include_dashboard=False,
+             log_to_driver=False, _node_ip_address="127.0.0.1", configure_logging=False)
 
 
 def _one_line(error: BaseException) -> str:

@@ -2,9 +2,10 @@
 `segment` (bag reading with recovery, batching of cameras, bag writing).
 
 Plain Python: the driver wraps `BagWorker` in `ray.remote` at run time, so importing this
-module needs no Ray. Every attempt at a bag writes to a temporary name of its own (it carries
-the worker's pid) and only a complete bag is renamed to the output name, so an attempt that a
-crash cuts short never leaves a partial output where a finished one belongs.
+module needs no Ray. Every attempt at a bag writes into a temporary folder of its own (its name
+carries the worker's pid), ``.tmp/<output>.<pid>.<id>/<output>``, and only a complete bag is
+renamed to the output name, so an attempt that a crash cuts short never leaves a partial output
+where a finished one belongs.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ class BagWorker:
         from .index import bag_rows, write_part
 
         folder = Path(job.folder)
-        tmp = folder / TMP_DIR / f"{job.output}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
+        attempt = folder / TMP_DIR / f"{job.output}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        attempt.mkdir(parents=True)
+        # The bag folder has its final name already: the writer names its storage files and
+        # metadata.yaml after it (<output>/<output>_0.mcap), and the rename below keeps them.
+        tmp = attempt / job.output
         started = time.perf_counter()
         # A fresh segmenter per bag: every recording starts with empty keyframe caches and
         # frame counts, exactly as a `segment` process of its own would.
@@ -80,7 +84,7 @@ class BagWorker:
             summary = segment(job.input, tmp, segmenter, all_topics=True, output_format="bag",
                               quiet=True)
         except (OSError, ValueError) as error:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(attempt, ignore_errors=True)
             return {"error": " ".join(str(error).split()) or type(error).__name__}
         config = self.model.config
         names = class_names(config.num_classes, config.class_names)
@@ -90,5 +94,6 @@ class BagWorker:
         if final.exists():  # an earlier attempt finished before its worker died
             shutil.rmtree(final)
         os.replace(tmp, final)
+        attempt.rmdir()
         return {"frames": summary.frames, "skipped": len(summary.skipped),
                 "seconds": time.perf_counter() - started, "pid": os.getpid()}
