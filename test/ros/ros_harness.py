@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -162,6 +163,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     return value
 
 
+def cdr_stamp(serialized: bytes) -> tuple[int, int]:
+    """(sec, nanosec) of a serialized message whose first field is a std_msgs/Header: after
+    the 4-byte CDR encapsulation, an int32 and a uint32 in the byte order it names."""
+    order = "<" if serialized[1] == 1 else ">"
+    return struct.unpack_from(f"{order}iI", serialized, 4)
+
+
 def stamp_of(msg: Any) -> tuple[int, int]:
     if hasattr(msg, "header"):
         return (msg.header.stamp.sec, msg.header.stamp.nanosec)
@@ -192,19 +200,25 @@ class Probe:
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
-    def listen(self, topic: str, msg_type: type, latched: bool = False) -> Any:
+    def listen(self, topic: str, msg_type: type, latched: bool = False,
+               stamps_only: bool = False) -> Any:
         """Record every message on `topic` (reliable, depth 100; `latched`: transient local
-        with depth 1, as a late subscriber to ~/label_info). Returns the subscription."""
+        with depth 1, as a late subscriber to ~/label_info). `stamps_only` records each
+        message's header stamp, read from its serialized bytes: a subscriber that deserializes
+        a dozen images per batch falls behind on a busy CPU and overflows its own history,
+        losing what the node delivered. Returns the subscription."""
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         def record(msg: Any) -> None:
+            if stamps_only:
+                msg = cdr_stamp(msg)
             with self._lock:
                 self._received[topic].append(msg)
 
         qos = QoSProfile(depth=1 if latched else 100, reliability=ReliabilityPolicy.RELIABLE,
                          durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
                                      else DurabilityPolicy.VOLATILE))
-        return self.node.create_subscription(msg_type, topic, record, qos)
+        return self.node.create_subscription(msg_type, topic, record, qos, raw=stamps_only)
 
     def forget(self, topic: str, subscription: Any = None) -> None:
         """Drop what `topic` received (and the subscription, when given)."""
