@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -204,7 +205,7 @@ def test_a_worker_killed_mid_bag_loses_and_duplicates_nothing(
     assert len(index) == 120 and not index.duplicated(["bag", "topic", "stamp_ns"]).any()
 
 
-def worktree_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     """The environment for a process the test starts: this very accel_ros first on its path."""
     root = str(Path(accel_ros.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
@@ -216,20 +217,32 @@ def attempts_in(out: Path) -> list[Path]:
     return list((out / TMP_DIR).glob("*.*.*")) if (out / TMP_DIR).is_dir() else []
 
 
+@pytest.mark.parametrize("named_by", ["RAY_ADDRESS", "ray_current_cluster"])
 def test_without_address_the_fleet_runs_on_a_private_instance(ray_cluster, checkpoint, bags,
-                                                              tmp_path):
-    """RAY_ADDRESS naming a live cluster (the tests' own) must not pull a run without --address
-    onto it: the run starts an instance of its own, and the cluster sees no new driver."""
+                                                              tmp_path, named_by):
+    """A live cluster (the tests' own) named by RAY_ADDRESS, or by the file an earlier `ray
+    start` leaves (<Ray's temp folder>/ray/ray_current_cluster), must not pull a run without
+    --address onto it: the run starts an instance of its own, and the cluster sees no new
+    driver."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "accel_ros.cli.main", "fleet", str(bags["good0"]),
                "--out", str(out), "--checkpoint", str(checkpoint), "--workers", "1", "--quiet"]
-    env = worktree_env(RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    address = ray.get_runtime_context().gcs_address
+    if named_by == "RAY_ADDRESS":
+        env = child_env(RAY_ADDRESS=address)
+    else:  # Ray's temp folder of its own (short: Ray's socket paths must stay under 108 bytes)
+        ray_tmp = Path(tempfile.mkdtemp(prefix="ray"))
+        (ray_tmp / "ray").mkdir()
+        (ray_tmp / "ray" / "ray_current_cluster").write_text(address)
+        env = {k: v for k, v in child_env(RAY_TMPDIR=str(ray_tmp)).items() if k != "RAY_ADDRESS"}
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True) as run:
         try:
             stdout, stderr = run.communicate(timeout=300)
         finally:
             run.kill()
+    if named_by == "ray_current_cluster":
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, stderr[-2000:]
     assert "1 done" in stdout and outputs_of(out) == {"good0_seg"}
     # The GCS job table lists every driver that ever joined the tests' cluster.
@@ -270,7 +283,7 @@ def test_a_killed_run_leaves_no_lock_behind(ray_cluster, checkpoint, bags, tmp_p
             "    print('holding', flush=True)\n"
             "    sys.stdin.read()\n")
     settings = FleetSettings([str(bags["good0"])], out, spec(checkpoint), workers=1, quiet=True)
-    with subprocess.Popen([sys.executable, "-c", code, str(out)], env=worktree_env(),
+    with subprocess.Popen([sys.executable, "-c", code, str(out)], env=child_env(),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as holder:
         try:
             assert holder.stdout.readline().strip() == "holding"  # "" if it died
