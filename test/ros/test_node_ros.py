@@ -978,14 +978,19 @@ def test_reliable_outputs_lose_nothing_with_three_cameras(rclpy_module, colcon_i
             wait_for(lambda p=publisher: p.get_subscription_count() > 0, STARTUP_TIMEOUT,
                      f"the node to subscribe to {stream}:\n" + process.output())
         big = [cv2.resize(f, (480, 360), interpolation=cv2.INTER_LINEAR) for f in frames]
+        # Messages made once, restamped at each send: converting 3 x 30 images a second in
+        # this process would starve its own subscriber on a busy CPU.
+        cameras = [[image_msg(big[(i + 7 * index) % len(big)], "rgb8", (0, 0))
+                    for i in range(len(big))] for index in range(len(streams))]
         rate, seconds = 30.0, 45.0
         clock = StreamClock(rate)
         start, sent = time.monotonic(), 0
         while time.monotonic() - start < seconds:
             stamp = clock.next()
             for index, publisher in enumerate(publishers.values()):
-                publisher.publish(image_msg(big[(sent + 7 * index) % len(big)], "rgb8",
-                                            (stamp[0], stamp[1] + index)))
+                msg = cameras[index][sent % len(big)]
+                msg.header.stamp.sec, msg.header.stamp.nanosec = stamp[0], stamp[1] + index
+                publisher.publish(msg)
             sent += 1
             time.sleep(max(0.0, start + sent / rate - time.monotonic()))
 
