@@ -676,7 +676,8 @@ def test_node_wiring_camera_info_follows_each_labels_message(node_module, tiny_s
     try:
         assert info_subscription.topic_name == "/robot/cam/camera_info"
         assert info_subscription.qos.reliability == "best_effort"  # takes either kind of driver
-        assert infos.qos.reliability == labels.qos.reliability and infos.qos.depth == 100
+        assert infos.qos.reliability == labels.qos.reliability
+        assert infos.qos.depth == 10 * labels.qos.depth == 1000  # small: a deeper history
         for sec in (100, 101):  # no camera_info yet: nothing, and one line however many frames
             image.callback(_stand_in_image(node_module, frame(sec), sec=sec))
             assert wait_until(lambda s=sec: len(labels.sent) == s - 99)

@@ -20,7 +20,8 @@ Topics (relative names, remappable):
        ~/label_info accel_ros_msgs/LabelInfo (or std_msgs/String JSON): class map, palette,
                  model identity; transient-local, once at start-up and on a palette change
        /diagnostics diagnostic_msgs/DiagnosticArray, every diagnostics_period seconds
-  Outputs are reliable keep-last `output_qos_depth` (100) unless output_qos is best_effort.
+  Outputs are reliable keep-last `output_qos_depth` (100; ~/stats and ~/camera_info ten
+  times that) unless output_qos is best_effort.
   Input frames declaring more than `max_input_pixels` are refused before decoding.
 
 Several cameras (`image_topics: [front/image, rear/image]`): one stream per topic, each
@@ -198,6 +199,14 @@ def _sensor_qos() -> QoSProfile:
         reliability=ReliabilityPolicy.BEST_EFFORT,
         durability=DurabilityPolicy.VOLATILE,
     )
+
+
+# Small outputs (stats, camera_info: a few hundred bytes) keep this many times
+# output_qos_depth. A small sample lost in transport is repaired only at the writer's next
+# heartbeat (every 3 s; large images piggy-back one sooner), and on a busy CPU the repair can
+# take longer than 100 newer samples: 1 stats message in 700 was lost at 15 Hz with every core
+# kept busy. Their history costs at most a few hundred KB, held only while a reader lags.
+SMALL_OUTPUT_DEPTH_FACTOR = 10
 
 
 def _output_qos(reliability: str, depth: int) -> QoSProfile:
@@ -478,14 +487,16 @@ class SegmentationNodeSteps:
         """The stream's output publishers and its input subscriptions (image, camera_info)."""
         options, log, prefix = self.settings.options, self.get_logger(), stream.plan.outputs
         output_qos = _output_qos(options.output_qos, options.output_qos_depth)
+        small_qos = _output_qos(options.output_qos,
+                                options.output_qos_depth * SMALL_OUTPUT_DEPTH_FACTOR)
         for name in ("labels", "color", "overlay", "scores"):
             stream.publishers[name] = self.create_publisher(Image, prefix + name, output_qos)
         stream.publishers["camera_info"] = self.create_publisher(
-            CameraInfo, prefix + "camera_info", output_qos)
+            CameraInfo, prefix + "camera_info", small_qos)
         if self._stats_type is None and SegmentationStats is not None:
             try:
                 stream.publishers["stats"] = self.create_publisher(
-                    SegmentationStats, prefix + "stats", output_qos
+                    SegmentationStats, prefix + "stats", small_qos
                 )
                 self._stats_type = SegmentationStats
             except Exception as error:  # Python module found, its type support libraries not
@@ -500,7 +511,7 @@ class SegmentationNodeSteps:
             )
         if "stats" not in stream.publishers:
             stream.publishers["stats"] = self.create_publisher(
-                self._stats_type, prefix + "stats", output_qos
+                self._stats_type, prefix + "stats", small_qos
             )
         self._subscribe(stream)
 

@@ -171,8 +171,8 @@ _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
                          "bad frames", True),
     "output_qos": ("reliability of the output topics", False),
     "output_qos_depth": ("keep-last depth of the output topics (reliable outputs: deep enough "
-                         "for about 3 s of frames, so samples lost in transport are repaired)",
-                         False),
+                         "for about 3 s of frames, so samples lost in transport are repaired; "
+                         "~/stats and ~/camera_info keep ten times this)", False),
     "palette": ("colours of ~/color and ~/overlay", True),
     "overlay_alpha": ("label opacity in ~/overlay", True),
     "publish_color": ("publish ~/color (rgb8 colourised labels)", True),

@@ -201,9 +201,9 @@ class Probe:
         self._thread.start()
 
     def listen(self, topic: str, msg_type: type, latched: bool = False,
-               stamps_only: bool = False) -> Any:
-        """Record every message on `topic` (reliable, depth 100; `latched`: transient local
-        with depth 1, as a late subscriber to ~/label_info). `stamps_only` records each
+               stamps_only: bool = False, depth: int = 100) -> Any:
+        """Record every message on `topic` (reliable, keep-last `depth`; `latched`: transient
+        local with depth 1, as a late subscriber to ~/label_info). `stamps_only` records each
         message's header stamp, read from its serialized bytes: a subscriber that deserializes
         a dozen images per batch falls behind on a busy CPU and overflows its own history,
         losing what the node delivered. Returns the subscription."""
@@ -215,7 +215,7 @@ class Probe:
             with self._lock:
                 self._received[topic].append(msg)
 
-        qos = QoSProfile(depth=1 if latched else 100, reliability=ReliabilityPolicy.RELIABLE,
+        qos = QoSProfile(depth=1 if latched else depth, reliability=ReliabilityPolicy.RELIABLE,
                          durability=(DurabilityPolicy.TRANSIENT_LOCAL if latched
                                      else DurabilityPolicy.VOLATILE))
         return self.node.create_subscription(msg_type, topic, record, qos, raw=stamps_only)
