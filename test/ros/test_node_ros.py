@@ -197,9 +197,15 @@ def test_drops_do_not_reset_and_outputs_are_not_lost(raw, frames):
     for name in OUTPUTS:
         got = received_outputs(name)
         assert len(got) == len(set(got)) == processed, (name, len(got), processed)
-    # A: gaps are 0.5 s between arrivals; drops do not make them look like 1-20 s gaps.
-    assert [s.reset_reason for s in stats] == [""] * len(stats)
-    assert sum(s.is_keyframe for s in stats) <= math.ceil(len(stats) / 3) + 1
+    # A: gaps are judged between arrivals, 0.5 s apart: frames the newest-frame slot drops
+    # never look like 1-20 s gaps. A frame that never reached the node (best-effort input on a
+    # busy CPU) does leave a real gap: only such losses may reset, each needing two or more
+    # frames lost in a row (a gap over max_time_gap 1 s).
+    never_arrived = len(stamps) - received
+    resets = [s.reset_reason for s in stats if s.reset_reason]
+    assert len(resets) <= never_arrived // 2, (never_arrived, resets)
+    assert all(reason.startswith("time gap of") for reason in resets), resets
+    assert sum(s.is_keyframe for s in stats) <= math.ceil(len(stats) / 3) + 1 + len(resets)
 
     # A real gap resets once, reported as information, not as an error.
     gap = image_msg(frames[1], "rgb8", raw.clock.next(5.0))
