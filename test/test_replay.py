@@ -290,6 +290,18 @@ def test_video_to_bag_writes_the_frames(tmp_path, tiny_model, clip_images):
     assert {msg.header.frame_id for _, msg, _ in out["/cam/labels"]} == {"camera"}
 
 
+def test_bag_to_png_folder_numbers_its_frames(tmp_path, tiny_model, clip_images):
+    """A bag's frames have no file names: the PNGs are frame_000000.png, ... (a bag frame's
+    name, "... (t=1700000000.000000)", once gave "image_raw message 0 (t=1700000000.png")."""
+    bag = tmp_path / "cam"
+    rosbag.write_camera_bag(bag, clip_images[:3])
+    dst = tmp_path / "overlays"
+    summary = replay.segment(bag, dst, make_segmenter(tiny_model, "dff"), quiet=True,
+                             output_format="png")
+    assert summary.frames == 3
+    assert sorted(p.name for p in dst.iterdir()) == [f"frame_{i:06d}.png" for i in range(3)]
+
+
 def test_image_folder_to_png_folder(tmp_path, tiny_model, clip_images):
     src = tmp_path / "images"
     src.mkdir()

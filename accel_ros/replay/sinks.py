@@ -229,8 +229,10 @@ class OverlaySink:
         return overlay(frame.rgb, colorize(result.labels, self.palette), self.alpha)
 
     def _png_name(self, frame: Frame) -> str:
-        # Image-folder input keeps its file names, so outputs pair up with inputs by name.
-        stem = Path(frame.name).stem if Path(frame.name).suffix else f"frame_{frame.index:06d}"
+        # Image-folder input keeps its file names, so outputs pair up with inputs by name; a
+        # bag's or a video's frames are numbered ("t=1700000000.000000)" is no file suffix).
+        named = Path(frame.name).suffix.lower() in video.IMAGE_SUFFIXES
+        stem = Path(frame.name).stem if named else f"frame_{frame.index:06d}"
         name = f"{stem}.png"
         if name in self._names:
             name = f"{stem}_{frame.index:06d}.png"
