@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -71,3 +73,56 @@ def moving_frames() -> list[np.ndarray]:
 
     base = cv2.GaussianBlur(base, (0, 0), 2.0)
     return [np.ascontiguousarray(base[:, 40 - 2 * t : 136 - 2 * t]) for t in range(6)]
+
+
+@pytest.fixture
+def fake_camvid(tmp_path: Path) -> Path:
+    """A SegNet-layout CamVid tree under tmp_path/camvid: train = two 4-frame sequences, val =
+    one 6-frame sequence.
+
+    Frames show a blurred texture sliding 2 px right per frame; labels: sky (0) on top, road
+    (3) below, a car (8) box and a strip of void (11).
+    """
+    root, height, width = tmp_path / "camvid", 48, 64
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 255, (height, width + 40, 3), np.uint8), (0, 0), 2)
+    splits = {"train": [("0001TP", 6690, 30, 4), ("0006R0", 930, 30, 4)],
+              "val": [("0016E5", 7959, 2, 6)]}
+    for split, sequences in splits.items():
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir(parents=True)
+        for sequence, first, step, count in sequences:
+            for t in range(count):
+                image = np.ascontiguousarray(texture[:, 20 - 2 * t : 20 - 2 * t + width])
+                labels = np.full((height, width), 3, np.uint8)
+                labels[: height // 3] = 0
+                image[: height // 3] = (200, 150, 90)  # BGR on disk: a light-blue sky
+                labels[height // 2 :, 10 + 2 * t : 30 + 2 * t] = 8
+                labels[:, -3:] = 11
+                name = f"{sequence}_{first + step * t:06d}.png"
+                cv2.imwrite(str(root / split / name), image)
+                cv2.imwrite(str(root / f"{split}annot" / name), labels)
+    return root
+
+
+class Countdown:
+    """A deadline that passes after `checks` calls of `expired()` (no clock needed)."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks = checks
+
+    def expired(self) -> bool:
+        self.checks -= 1
+        return self.checks < 0
+
+    def left(self) -> float:
+        return 0.0 if self.checks < 0 else 1e9
+
+    def within(self, seconds: float) -> Countdown:
+        return self
+
+
+@pytest.fixture
+def countdown() -> type[Countdown]:
+    """Deadlines that pass after a number of checks: `countdown(3)`."""
+    return Countdown

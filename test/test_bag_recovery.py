@@ -28,9 +28,10 @@ from accel_ros.cli import main as cli
 from accel_ros.cli import make_bag as make_bag_cli
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.io import bag_reader, bridge, rosbag
-from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
+from accel_ros.model import AccelNet, save_checkpoint
 from accel_ros.replay import runner as replay
 from accel_ros.replay.sources import Frame, open_source
+from accel_ros.stream import AccelSegmenter
 
 HEIGHT, WIDTH = 32, 48
 CAMERA = "/camera/image_raw"
@@ -561,10 +562,10 @@ def test_ctrl_c_during_segment_leaves_a_valid_bag(tmp_path, tiny_model, hard):
 
 def test_ctrl_c_in_the_cli_exits_130_naming_the_valid_output(
         tmp_path, capsys, monkeypatch, tiny_checkpoint):
-    import accel_ros.model as model_package
+    import accel_ros.stream as stream_package
 
-    real = model_package.build_segmenter
-    monkeypatch.setattr(model_package, "build_segmenter",
+    real = stream_package.build_segmenter
+    monkeypatch.setattr(stream_package, "build_segmenter",
                         lambda *a, **k: InterruptingSegmenter(real(*a, **k), at=1))
     rosbag.write_camera_bag(tmp_path / "in.mcap", frames(5), start_ns=START_NS)
     assert segment_cli(tmp_path / "in", tmp_path / "out.db3", tiny_checkpoint) == 130

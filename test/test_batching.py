@@ -1,4 +1,4 @@
-"""The one batching policy for several cameras (accel_ros.model.batching), used by the node's
+"""The one batching policy for several cameras (accel_ros.stream.batching), used by the node's
 BatchProcessor and by `accel-ros segment`: a refused frame costs only its own stream, any
 other failure fails the batch's streams and resets their caches."""
 
@@ -10,9 +10,10 @@ import torch
 
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.io import rosbag
-from accel_ros.model import AccelNet, AccelSegmenter, SegmentationResult, StreamFrame
-from accel_ros.model.batching import FrameOutcome, refusal, segment_batch
+from accel_ros.model import AccelNet
 from accel_ros.replay import runner as replay
+from accel_ros.stream import AccelSegmenter, SegmentationResult, StreamFrame
+from accel_ros.stream.batching import FrameOutcome, refusal, segment_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

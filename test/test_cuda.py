@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from accel_ros.config import PipelineConfig
-from accel_ros.model import AccelNet, AccelSegmenter
+from accel_ros.model import AccelNet
+from accel_ros.stream import AccelSegmenter
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 pytestmark = needs_cuda
@@ -68,7 +69,7 @@ def test_cuda_upload_is_pinned_uint8(tiny_config, moving_frames) -> None:
 def test_cuda_batch_frames_stage_in_their_own_buffers(tiny_config, moving_frames) -> None:
     """Frames of one batch are staged while the previous frame's copy may be in flight: each
     needs its own page-locked buffer, and each stream gets its own frame's labels."""
-    from accel_ros.model import StreamFrame
+    from accel_ros.stream import StreamFrame
 
     seg = _segmenter(tiny_config)
     seg.configure_streams(["a", "b"])

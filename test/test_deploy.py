@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from accel_ros.bench.backends import time_backends
 from accel_ros.cli.main import main as cli_main
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import SceneConfig, SyntheticDrivingScene
@@ -33,8 +34,8 @@ from accel_ros.deploy.export import (
 )
 from accel_ros.deploy.graphs import MatrixDownscale, StridedDownscale, antialiased_downscale
 from accel_ros.deploy.runtimes import BackendUnavailableError, available_runtimes, require
-from accel_ros.deploy.timing import time_backends
-from accel_ros.model import AccelNet, AccelSegmenter, StreamFrame, load_model, save_checkpoint
+from accel_ros.model import AccelNet, load_model, save_checkpoint
+from accel_ros.stream import AccelSegmenter, StreamFrame
 
 onnx = pytest.importorskip("onnx")
 RUNTIMES = available_runtimes()

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import PNG_MAGIC, write_fake_camvid
 
 from accel_ros.cli import evaluate as evaluate_cli
 from accel_ros.config import ModelConfig, PipelineConfig, preset
@@ -23,6 +22,8 @@ from accel_ros.metrics import ConfusionMeter
 from accel_ros.model import AccelNet, DISFlow, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PNG_MAGIC = b"\x89PNG"
 
 
 def sliding_frames(count: int = 5, height: int = 32, width: int = 48) -> FrameSet:
@@ -116,8 +117,10 @@ def test_intervals_average_offsets_and_claims() -> None:
     assert "| DFF (warp only) | 40.0 | 32.5 | 25.0 |" in table  # per interval, pooled
 
 
-def test_eval_cli_writes_json_tables_and_plots(tmp_path: Path, tiny_config: ModelConfig) -> None:
-    root = write_fake_camvid(tmp_path / "camvid")
+def test_eval_cli_writes_json_tables_and_plots(
+    tmp_path: Path, tiny_config: ModelConfig, fake_camvid: Path
+) -> None:
+    root = fake_camvid
     config = ModelConfig(num_classes=11, reference_backbone="resnet18",
                          update_backbone="resnet18", head_channels=16)
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", AccelNet(config),
@@ -206,7 +209,7 @@ def test_age_knots_interpolate_in_log_age() -> None:
 def test_pipeline_and_eval_give_the_fusion_keyframe_ages(tiny_config: ModelConfig) -> None:
     """The fusion sees seconds since the keyframe: from stamps when there are any (eval stamps
     clip time), else frames since the keyframe at 30 fps."""
-    from accel_ros.model import AccelSegmenter
+    from accel_ros.stream import AccelSegmenter
 
     config = ModelConfig(**{**tiny_config.__dict__, "fusion_ages": (0.033, 1.0)})
     model = AccelNet(config).eval()

@@ -20,8 +20,10 @@ import pytest
 import torch
 
 from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.model import AccelNet, AccelSegmenter, DISFlow
-from accel_ros.model.fastpath import (
+from accel_ros.model import AccelNet, DISFlow
+from accel_ros.model.flow import FLOW_ESTIMATORS, TorchFlow, build_flow
+from accel_ros.stream import AccelSegmenter
+from accel_ros.stream.fastpath import (
     OVERLAPPABLE_FLOWS,
     CompiledCall,
     CudaGraphCall,
@@ -29,7 +31,6 @@ from accel_ros.model.fastpath import (
     ScoreFusionCall,
     flow_can_overlap,
 )
-from accel_ros.model.flow import FLOW_ESTIMATORS, TorchFlow, build_flow
 
 
 @dataclass

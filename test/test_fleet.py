@@ -33,8 +33,9 @@ from accel_ros.fleet.run import FleetSettings, run_fleet
 from accel_ros.fleet.worker import TMP_DIR, WorkerSpec
 from accel_ros.io import bridge, rosbag
 from accel_ros.io.bag_reader import open_bag, storage_files
-from accel_ros.model import AccelNet, build_segmenter, save_checkpoint
+from accel_ros.model import AccelNet, save_checkpoint
 from accel_ros.replay.runner import segment
+from accel_ros.stream import build_segmenter
 
 ray = pytest.importorskip("ray", reason="the fleet extra (ray[data]) is not installed")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.model import AccelNet, AccelSegmenter
-from accel_ros.model.framing import Canvas, canvas, canvas_to_frame, frame_to_canvas
+from accel_ros.model import AccelNet
+from accel_ros.stream import AccelSegmenter
+from accel_ros.stream.framing import Canvas, canvas, canvas_to_frame, frame_to_canvas
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

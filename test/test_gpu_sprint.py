@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import write_fake_camvid
 
-from accel_ros.learn import gpu_sprint
-from accel_ros.learn.sprint_pack import (
+from accel_ros.gpu import sprint as gpu_sprint
+from accel_ros.gpu.sprint_pack import (
     TRUNKS,
     load_trunk_weights,
     pack_camvid,
@@ -25,10 +24,11 @@ from accel_ros.model.efficientnet import EfficientNetLiteFeatures
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def fake_pack(tmp_path: Path) -> Path:
-    """A pack as `gpu_sprint pack` writes it, from a fake CamVid tree and random trunks."""
+@pytest.fixture
+def fake_pack(tmp_path: Path, fake_camvid: Path) -> Path:
+    """A pack as `sprint pack` writes it, from a fake CamVid tree and random trunks."""
     pack = tmp_path / "pack"
-    pack_camvid(write_fake_camvid(tmp_path / "camvid"), pack)
+    pack_camvid(fake_camvid, pack)
     for name in TRUNKS:
         state = EfficientNetLiteFeatures(name, output_stride=32).net.state_dict()
         torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()},
@@ -36,10 +36,10 @@ def fake_pack(tmp_path: Path) -> Path:
     return pack
 
 
-def test_pack_round_trip_keeps_names_labels_and_trunks(tmp_path: Path) -> None:
+def test_pack_round_trip_keeps_names_labels_and_trunks(tmp_path: Path, fake_pack: Path) -> None:
     import cv2
 
-    pack = fake_pack(tmp_path)
+    pack = fake_pack
     root = unpack_camvid(pack, tmp_path / "unpacked")
     original = sorted(p.name for p in (tmp_path / "camvid" / "train").glob("*.png"))
     assert sorted(p.name for p in (root / "train").glob("*.png")) == original
@@ -56,8 +56,10 @@ def test_pack_round_trip_keeps_names_labels_and_trunks(tmp_path: Path) -> None:
 
 # The parity step's CUDA-graph configurations run eagerly on the CPU and say so.
 @pytest.mark.filterwarnings("ignore:cuda_graphs is on:RuntimeWarning")
-def test_sprint_dry_run_trains_evaluates_and_returns_few_files(tmp_path: Path) -> None:
-    pack = fake_pack(tmp_path)
+def test_sprint_dry_run_trains_evaluates_and_returns_few_files(
+    tmp_path: Path, fake_pack: Path
+) -> None:
+    pack = fake_pack
     out = tmp_path / "out"
     assert gpu_sprint.main(["run", "--out", str(out), "--pack", str(pack), "--device", "cpu",
                             "--tiny", "--holdout", "0006R0"]) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from accel_ros.model.labels import MAX_TABLES, BilinearLabels, LabelUpsampler
+from accel_ros.stream.labels import MAX_TABLES, BilinearLabels, LabelUpsampler
 
 
 def _plain(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""The package's shape: which folders may import what, no import circles, short functions."""
+"""The package's shape: which folders may import what, no import circles (imports inside
+functions included), short functions."""
 
 from __future__ import annotations
 
@@ -26,13 +27,32 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def module_level_imports(name: str, path: Path) -> set[str]:
-    """accel_ros modules imported at module level (imports inside functions are deliberate
-    late imports: they cannot make a circle at import time)."""
+# Folders from the bottom up: a folder imports only folders below it, at module level or inside
+# a function (a late import that dodges a circle at load time still ties the layers). Folders
+# on one line are peers and do not import each other. The top-level modules (settings,
+# palettes, metrics, reports, thread defaults) are the ground floor.
+LAYERS = (
+    ("",),
+    ("io",),
+    ("data",),
+    ("model",),
+    ("deploy",),
+    ("stream",),
+    ("learn", "replay", "ros", "demo"),
+    ("fleet",),
+    ("bench",),
+    ("gpu",),
+    ("cli",),
+)
+RANK = {folder: rank for rank, floor in enumerate(LAYERS) for folder in floor}
+
+
+def imports(name: str, path: Path) -> dict[str, int]:
+    """accel_ros modules `name` imports, anywhere in the file, with the first line of each."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    targets = set()
-    for node in tree.body:
+    targets: dict[str, int] = {}
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -40,17 +60,40 @@ def module_level_imports(name: str, path: Path) -> set[str]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            for alias in node.names:
-                targets.add(f"{module}.{alias.name}")
-                targets.add(module)
+            for target in (module, *(f"{module}.{alias.name}" for alias in node.names)):
+                targets.setdefault(target, node.lineno)
         elif isinstance(node, ast.Import):
-            targets.update(alias.name for alias in node.names)
-    return {t for t in targets if t.startswith("accel_ros")}
+            for alias in node.names:
+                targets.setdefault(alias.name, node.lineno)
+    return {t: line for t, line in targets.items()
+            if t == "accel_ros" or t.startswith("accel_ros.")}
+
+
+def folder_of(module: str) -> str:
+    """'accel_ros.stream.segmenter' -> 'stream'; a top-level module or the package -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in RANK else ""
+
+
+def test_every_folder_has_a_floor() -> None:
+    folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert folders - {"weights"} == set(RANK) - {""}
+
+
+def test_no_folder_imports_a_folder_above_it_or_beside_it() -> None:
+    wrong = []
+    for name, path in modules().items():
+        source = folder_of(name)
+        for target, line in imports(name, path).items():
+            destination = folder_of(target)
+            if destination != source and RANK[destination] >= RANK[source]:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
+    assert not wrong, "\n".join(sorted(wrong))
 
 
 def test_no_import_circles() -> None:
     found = modules()
-    graph = {name: {t for t in module_level_imports(name, path) if t in found and t != name}
+    graph = {name: {t for t in imports(name, path) if t in found and t != name}
              for name, path in found.items()}
     # A package's __init__ re-exporting its modules is not a circle with them.
     graph = {name: {t for t in targets if not name.startswith(t + ".")}

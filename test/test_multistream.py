@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.model import AccelNet, AccelSegmenter, StreamFrame
-from accel_ros.model.pipeline import run_batched
+from accel_ros.model import AccelNet
+from accel_ros.stream import AccelSegmenter, StreamFrame
+from accel_ros.stream.segmenter import run_batched
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -306,7 +306,7 @@ def test_stats_message_text_equals_msg_file_byte_for_byte():
 
 
 def _result(**overrides):
-    from accel_ros.model import SegmentationResult
+    from accel_ros.stream import SegmentationResult
 
     values = {
         "labels": np.zeros((4, 6), np.uint8),
@@ -604,7 +604,7 @@ def test_diagnostics_recover_after_bad_frames():
 def segmenter():
     import torch
 
-    from accel_ros.model import build_segmenter
+    from accel_ros.stream import build_segmenter
 
     torch.manual_seed(0)
     config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
@@ -881,7 +881,7 @@ class FakeBatchSegmenter:
         self.fail: Exception | None = None
 
     def check_frame(self, frame) -> None:
-        from accel_ros.model.pipeline import AccelSegmenter
+        from accel_ros.stream.segmenter import AccelSegmenter
 
         AccelSegmenter.check_frame(frame)
 
@@ -889,7 +889,7 @@ class FakeBatchSegmenter:
         self.resets.append((reason, stream))
 
     def process_batch(self, frames):
-        from accel_ros.model import SegmentationResult
+        from accel_ros.stream import SegmentationResult
 
         self.batches.append([f.stream for f in frames])
         if self.fail is not None:
@@ -984,7 +984,7 @@ def test_batch_processor_survives_a_failing_batch_and_resets_its_streams(store):
 
 
 def test_batch_processor_refusal_inside_a_batch_costs_only_that_stream(store):
-    """The shared policy (accel_ros.model.batching): a frame the segmenter refuses inside a
+    """The shared policy (accel_ros.stream.batching): a frame the segmenter refuses inside a
     batch is retried alone with the others, so only its own stream loses it."""
     segmenter = FakeBatchSegmenter()
     batch = BatchProcessor(segmenter, ["a", "b"], NodeOptions(), logger=RecordingLogger())
@@ -1018,7 +1018,7 @@ def test_batch_processor_with_a_real_segmenter_keeps_streams_apart(store):
     import torch
 
     from accel_ros.model import build_model
-    from accel_ros.model.pipeline import AccelSegmenter
+    from accel_ros.stream.segmenter import AccelSegmenter
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(reference_backbone="resnet18",

@@ -41,7 +41,7 @@ H, W = 64, 96
 def tiny_segmenter():
     import torch
 
-    from accel_ros.model import build_segmenter
+    from accel_ros.stream import build_segmenter
 
     torch.manual_seed(0)
     config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
@@ -870,7 +870,7 @@ def test_lifecycle_node_cleanup_frees_the_model(lifecycle_module, monkeypatch):
     """A segmenter the node built is gone after cleanup (nothing else holds it)."""
     import weakref
 
-    from accel_ros.model import build_segmenter
+    from accel_ros.stream import build_segmenter
 
     config = ModelConfig(reference_backbone="resnet18", update_backbone="resnet18",
                          head_channels=16)
@@ -999,7 +999,7 @@ def test_model_and_tools_import_without_ros():
         "import accel_ros.ros.parameters, accel_ros.ros.processing, accel_ros.ros.diagnostics\n"
         "import accel_ros.ros.slots, accel_ros.ros.streams, accel_ros.ros.input_guard\n"
         "import accel_ros.ros.camera_info\n"
-        "import accel_ros.model.batching\n"
+        "import accel_ros.stream.batching\n"
         "import accel_ros.ros.bag_player\n"
         "import accel_ros.cli.main\n"
         "try:\n    import accel_ros.ros.node\nexcept ImportError:\n    print('node needs ROS')\n"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from accel_ros.config import ModelConfig, PipelineConfig
-from accel_ros.model import AccelNet, AccelSegmenter, ZeroFlow, build_segmenter
+from accel_ros.model import AccelNet, ZeroFlow
+from accel_ros.stream import AccelSegmenter, build_segmenter
 
 
 def _segmenter(config: ModelConfig, **pipeline) -> AccelSegmenter:
@@ -180,7 +181,7 @@ def test_non_finite_tensor_frame_is_refused(tiny_config, moving_frames) -> None:
 
 # -- GPU-path logic that can be checked on the CPU ---------------------------------------------
 def test_frames_cross_as_uint8_and_become_the_same_floats(moving_frames) -> None:
-    from accel_ros.model.pipeline import FrameUploader, frame_to_tensor
+    from accel_ros.stream.segmenter import FrameUploader, frame_to_tensor
 
     host = frame_to_tensor(moving_frames[0])
     assert host.dtype == torch.uint8 and host.shape == (1, 3, 64, 96)  # 1 byte/px/channel
@@ -228,7 +229,7 @@ def test_cache_stays_float32_under_autocast(tiny_config, moving_frames) -> None:
 
 
 def test_stage_timer_syncs_only_in_breakdown_mode(monkeypatch, tiny_config) -> None:
-    from accel_ros.model.pipeline import StageTimer
+    from accel_ros.stream.segmenter import StageTimer
 
     calls = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
@@ -248,7 +249,7 @@ def test_stage_timer_syncs_only_in_breakdown_mode(monkeypatch, tiny_config) -> N
 
 
 def test_cuda_work_runs_under_the_configured_device(monkeypatch) -> None:
-    from accel_ros.model.pipeline import cuda_device_context
+    from accel_ros.stream.segmenter import cuda_device_context
 
     entered = []
     monkeypatch.setattr(
@@ -289,7 +290,7 @@ def test_fast_output_labels_equal_the_plain_argmax(tiny_config, upsample) -> Non
     """Channels-last upsampling + max(dim=1) gives exactly the contiguous argmax's labels."""
     import dataclasses
 
-    from accel_ros.model.pipeline import upsample_labels
+    from accel_ros.stream.segmenter import upsample_labels
 
     model = AccelNet(dataclasses.replace(tiny_config, upsample=upsample)).eval()
     scores = torch.randn(1, 5, 12, 15) * 3

@@ -15,12 +15,13 @@ from accel_ros.cli import segment as segment_cli
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import generate_clip
 from accel_ros.io import bridge, rosbag, video
-from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
+from accel_ros.model import AccelNet, save_checkpoint
 from accel_ros.palette import CAMVID_CLASSES, get_palette
 from accel_ros.replay import runner as replay
 from accel_ros.replay.sinks import output_kind
 from accel_ros.replay.sources import open_source
 from accel_ros.report import RunSummary, format_latency_table, latency_rows
+from accel_ros.stream import AccelSegmenter
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 6
 CAMERA = "/camera/image_raw"

@@ -13,11 +13,14 @@ import pytest
 import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
+from accel_ros.cli import make_bag as make_bag_cli
+from accel_ros.cli import segment as segment_cli
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import generate_clip
 from accel_ros.io import bridge, rosbag
-from accel_ros.model import AccelNet, AccelSegmenter, save_checkpoint
+from accel_ros.model import AccelNet, save_checkpoint
 from accel_ros.replay import runner as replay
+from accel_ros.stream import AccelSegmenter
 
 HEIGHT, WIDTH, FRAMES = 64, 96, 7
 START_NS = 1_700_000_000_000_000_000
@@ -371,12 +374,14 @@ def test_select_image_topics():
 
 def test_make_bag_rig_then_segment_all_topics_cli(tmp_path, tiny_model, capsys):
     parser = argparse.ArgumentParser()
-    replay.add_parser(parser.add_subparsers(dest="command"))
+    subparsers = parser.add_subparsers(dest="command")
+    segment_cli.add_parser(subparsers)
+    make_bag_cli.add_parser(subparsers)
     bag = tmp_path / "rig.mcap"
     args = parser.parse_args(["make-bag", str(bag), "--frames", "4", "--height", str(HEIGHT),
                               "--width", str(WIDTH), "--topic", "/front/image_raw",
                               "/rear/image_raw", "--quiet"])
-    assert replay.main(args) == 0
+    assert args.handler(args) == 0
     made = read_bag(tmp_path / "rig")
     assert set(made) == {"/front/image_raw", "/rear/image_raw"}
     front = [msg for _, msg in made["/front/image_raw"]]
@@ -394,14 +399,14 @@ def test_make_bag_rig_then_segment_all_topics_cli(tmp_path, tiny_model, capsys):
     refused = parser.parse_args(["segment", str(tmp_path / "rig"), "--out",
                                  str(tmp_path / "x.mp4"), "--all-topics", *common])
     with pytest.raises(ValueError, match="need a rosbag2 output"):
-        replay.main(refused)
+        refused.handler(refused)
     with pytest.raises(SystemExit):
         parser.parse_args(["segment", "x", "--out", "y", "--all-topics", "--topic", "/a"])
     out = tmp_path / "rig_seg"
     args = parser.parse_args(["segment", str(tmp_path / "rig"), "--out", str(out),
                               "--all-topics", "--keyframe-interval", "2", *common])
     capsys.readouterr()
-    assert replay.main(args) == 0
+    assert args.handler(args) == 0
     printed = capsys.readouterr().out
     assert "2 cameras, one segmenter" in printed
     assert "/front/image_raw: 4 frames, 2 keyframes, 0 skipped" in printed

@@ -8,7 +8,6 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,39 +29,7 @@ from accel_ros.model import AccelNet, DISFlow, load_checkpoint
 PNG_MAGIC = b"\x89PNG"
 
 
-def write_fake_camvid(root: Path, height: int = 48, width: int = 64) -> Path:
-    """SegNet-layout CamVid tree: train = two 4-frame sequences, val = one 6-frame sequence.
-
-    Frames show a blurred texture sliding 2 px right per frame; labels: sky (0) on top, road
-    (3) below, a car (8) box and a strip of void (11).
-    """
-    rng = np.random.default_rng(0)
-    texture = cv2.GaussianBlur(rng.integers(0, 255, (height, width + 40, 3), np.uint8), (0, 0), 2)
-    splits = {"train": [("0001TP", 6690, 30, 4), ("0006R0", 930, 30, 4)],
-              "val": [("0016E5", 7959, 2, 6)]}
-    for split, sequences in splits.items():
-        (root / split).mkdir(parents=True)
-        (root / f"{split}annot").mkdir(parents=True)
-        for sequence, first, step, count in sequences:
-            for t in range(count):
-                image = np.ascontiguousarray(texture[:, 20 - 2 * t : 20 - 2 * t + width])
-                labels = np.full((height, width), 3, np.uint8)
-                labels[: height // 3] = 0
-                image[: height // 3] = (200, 150, 90)  # BGR on disk: a light-blue sky
-                labels[height // 2 :, 10 + 2 * t : 30 + 2 * t] = 8
-                labels[:, -3:] = 11
-                name = f"{sequence}_{first + step * t:06d}.png"
-                cv2.imwrite(str(root / split / name), image)
-                cv2.imwrite(str(root / f"{split}annot" / name), labels)
-    return root
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture
-def fake_camvid(tmp_path: Path) -> Path:
-    return write_fake_camvid(tmp_path / "camvid")
 
 
 def parse_train(argv: list[str]) -> TrainConfig:

@@ -62,7 +62,8 @@ import torch
 
 from ..config import BACKENDS, ModelConfig, PipelineConfig
 from ..deploy.backends import NotExportableError
-from ..model import STAGES, AccelNet, AccelSegmenter, resolve_device
+from ..model import AccelNet
+from ..stream import STAGES, AccelSegmenter, resolve_device
 from .common import (
     NO_DEADLINE,
     Deadline,

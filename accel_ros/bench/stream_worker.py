@@ -62,7 +62,8 @@ class _Control:
 def _build_segmenter(spec: dict[str, Any]) -> Any:
     """The segmenter the spec describes, through the one loading path (`load_model`)."""
     from ..config import ModelConfig, PipelineConfig
-    from ..model import AccelSegmenter, load_model
+    from ..model import load_model
+    from ..stream import AccelSegmenter
 
     pipeline = PipelineConfig.from_dict(spec["pipeline"])
     source = spec["checkpoint"] or ModelConfig.from_dict(spec["model_config"])
@@ -81,7 +82,7 @@ class _Streams:
 
     def next_round(self) -> list[Any]:
         """The next frame of every stream, ready for the call (outside the timed part)."""
-        from ..model.pipeline import StreamFrame
+        from ..stream.segmenter import StreamFrame
 
         stamp = self.step * FRAME_TIME_S
         frames = [clip[ping_pong_index(len(clip), self.step)] for clip in self.clips]

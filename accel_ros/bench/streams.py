@@ -562,7 +562,7 @@ def run_streams_benchmark(
     `deadline`; returns the JSON-ready report (`skipped` names what did not run)."""
     import torch
 
-    from ..model import resolve_device
+    from ..stream import resolve_device
 
     device = resolve_device(settings.device)
     checkpoint, config, model_text = model_source(settings)

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from ..config import PipelineConfig
-from ..model import AccelNet, load_model, resolve_device
-from ..model.fastpath import CompiledCall, CudaGraphCall, calls_outcome, fallback_notes
-from ..model.labels import class_argmax
-from ..model.pipeline import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
+from ..model import AccelNet, load_model
+from ..stream import resolve_device
+from ..stream.fastpath import CompiledCall, CudaGraphCall, calls_outcome, fallback_notes
+from ..stream.labels import class_argmax
+from ..stream.segmenter import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
 
 MODEL_KEY = "--model"
 # Models of the reference and dff variants: N_R alone.

@@ -61,8 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Check paths, storage and topics, then load the model, then segment: a bad path fails
     before the (slow) model load."""
-    from ..model import build_segmenter
     from ..replay.runner import segment
+    from ..stream import build_segmenter
 
     kind = output_kind(args.out, args.output_format, images_in=is_image_folder(args.input))
     if kind == "bag":

@@ -72,7 +72,7 @@ class DemoConfig:
     def validate(self) -> None:
         """Raise ValueError for any bad setting, before anything is loaded, rendered or
         written."""
-        from ..model import resolve_device
+        from ..stream import resolve_device
 
         if self.frames < 1:
             raise ValueError(f"frames must be >= 1, got {self.frames}")
@@ -170,7 +170,7 @@ class ModeRun:
 
 def run_mode(model: Any, config: DemoConfig, mode: str, clip: list[Any]) -> ModeRun:
     """Stream `clip` (SyntheticFrames) through a fresh segmenter in `mode` sharing `model`."""
-    from ..model import AccelSegmenter
+    from ..stream import AccelSegmenter
 
     segmenter = AccelSegmenter(model, config.pipeline(mode))
     num_classes = segmenter.model_config.num_classes
@@ -194,7 +194,7 @@ def warm_up(model: Any, config: DemoConfig, clip: list[Any]) -> None:
     """Run two frames through every branch once, untimed: the first calls pay for kernel
     selection and memory pools (several hundred ms on a CPU), which would otherwise be
     billed to whichever mode runs first."""
-    from ..model import AccelSegmenter
+    from ..stream import AccelSegmenter
 
     segmenter = AccelSegmenter(model, config.pipeline("accel" if model.config.update_backbone
                                                       else "dff"))

@@ -1,5 +1,5 @@
 """Deployment: the networks as ONNX graphs (`export`), run by OpenVINO or ONNX Runtime
-(`backends`, the `backend` of PipelineConfig), and timed against torch (`timing`).
+(`backends`, the `backend` of PipelineConfig).
 
 Needs the optional extras: pip install 'accel_ros[openvino]' or 'accel_ros[onnxruntime]'
 (`accel-ros export` alone: 'accel_ros[onnx]'). docs/deploy.md is the user's page.
@@ -9,12 +9,10 @@ from .backends import GraphNetworks, build_networks
 from .export import ExportKey, Manifest, cache_root, cached_graphs, export_graphs, weights_hash
 from .graphs import GRAPH_NAMES
 from .runtimes import RUNTIMES, BackendUnavailableError
-from .timing import BackendTiming, time_backends
 
 __all__ = [
     "GRAPH_NAMES",
     "RUNTIMES",
-    "BackendTiming",
     "BackendUnavailableError",
     "ExportKey",
     "GraphNetworks",
@@ -23,6 +21,5 @@ __all__ = [
     "cache_root",
     "cached_graphs",
     "export_graphs",
-    "time_backends",
     "weights_hash",
 ]

@@ -64,9 +64,9 @@ class BagWorker:
         """{"frames", "skipped", "seconds", "pid"} for a finished bag, or {"error": one line}
         for an input that cannot be segmented (unreadable, no image topic). Anything else
         (a crash, a kill) ends the attempt and the driver retries the bag."""
-        from ..model.pipeline import AccelSegmenter
         from ..palette import class_names
         from ..replay.runner import segment
+        from ..stream.segmenter import AccelSegmenter
         from .index import bag_rows, write_part
 
         folder = Path(job.folder)

@@ -20,7 +20,8 @@ from ..config import RANGES, PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
-from ..model import AccelNet, AccelSegmenter, LoadedModel, load_model, resolve_checkpoint
+from ..model import AccelNet, LoadedModel, load_model, resolve_checkpoint
+from ..stream import AccelSegmenter
 from .config import EVAL_MODES, EvalConfig
 
 SINGLE_FRAME_MODES = ("reference", "deeplab")

@@ -19,7 +19,8 @@ import torch
 
 from ..config import preset
 from ..data.frames import FrameSet, load_frames
-from ..model import AccelNet, load_checkpoint, load_model, resolve_device, save_checkpoint
+from ..model import AccelNet, load_checkpoint, load_model, save_checkpoint
+from ..stream import resolve_device
 from .config import STAGES, TrainConfig
 from .optim import class_weights
 from .records import log_line, plot_curves, stage_finished

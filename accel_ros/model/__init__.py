@@ -1,10 +1,12 @@
-"""Accel model: pure torch, no ROS imports (importable and runnable without ROS)."""
+"""The Accel networks and their checkpoints: pure torch, no ROS imports. Running them over a
+stream of frames is `accel_ros.stream`'s job."""
 
 from .accel import AccelNet, SegmentationBranch
 from .checkpoint import (
     DEFAULT_CHECKPOINT,
     LoadedModel,
     average_checkpoints,
+    build_model,
     load_checkpoint,
     load_model,
     load_model_or_preset,
@@ -20,38 +22,22 @@ from .flow import (
     build_flow,
     build_flow_estimator,
 )
-from .pipeline import (
-    DEFAULT_STREAM,
-    STAGES,
-    AccelSegmenter,
-    SegmentationResult,
-    StreamFrame,
-    build_model,
-    build_segmenter,
-    resolve_device,
-)
 from .warp import feature_size, flow_to_features, resize_flow, warp
 
 __all__ = [
     "DEFAULT_CHECKPOINT",
-    "DEFAULT_STREAM",
-    "STAGES",
     "AccelNet",
-    "AccelSegmenter",
     "DISFlow",
     "FarnebackFlow",
     "FlowEstimator",
     "LoadedModel",
     "SegmentationBranch",
-    "SegmentationResult",
-    "StreamFrame",
     "TorchFlow",
     "ZeroFlow",
     "average_checkpoints",
     "build_flow",
     "build_flow_estimator",
     "build_model",
-    "build_segmenter",
     "feature_size",
     "flow_to_features",
     "load_checkpoint",
@@ -59,7 +45,6 @@ __all__ = [
     "load_model_or_preset",
     "resize_flow",
     "resolve_checkpoint",
-    "resolve_device",
     "save_checkpoint",
     "warp",
 ]

@@ -185,3 +185,8 @@ def _current_key(key: str, config: ModelConfig) -> str:
     if config.feature_head != "mlp":
         return key
     return key.replace(".features.", ".backbone.", 1).replace(".head.reduce.", ".head.reduce.0.", 1)
+
+
+def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> AccelNet:
+    """A model from a checkpoint, or random weights of `model` (see `load_model_or_preset`)."""
+    return load_model_or_preset(model, checkpoint).model

@@ -179,7 +179,7 @@ class _Replay:
     The source is walked in recording order; frames gather into a batch of at most one frame
     per camera, which runs once every camera is in it, when a camera comes round again (one
     ran at a lower rate), and at the end, under the shared batching policy
-    (accel_ros.model.batching: a refused frame costs only its camera; a failing batch fails
+    (accel_ros.stream.batching: a refused frame costs only its camera; a failing batch fails
     its frames and resets their cameras' caches). Everything read meanwhile (other topics'
     messages, the batch's frames) is written when the batch is done, in recording order, so
     the output bag keeps the input's order. A frame that does not decode or that the
@@ -189,7 +189,7 @@ class _Replay:
 
     def __init__(self, source: BagSource | FileSource, sink: BagSink | OverlaySink,
                  segmenter: Any, summary: RunSummary, quiet: bool, bar: tqdm) -> None:
-        from ..model.pipeline import DEFAULT_STREAM
+        from ..stream.segmenter import DEFAULT_STREAM
 
         self.source, self.sink, self.segmenter = source, sink, segmenter
         self.summary, self.quiet, self.bar = summary, quiet, bar
@@ -231,7 +231,7 @@ class _Replay:
             self.sink.passthrough(item)
 
     def _frame(self, frame: Frame, decode_s: float) -> None:
-        from ..model.batching import refusal
+        from ..stream.batching import refusal
 
         self.bar.update(1)
         error = frame.error if frame.error is not None else refusal(self.segmenter, frame.rgb)
@@ -248,8 +248,8 @@ class _Replay:
             self._flush()  # every camera is in: no reason to wait (one camera: every frame)
 
     def _flush(self) -> None:
-        from ..model.batching import segment_batch
-        from ..model.pipeline import StreamFrame
+        from ..stream.batching import segment_batch
+        from ..stream.segmenter import StreamFrame
 
         started = time.perf_counter()
         outcomes = segment_batch(self.segmenter, [
@@ -324,23 +324,3 @@ def _warn(message: str, quiet: bool, bar: tqdm | None = None) -> None:
         bar.write(f"warning: {message}", file=sys.stderr)
     else:
         print(f"warning: {message}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------
-# Transitional: the command line moved to accel_ros.cli.segment and accel_ros.cli.make_bag.
-# test_replay_streams.py still registers it through this module; delete these two once it
-# imports accel_ros.cli.segment / make_bag instead.
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register `segment` and `make-bag` (see accel_ros.cli)."""
-    from ..cli import make_bag as make_bag_cli
-    from ..cli import segment as segment_cli
-
-    segment_cli.add_parser(subparsers)
-    make_bag_cli.add_parser(subparsers)
-
-
-def main(args: Any) -> int:
-    """Run the subcommand `args` was parsed for."""
-    return args.handler(args)

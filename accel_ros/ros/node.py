@@ -359,7 +359,7 @@ class SegmentationNodeSteps:
         options = self.settings.options
         if segmenter is None:
             segmenter = self._build_segmenter()
-        from ..model.pipeline import DEFAULT_STREAM  # torch is loaded: the segmenter exists
+        from ..stream.segmenter import DEFAULT_STREAM  # torch is loaded: the segmenter exists
 
         self._plans = plan_streams(options, DEFAULT_STREAM)
         self._multi_stream = bool(options.image_topics)
@@ -377,7 +377,7 @@ class SegmentationNodeSteps:
                 "checkpoint is 'none': the model has RANDOM WEIGHTS and its labels are "
                 "meaningless. Use checkpoint:=default or a trained .pt file."
             )
-        from ..model import build_segmenter  # torch import deferred until parameters pass
+        from ..stream import build_segmenter  # torch import deferred until parameters pass
 
         try:
             # Builds the backend's networks too (an exported graph is exported and loaded now).

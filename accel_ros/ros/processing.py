@@ -1,7 +1,7 @@
 """From the newest frames of the node's streams to what it publishes for each.
 
 `BatchProcessor` converts each stream's message (after `input_guard`'s checks), runs the ready
-frames as one batch under the shared batching policy (accel_ros.model.batching) and renders
+frames as one batch under the shared batching policy (accel_ros.stream.batching) and renders
 every stream's outputs. Each stream has a `StreamReporter`: its error counters, throttled
 warnings and rendering. Bad input never raises: unreadable or refused frames and segmenter
 failures are counted, logged (throttled per kind) and give no outputs; the next frame is
@@ -151,7 +151,7 @@ class BatchProcessor:
 
     The segmenter keeps a keyframe cache per stream; each stream has its own
     `StreamReporter`. A frame that cannot be read is skipped for its own stream before the
-    batch; the rest go through `segment_batch` (accel_ros.model.batching), which decides what a
+    batch; the rest go through `segment_batch` (accel_ros.stream.batching), which decides what a
     refused frame or a failing batch costs.
     """
 
@@ -223,8 +223,8 @@ class BatchProcessor:
         if not frames:
             return {}
         # torch is loaded by now (the segmenter exists); the node imports this module earlier.
-        from ..model.batching import segment_batch
-        from ..model.pipeline import StreamFrame
+        from ..stream.batching import segment_batch
+        from ..stream.segmenter import StreamFrame
 
         # No stamps: the segmenter's own gap rule compares *processed* frames, which the
         # node must not use (drops would look like gaps); StampGapMonitor decides instead.

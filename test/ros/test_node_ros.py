@@ -792,8 +792,8 @@ def multi(rclpy_module, colcon_install, stats_class, tiny_checkpoint, frames, tm
 def test_several_cameras_headers_counts_and_routing_by_content(multi, frames, tiny_checkpoint):
     """Every output carries its own stream's header; each stream counts its own frames from 0;
     each stream's labels are what an independent segmenter fed only that stream gives."""
-    from accel_ros.model import build_segmenter
     from accel_ros.ros.parameters import default_parameters, parse_parameters
+    from accel_ros.stream import build_segmenter
 
     content = multi_content(frames)
     # Warm-up: the first frames of each stream until all three came back (discovery).

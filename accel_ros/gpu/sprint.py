@@ -4,11 +4,11 @@ then its evaluation, parity and speed, for a short lent GPU slot.
 Here, once (writes `.carry/sprint/`, ~29 MB, ignored by git; CamVid frames never enter the
 tracked tree):
 
-    python -m accel_ros.learn.gpu_sprint pack --data-root ../shared/camvid
+    python -m accel_ros.gpu.sprint pack --data-root ../shared/camvid
 
 On the GPU machine (device tool: `carry` [".carry"], `timeout_s` 600):
 
-    PYTHONPATH=$PWD python3 -m accel_ros.learn.gpu_sprint run --out $OUT --minutes 6
+    PYTHONPATH=$PWD python3 -m accel_ros.gpu.sprint run --out $OUT --minutes 6
 
 What it does, on one GPU (bf16 autocast, frames held on the GPU, augmentation on the GPU):
 1. unpacks CamVid and builds preset `lite` (N_R EfficientNet-Lite2, N_U Lite0 at half size,
@@ -34,7 +34,7 @@ Give the machine back at once after the run.
 
 The CPU dry run (a CI test) trains and evaluates at toy size on a generated pack:
 
-    python -m accel_ros.learn.gpu_sprint run --out /tmp/sprint --device cpu --tiny --pack DIR
+    python -m accel_ros.gpu.sprint run --out /tmp/sprint --device cpu --tiny --pack DIR
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ import torch
 
 from ..config import PipelineConfig, preset
 from ..data.frames import FrameSet
-from ..model import AccelNet, AccelSegmenter, load_checkpoint, resolve_device
-from .config import TrainConfig
+from ..learn.config import TrainConfig
+from ..learn.train import TrainData, load_data, train_model
+from ..model import AccelNet, load_checkpoint
+from ..stream import AccelSegmenter, resolve_device
 from .sprint_pack import load_trunk_weights, pack_camvid, pack_trunks, unpack_camvid
-from .train import TrainData, load_data, train_model
 
 PACK_DIR = Path(".carry/sprint")
 SUMMARY_FILE = "sprint_summary.json"
@@ -206,7 +207,7 @@ def evaluate_sets(
     synthetic 30 fps motion) and the val clip, through the streaming pipeline; each set only
     while time is left before `deadline` (time.monotonic())."""
     from ..data.clips import motion_clips, sequence_clips
-    from .evaluate import evaluate_clips, frame_step_seconds, summarise
+    from ..learn.evaluate import evaluate_clips, frame_step_seconds, summarise
 
     held = data.val if data.holdout else None
     sets: list[tuple[str, Callable[[int], list[Any]], int]] = []
@@ -270,10 +271,10 @@ def time_modes(
 
 
 def parity_check(checkpoint: Path, config: SprintConfig, work: Path) -> dict[str, Any]:
-    """The device check's parity step (accel_ros.bench.device_check, called, not copied) on the
+    """The device check's parity step (accel_ros.gpu.check, called, not copied) on the
     new checkpoint: CPU fp32 against the device's fp32, fp16, CUDA graphs and torch flow."""
     from ..bench.common import Deadline
-    from ..bench.device_check import Check, parity
+    from .check import Check, parity
 
     check = Check(out=work / "device_check", device=config.device, tiny=config.tiny,
                   checkpoint=str(checkpoint), budget_s=90.0)
@@ -349,7 +350,7 @@ def _cpus() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m accel_ros.learn.gpu_sprint",
+    parser = argparse.ArgumentParser(prog="python -m accel_ros.gpu.sprint",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

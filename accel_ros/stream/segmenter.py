@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
-from .accel import AccelNet
-from .checkpoint import load_model_or_preset
+from ..deploy.backends import build_networks
+from ..model.accel import AccelNet
+from ..model.checkpoint import load_model_or_preset
+from ..model.flow import FlowEstimator, build_flow
+from ..model.warp import check_flow
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
-from .flow import FlowEstimator, build_flow
 from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
 from .labels import LabelUpsampler, class_argmax
-from .warp import check_flow
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
 # The stream `AccelSegmenter.process` uses when none is named.
@@ -809,15 +810,7 @@ def _network_calls(
     of `input_size` now, so a first start pays the export before the first frame."""
     if cfg.backend == "torch":
         return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
-    # deploy/ builds on model/; imported on use so that model/ never imports it at load time.
-    from ..deploy.backends import build_networks
-
     return build_networks(model, cfg, device, input_size)
-
-
-def build_model(model: str | ModelConfig, checkpoint: str | None = None) -> AccelNet:
-    """A model from a checkpoint, or random weights of `model` (see `load_model_or_preset`)."""
-    return load_model_or_preset(model, checkpoint).model
 
 
 def build_segmenter(

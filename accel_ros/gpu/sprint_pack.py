@@ -2,7 +2,7 @@
 CamVid as JPEG frames + PNG labels in one .npz, and the EfficientNet-Lite ImageNet trunks as
 fp16 state dicts. About 29 MB for CamVid's 468 labelled frames and both trunks.
 
-Written here by `python -m accel_ros.learn.gpu_sprint pack` into an ignored folder of the
+Written here by `python -m accel_ros.gpu.sprint pack` into an ignored folder of the
 repository (`.carry/sprint`), which the device tool carries; read there by `unpack_camvid`
 (into a SegNet-layout tree that `data.frames.load_frames` reads as usual) and
 `load_trunk_weights`.

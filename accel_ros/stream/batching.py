@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .pipeline import SegmentationResult, StreamFrame
+from .segmenter import SegmentationResult, StreamFrame
 
 
 @dataclass

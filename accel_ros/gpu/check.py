@@ -3,7 +3,7 @@
 On the GPU machine (about 15 minutes of device time in all, machine start-up included; 10
 minutes per command; at most 8 files come back), from the repository root:
 
-    PYTHONPATH=$PWD timeout 560 python3 -m accel_ros.bench.device_check --budget-s 300 --out $OUT
+    PYTHONPATH=$PWD timeout 560 python3 -m accel_ros.gpu.check --budget-s 300 --out $OUT
 
 with the device tool's command limit (`timeout_s`) at 560 s. The check keeps to its budget by
 itself: every step gets a time box (a share of what is left, in proportion to `STEPS`' weights,
@@ -15,7 +15,7 @@ command ends by about 300 + 15 s plus Python's and CUDA's start-up: 560 s leaves
 slow machine, and two runs (a first one and a rerun) plus the machine's start fit a 15-minute
 slot. On the CPU a dry run checks every step at toy size (what CI runs):
 
-    python -m accel_ros.bench.device_check --device cpu --tiny --out /tmp/dc
+    python -m accel_ros.gpu.check --device cpu --tiny --out /tmp/dc
 
 Steps, in order (each records what it ran, what it skipped and why):
 
@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import (
+from ..bench.common import (
     NO_DEADLINE,
     Deadline,
     fast_path_outcome,
@@ -350,7 +350,7 @@ def _run_pipeline(
 ) -> tuple[list[Any], dict[str, Any]]:
     """The results of the frames the deadline allowed, and what the fast paths really did."""
     from ..config import PipelineConfig
-    from ..model import AccelSegmenter
+    from ..stream import AccelSegmenter
 
     pipeline.setdefault("keyframe_interval", 3)
     segmenter = AccelSegmenter(model, PipelineConfig(**pipeline), return_max_probability=True)
@@ -548,7 +548,7 @@ def cuda_tests(
 # -- 3. flow -----------------------------------------------------------------------------------
 def flow(check: Check, deadline: Deadline = NO_DEADLINE) -> dict[str, Any]:
     """Step 3: end-point error of zero / DIS / torch flow on synthetic clips."""
-    from .single_stream import flow_epe
+    from ..bench.single_stream import flow_epe
 
     size = (48, 96) if check.tiny else (256, 512)
     result = flow_epe(("zero", "dis", "torch"), pairs=2 if check.tiny else 10,
@@ -563,7 +563,7 @@ def bench_settings(check: Check, kind: str) -> Any:
     """kind "main": every variant and peer, plain / half / CUDA graphs / both; "compile":
     torch.compile of Accel k=5 against the plain reference; "torch_flow": DFF and Accel at
     k=5 with the on-device torch flow instead of DIS, plain and half."""
-    from .single_stream import BenchSettings
+    from ..bench.single_stream import BenchSettings
 
     tiny = check.tiny
     half = "fp16" if check.on_cuda else "bf16"
@@ -607,7 +607,7 @@ def benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Steps 4, 5 and 7: the single-stream benchmark of `kind` (see `bench_settings`)."""
-    from .single_stream import format_table, run_benchmark
+    from ..bench.single_stream import format_table, run_benchmark
 
     report = run_benchmark(bench_settings(check, kind), log, deadline)
     table = format_table(report)
@@ -622,7 +622,7 @@ def streams(
 ) -> dict[str, Any]:
     """One process serving 1, 2, 4 cameras (`process_batch`, one model) against as many
     separate single-camera processes, at the shipped input size on the device."""
-    from .streams import StreamsSettings, format_table, run_streams_benchmark
+    from ..bench.streams import StreamsSettings, format_table, run_streams_benchmark
 
     tiny = check.tiny
     settings = StreamsSettings(
@@ -642,8 +642,8 @@ def streams(
 def write_figure(steps: dict[str, Any], path: Path) -> Path | None:
     """One PNG: the benchmark's per-frame time per keyframe interval, and the several-camera
     throughput and p99 (whichever of the two steps produced rows)."""
-    from . import single_stream
-    from . import streams as streams_module
+    from ..bench import single_stream
+    from ..bench import streams as streams_module
 
     bench = steps.get("bench", {}).get("report")
     several = steps.get("bench_streams", {}).get("report")
@@ -732,7 +732,7 @@ def _warnings_to(log: Callable[[str], None]) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m accel_ros.bench.device_check", description=__doc__,
+        prog="python -m accel_ros.gpu.check", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=Path, required=True, help="folder for the results")

@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 import torch
 
-from .resampling import resize_matrix
+from ..model.resampling import resize_matrix
 
 # Source/destination sizes whose tables stay built (a handful of camera sizes in one node).
 MAX_TABLES = 8

@@ -23,7 +23,7 @@ import torch
 
 from ..config import PipelineConfig
 from ..model.accel import AccelNet
-from ..model.pipeline import STAGES, AccelSegmenter
+from ..stream import STAGES, AccelSegmenter
 
 # (mode, keyframe interval): the reference branch on every frame, and Accel with k = 5.
 DEFAULT_SETTINGS = (("reference", 1), ("accel", 5))

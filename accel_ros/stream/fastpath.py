@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .flow import FLOW_ESTIMATORS, FlowEstimator, _OpenCVFlow
+from ..model.flow import FLOW_ESTIMATORS, FlowEstimator, _OpenCVFlow
 
 # The calls AccelSegmenter makes on AccelNet, in the order of a non-key frame.
 OP_NAMES = ("reference_features", "reference_scores", "update_features", "update_scores", "fuse")
