@@ -420,3 +420,42 @@ def test_closing_a_peer_frees_its_network_at_once() -> None:
 
 
 # -- the device check --------------------------------------------------------------------------
+
+
+# -- what a process() call costs on the user's frames -------------------------------------------
+def test_bench_source_times_process_on_a_folder_and_compares_labels(
+    tmp_path, tiny_config, moving_frames, capsys
+) -> None:
+    from accel_ros.model import save_checkpoint
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index, frame in enumerate(moving_frames[:6]):
+        cv2.imwrite(str(folder / f"f{index:03d}.png"), frame[:, :, ::-1])
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", AccelNet(tiny_config))
+    code = _run_cli(["--source", str(folder), "--fps", "2", "--model", str(checkpoint),
+                     "--frames", "4", "--keyframe-interval", "2", "--device", "cpu",
+                     "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "AccelSegmenter.process(frame, stamp)" in printed and "CPU: " in printed
+    report = json.loads((tmp_path / "p.json").read_text())
+    meta = report["meta"]
+    assert meta["frames"]["count"] == 4 and meta["frames"]["seconds_spanned"] == 1.5  # 2 fps
+    assert meta["cpu"]["model"] and isinstance(meta["cpu"]["features"], list)
+    assert meta["threads"] >= 1
+    [row] = report["results"]
+    assert (row["backend"], row["precision"], row["mode"], row["keyframe_interval"]) == (
+        "torch", "fp32", "accel", 2)
+    assert row["labels_equal"] == 1.0 and row["ratio_to_torch"] == 1.0
+    assert row["frames"] == 4 and row["rounds"] == 3 and row["ms_per_frame"] > 0
+    assert (tmp_path / "p.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_bench_source_says_when_it_holds_no_frame(tmp_path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "broken.png").write_bytes(b"not a png")
+    from accel_ros.bench.process import read_frames
+
+    with pytest.raises(ValueError, match="no decodable frame"):
+        read_frames(tmp_path / "empty", 4)

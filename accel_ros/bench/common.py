@@ -8,7 +8,6 @@ import it without a circle.
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..machine import cpu_info
 
 # Rendering the synthetic scene costs ~seconds per frame at 1024x2048: single-stream frames are
 # rendered at most this large and resized; the motion (and so DIS's work) scales with the frame.
@@ -53,12 +54,13 @@ def peak_rss_mb() -> float:
 
 # -- devices -----------------------------------------------------------------------------------
 def device_name(device: Any) -> str:
-    """The GPU's name for a CUDA device, else the processor's."""
+    """The GPU's name for a CUDA device, else the CPU's model and the instruction sets that
+    decide its speed (accel_ros.machine)."""
     if device.type == "cuda":
         import torch
 
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_info().describe()
 
 
 def sync(device: Any) -> None:

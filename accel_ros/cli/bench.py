@@ -7,9 +7,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..bench import single_stream
+from ..bench import process, single_stream
 from ..bench.variants import VARIANTS, parse_variants
-from ..config import BACKENDS, FLOW_METHODS, PRECISIONS
+from ..config import BACKENDS, FLOW_METHODS, MODES, PRECISIONS, PipelineConfig
 from .options import log_progress, print_report
 
 
@@ -31,8 +31,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--width", type=int, default=None,
                         help="frame and network input width (default: the --model's input "
                         "size, else 1024, or 2048 on CUDA)")
-    parser.add_argument("--frames", type=int, default=20,
-                        help="timed frames per measurement, rounded up to whole keyframe cycles")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="timed frames per measurement, rounded up to whole keyframe cycles "
+                        "(default 20; with --source: frames read from it, default 40)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames per measurement")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -79,6 +80,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, default=None, help="write a PNG here")
     parser.add_argument("--accuracy", type=Path, default=None,
                         help="mIoU JSON (eval.json or {variant: ...}) for the trade-off plot")
+    source = parser.add_argument_group(
+        "your frames", "--source times what a process(frame, stamp) call costs on your own "
+        "frames, for each --backend (torch fp32 always runs: the others' labels are compared "
+        "with it); --model, --device, --frames, --repeats (timed rounds, default 3), "
+        "--threads, --json and --plot apply")
+    source.add_argument("--source", default=None, metavar="PATH",
+                        help="an image folder, a video or a rosbag2")
+    source.add_argument("--topic", default=None, help="the bag's camera topic (default: first)")
+    source.add_argument("--mode", default=PipelineConfig.mode, choices=MODES)
+    source.add_argument("--keyframe-interval", type=int,
+                        default=PipelineConfig.keyframe_interval)
+    source.add_argument("--fps", type=float, default=None,
+                        help="frame rate of an image folder (its frames' stamps)")
     # Moved to its own subcommand; kept hidden only to say where.
     parser.add_argument("--streams", nargs="?", const="1,2,4", default=None,
                         help=argparse.SUPPRESS)
@@ -92,7 +106,7 @@ def settings_from_args(args: argparse.Namespace) -> single_stream.BenchSettings:
         intervals=single_stream.parse_intervals(args.intervals),
         height=args.height,
         width=args.width,
-        frames=args.frames,
+        frames=args.frames or 20,
         warmup=args.warmup,
         device=args.device,
         precision=args.precision,
@@ -128,6 +142,8 @@ def main(args: argparse.Namespace) -> int:
     if args.streams is not None:
         raise ValueError("several cameras have their own subcommand: "
                          f"accel-ros bench-streams --streams {args.streams} ...")
+    if args.source is not None:
+        return _time_process(args)
     settings = settings_from_args(args)
     if args.accuracy is not None and not args.accuracy.is_file():
         raise FileNotFoundError(f"accuracy file not found: {args.accuracy}")
@@ -143,4 +159,22 @@ def main(args: argparse.Namespace) -> int:
         }
     print_report(single_stream.format_table(report), report, args.json, args.plot,
                  lambda report, path: single_stream.write_plot(report, path, accuracy))
+    return 0
+
+
+def _time_process(args: argparse.Namespace) -> int:
+    """`--source`: time process() on the user's frames (accel_ros.bench.process)."""
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    settings = process.ProcessSettings(
+        source=args.source, model=args.model or "default",
+        backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),
+        mode=args.mode, keyframe_interval=args.keyframe_interval, frames=args.frames or 40,
+        rounds=args.repeats if args.repeats > 1 else 3, topic=args.topic, fps=args.fps,
+        device="cpu" if args.device == "auto" else args.device)
+    report = process.run_process_benchmark(settings)
+    print_report(process.format_report(report), report, args.json, args.plot,
+                 process.write_plot)
     return 0
