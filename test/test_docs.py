@@ -184,6 +184,29 @@ def test_readme_command_lines_are_accepted_as_written():
             pytest.fail(f"README: `{line}` is not accepted by accel-ros")
 
 
+@pytest.mark.parametrize("path", PAGES, ids=_ids(PAGES))
+def test_python_examples_import_what_exists(path):
+    """Every accel_ros import in a python code block of the page imports as written (a moved
+    module or renamed name breaks the page a user copies from)."""
+    import importlib
+
+    imports = [
+        line.strip()
+        for token in _tokens(path)
+        if token.type == "fence" and token.info.strip() == "python"
+        for line in token.content.splitlines()
+        if line.strip().startswith(("from accel_ros", "import accel_ros"))
+    ]
+    for statement in imports:
+        names = statement.split(" import ", 1)
+        module = names[0].removeprefix("from ").removeprefix("import ").strip()
+        loaded = importlib.import_module(module)
+        if statement.startswith("from "):
+            for name in names[1].split(","):
+                name = name.split(" as ")[0].strip()
+                assert hasattr(loaded, name), f"{path.name}: {statement}: no {name} in {module}"
+
+
 def test_checks_catch_a_stray_fence(tmp_path):
     """The failure these tests exist for: a fence after a closed block swallows the rest."""
     page = tmp_path / "page.md"
