@@ -84,3 +84,16 @@ def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndar
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_labels(
+    labels: np.ndarray,
+    palette: str | np.ndarray,
+    image: np.ndarray | None = None,
+    alpha: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """What every output shows of a label image: its colours and, given the (H, W, 3) uint8
+    `image` they were computed from, those colours blended over it. (H, W) class ids ->
+    ((H, W, 3) uint8 colour image, (H, W, 3) uint8 overlay or None without `image`)."""
+    color = colorize(labels, palette)
+    return color, None if image is None else overlay(image, color, alpha)

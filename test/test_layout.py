@@ -137,3 +137,18 @@ def test_no_function_is_longer_than_80_lines() -> None:
                 if lines > MAX_FUNCTION_LINES and node.name not in LONG_FUNCTION_EXEMPT:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert not long, long
+
+
+def test_only_runtime_sets_process_threads() -> None:
+    """torch's and OpenCV's thread pools are the process's: only runtime.set_threads changes
+    them (called by entry points), so no library function resizes them under its caller."""
+    setters = ("set_num_threads", "set_num_interop_threads", "setNumThreads")
+    found = []
+    for name, path in modules().items():
+        if name == "accel_ros.runtime":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in setters):
+                found.append(f"{name}:{node.lineno} calls {node.func.attr}")
+    assert not found, found

@@ -269,6 +269,8 @@ def _stand_in_modules(stats_class: type | None) -> dict[str, types.ModuleType]:
             HistoryPolicy=enum(KEEP_LAST="keep_last"),
             ReliabilityPolicy=enum(BEST_EFFORT="best_effort", RELIABLE="reliable"),
             DurabilityPolicy=enum(VOLATILE="volatile", TRANSIENT_LOCAL="transient_local"),
+            qos_profile_sensor_data=types.SimpleNamespace(
+                history="keep_last", depth=5, reliability="best_effort", durability="volatile"),
         ),
         "rcl_interfaces": module("rcl_interfaces"),
         "rcl_interfaces.msg": module(
@@ -392,6 +394,7 @@ def test_node_wiring_declares_parameters_and_topics(node_module, tiny_segmenter)
         (subscription,) = image_subscriptions(node)
         assert subscription.topic_name == "image" and subscription.qos.depth == 5
         assert subscription.qos.reliability == "best_effort"
+        assert subscription.qos is sys.modules["rclpy.qos"].qos_profile_sensor_data  # rclpy's
         assert {"~/labels", "~/color", "~/overlay", "~/scores", "~/stats", "/diagnostics"} <= set(
             node.publishers
         )
@@ -678,9 +681,10 @@ def test_node_wiring_camera_info_follows_each_labels_message(node_module, tiny_s
         assert info_subscription.qos.reliability == "best_effort"  # takes either kind of driver
         assert infos.qos.reliability == labels.qos.reliability
         assert infos.qos.depth == 10 * labels.qos.depth == 1000  # small: a deeper history
+        stats = node.publishers["~/stats"]  # published last: the frame's camera_info is done
         for sec in (100, 101):  # no camera_info yet: nothing, and one line however many frames
             image.callback(_stand_in_image(node_module, frame(sec), sec=sec))
-            assert wait_until(lambda s=sec: len(labels.sent) == s - 99)
+            assert wait_until(lambda s=sec: len(stats.sent) == s - 99)
         assert infos.sent == []
         notes = [m for level, m in node.logger.records if "no camera_info" in m]
         assert notes == ["no camera_info on /robot/cam/camera_info yet: ~/camera_info follows "
@@ -763,6 +767,79 @@ def test_node_wiring_label_info_at_start_and_on_palette_change(node_module, tiny
         assert ok.successful and len(publisher.sent) == 2
     finally:
         node.destroy_node()
+
+
+def _label_info_header(node_module: Any, msg: Any) -> tuple[str, int]:
+    """(frame_id, stamp seconds) of a ~/label_info message, LabelInfo or JSON."""
+    if node_module.LabelInfo is None:
+        header = json.loads(msg.data)["header"]
+        return header["frame_id"], header["stamp"]["sec"]
+    return msg.header.frame_id, msg.header.stamp.sec
+
+
+def test_node_and_segment_name_describe_and_draw_a_camera_alike(node_module, tiny_segmenter,
+                                                               tmp_path):
+    """One frame through the node and through `accel-ros segment` (to a bag, then to PNGs): the
+    same output names per camera (io.topics), the same LabelInfo (fields, and the camera's
+    frame_id once a frame came) and the same colour image and overlay for the same labels."""
+    from test_replay import read_bag
+
+    from accel_ros.io import video
+    from accel_ros.io.topics import BAG_OUTPUTS, LABEL_INFO, NODE_OUTPUTS
+    from accel_ros.replay import runner as replay
+    from accel_ros.replay.sources import DEFAULT_TOPIC
+    from accel_ros.stream.segmenter import DEFAULT_STREAM
+
+    param = sys.modules["rclpy.parameter"].Parameter
+    rgb = frame(7)
+    node = node_module.AccelSegmentationNode(
+        segmenter=tiny_segmenter, parameter_overrides=[param("palette", "camvid"),
+                                                       param("overlay_alpha", 0.3)])
+    try:
+        topics = set(node.publishers)
+        infos = node.publishers["~/label_info"].sent
+        assert _label_info_header(node_module, infos[0])[0] == ""  # no frame came yet
+        image_subscriptions(node)[0].callback(_stand_in_image(node_module, rgb, sec=100))
+        assert wait_until(lambda: len(node.publishers["~/stats"].sent) == 1)
+        published = {kind: node.publishers[f"~/{kind}"].sent[0]
+                     for kind in ("labels", "color", "overlay")}
+    finally:
+        node.destroy_node()
+    assert {f"~/{kind}" for kind in (*NODE_OUTPUTS, LABEL_INFO)} <= topics
+    assert len(infos) == 2  # again, with the camera's header
+    assert _label_info_header(node_module, infos[1]) == ("camera", 100)
+    node_info = _label_info(node_module, infos[1])
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    video.write_image_rgb(folder / "f.png", rgb)
+    tiny_segmenter.configure_streams([DEFAULT_STREAM])
+    tiny_segmenter.reset(stream=None)  # the node's keyframe is not the replay's
+    replay.segment(folder, tmp_path / "out", tiny_segmenter, palette="camvid",
+                   output_format="bag", frame_id="camera", quiet=True)
+    bag = read_bag(tmp_path / "out")
+    assert set(bag) == {DEFAULT_TOPIC} | {f"{DEFAULT_TOPIC}/{kind}" for kind in BAG_OUTPUTS}
+    assert set(BAG_OUTPUTS) - {LABEL_INFO} <= set(NODE_OUTPUTS)
+    (_, bag_info, _), = bag[f"{DEFAULT_TOPIC}/{LABEL_INFO}"]
+    assert (bag_info.header.frame_id, bag_info.header.stamp.sec) == ("camera", 0)
+    assert [(c.class_id, c.class_name) for c in bag_info.class_map] == [
+        (c["class_id"], c["class_name"]) for c in node_info["class_map"]]
+    assert list(bytes(bag_info.colors)) == list(node_info["colors"])
+    for field in ("threshold", "ignore_id", "palette", "model_hash", "input_height",
+                  "input_width", "resize_mode"):
+        assert getattr(bag_info, field) == node_info[field], field
+    assert node_info["palette"] == "camvid"
+
+    # The same frame gives the same labels, so the same colour image and overlay.
+    (_, labels, _), = bag[f"{DEFAULT_TOPIC}/labels"]
+    (_, color, _), = bag[f"{DEFAULT_TOPIC}/color"]
+    assert np.array_equal(image_to_array(labels), image_to_array(published["labels"]))
+    assert np.array_equal(image_to_array(color), image_to_array(published["color"]))
+    tiny_segmenter.reset(stream=None)
+    replay.segment(folder, f"{tmp_path / 'overlays'}/", tiny_segmenter, palette="camvid",
+                   overlay_alpha=0.3, quiet=True)
+    assert np.array_equal(video.read_image_rgb(tmp_path / "overlays" / "f.png"),
+                          image_to_array(published["overlay"]))
 
 
 # --- the managed (lifecycle) node ---------------------------------------------------------------

@@ -36,7 +36,7 @@ def parse_train(argv: list[str]) -> TrainConfig:
     """The TrainConfig `accel-ros train ARGV` runs with."""
     parser = argparse.ArgumentParser(prog="accel-ros")
     train_cli.add_parser(parser.add_subparsers(dest="command"))
-    # Keep the thread count the test process already has (run_training sets it).
+    # The thread count the test process already has (`accel-ros train` would set it).
     args = parser.parse_args(["train", "--threads", str(torch.get_num_threads()), *argv])
     return config_from(TrainConfig, vars(args))
 

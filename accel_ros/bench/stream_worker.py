@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime import set_threads
 from .common import peak_rss_mb, ping_pong_index, status_mb
 
 MODULE = "accel_ros.bench.stream_worker"
@@ -126,12 +127,10 @@ def worker(spec: dict[str, Any]) -> int:
     if spec.get("cpus"):
         # Before torch loads: its OpenMP pool then starts on these CPUs.
         os.sched_setaffinity(0, spec["cpus"])
-    import cv2
     import torch
 
-    threads = int(spec["threads"])
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)  # DIS flow runs in OpenCV's pool: keep it on the same cores
+    # torch's and OpenCV's pools alike: DIS flow runs in OpenCV's, on the same cores.
+    set_threads(int(spec["threads"]))
     control = _Control()
     started = time.perf_counter()
     clips = [np.load(path) for path in spec["frames"]]

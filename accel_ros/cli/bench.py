@@ -10,6 +10,7 @@ from typing import Any
 from ..bench import process, single_stream
 from ..bench.variants import VARIANTS, parse_variants
 from ..config import BACKENDS, FLOW_METHODS, MODES, PRECISIONS, PipelineConfig
+from ..runtime import set_threads
 from .options import log_progress, print_report
 
 
@@ -137,8 +138,6 @@ def settings_from_args(args: argparse.Namespace) -> single_stream.BenchSettings:
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write --json / --plot."""
-    import torch
-
     if args.streams is not None:
         raise ValueError("several cameras have their own subcommand: "
                          f"accel-ros bench-streams --streams {args.streams} ...")
@@ -148,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     if args.accuracy is not None and not args.accuracy.is_file():
         raise FileNotFoundError(f"accuracy file not found: {args.accuracy}")
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        set_threads(max(1, args.threads))
     report = single_stream.run_benchmark(settings, log_progress)
     accuracy = None
     if args.accuracy is not None:
@@ -164,10 +163,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _time_process(args: argparse.Namespace) -> int:
     """`--source`: time process() on the user's frames (accel_ros.bench.process)."""
-    import torch
-
     if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
+        set_threads(max(1, args.threads))
     settings = process.ProcessSettings(
         source=args.source, model=args.model or "default",
         backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..config import BACKENDS, PRECISIONS
 from ..learn.config import DATA_SOURCES, EVAL_CLIPS, EVAL_MODES, EvalConfig, config_from
+from ..runtime import set_threads
 
 DEFAULTS = EvalConfig()
 
@@ -79,5 +80,7 @@ def main(args: argparse.Namespace) -> int:
     """`accel-ros eval ...`."""
     from ..learn.evaluate import run_eval
 
-    run_eval(config_from(EvalConfig, vars(args)))
+    config = config_from(EvalConfig, vars(args))
+    set_threads(max(1, config.threads))
+    run_eval(config)
     return 0

@@ -12,14 +12,13 @@ from ..deploy.export import (
     OPSET,
     OPSETS,
     OUT_OF_FRAME,
-    ExportKey,
     Manifest,
     cache_root,
+    cache_state,
     export_graphs,
-    stale_reason,
 )
 from ..deploy.runtimes import RUNTIMES
-from ..model.checkpoint import load_model, resolve_checkpoint
+from ..model.checkpoint import load_model_or_preset
 from ..runtime import THREADS_HELP, set_threads
 
 
@@ -58,14 +57,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    loaded = load_model(args.checkpoint if resolve_checkpoint(args.checkpoint) else args.preset)
+    loaded = load_model_or_preset(args.preset, args.checkpoint)
     size = tuple(args.input_size) if args.input_size else loaded.model.config.input_size
     if size is None:
         raise ValueError("this model records no input size: give --input-size H W")
-    key = ExportKey.for_model(loaded.model, size, batch=args.batch, opset=args.opset,
-                              out_of_frame=args.out_of_frame)
-    folder = args.output or cache_root() / key.folder_name
-    reason = stale_reason(folder, key)  # hashes every graph: a corrupted one is stale
+    state = cache_state(loaded.model, size, batch=args.batch, opset=args.opset,
+                        out_of_frame=args.out_of_frame, folder=args.output)
+    key, folder, reason = state.key, state.folder, state.reason  # every graph hashed
     if reason is None and not args.force:
         print(f"up to date: {folder} holds these graphs ({loaded.description})")
         return 0

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..io import rosbag
-from ..replay.sinks import OUTPUT_KINDS, check_streams_output, output_kind
-from ..replay.sources import is_image_folder, open_source
+from ..replay.sinks import OUTPUT_KINDS
 from ..report import RunSummary
 from ..runtime import THREADS_HELP, set_threads
 from .options import add_model_options, pipeline_config
@@ -61,26 +60,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Check paths, storage and topics, then load the model, then segment: a bad path fails
     before the (slow) model load."""
-    from ..replay.runner import segment
+    from ..replay.runner import plan_replay, segment
     from ..stream import build_segmenter
 
-    kind = output_kind(args.out, args.output_format, images_in=is_image_folder(args.input))
-    if kind == "bag":
-        rosbag.bag_output(args.out, args.storage)
-    source = open_source(args.input, args.topic, args.fps, rosbag.make_typestore(),
-                         all_topics=args.all_topics)
+    plan = plan_replay(args.input, args.out, topic=args.topic, all_topics=args.all_topics,
+                       storage=args.storage, output_format=args.output_format, fps=args.fps)
     try:
-        check_streams_output(list(source.topics), kind)
         set_threads(args.threads)
         segmenter = build_segmenter(args.preset, pipeline_config(args), args.checkpoint)
     except BaseException:
-        source.close()
+        plan.source.close()
         raise
     summary = segment(
         args.input, args.out, segmenter, topic=args.topic, all_topics=args.all_topics,
         storage=args.storage, output_format=args.output_format,
         overlay_alpha=args.overlay_alpha, fps=args.fps, frame_id=args.frame_id,
-        palette=args.palette, quiet=args.quiet, source=source,
+        palette=args.palette, quiet=args.quiet, plan=plan,
     )
     print(summary.format())
     return exit_code(summary, args.input)

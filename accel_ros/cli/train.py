@@ -36,6 +36,7 @@ from ..learn.config import (
     TrainConfig,
     config_from,
 )
+from ..runtime import set_threads
 
 DEFAULTS = TrainConfig()
 
@@ -178,7 +179,9 @@ def main(args: argparse.Namespace) -> int:
     """`accel-ros train ...`."""
     from ..learn.train import run_training
 
-    run_training(config_from(TrainConfig, vars(args)))
+    config = config_from(TrainConfig, vars(args))
+    set_threads(max(1, config.threads))
+    run_training(config)
     return 0
 
 

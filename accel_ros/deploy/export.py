@@ -380,6 +380,34 @@ class ExportedGraphs:
     reason: str | None = None  # why it was exported
 
 
+@dataclass
+class CacheState:
+    """Where the graphs of a model go and whether the ones there may serve it."""
+
+    key: ExportKey
+    folder: Path
+    reason: str | None  # why `folder` must be exported (again); None: it serves `key`
+
+
+def cache_state(
+    model: AccelNet,
+    input_size: tuple[int, int],
+    *,
+    batch: int = 1,
+    opset: int = OPSET,
+    out_of_frame: str = "border",
+    folder: str | Path | None = None,
+    root: str | Path | None = None,
+) -> CacheState:
+    """The export key of `model` at `input_size`, its folder (`folder`, default the key's
+    own under `root`, default `cache_root()`) and `stale_reason` of what that folder holds:
+    the one freshness check of the backends' cache and of `accel-ros export`."""
+    key = ExportKey.for_model(model, input_size, batch=batch, opset=opset,
+                              out_of_frame=out_of_frame)
+    folder = Path(folder) if folder is not None else Path(root or cache_root()) / key.folder_name
+    return CacheState(key, folder, stale_reason(folder, key))
+
+
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -399,10 +427,9 @@ def cached_graphs(
     `cache_root()`), exported first when missing or stale (a graph file whose sha256 is not
     the manifest's included); an export says so in one line on `log` with its reason (naming
     the file) and duration. Raises GraphWriteError where the cache cannot be written."""
-    key = ExportKey.for_model(model, input_size, batch=batch, opset=opset,
-                              out_of_frame=out_of_frame)
-    folder = Path(root or cache_root()) / key.folder_name
-    reason = stale_reason(folder, key)
+    state = cache_state(model, input_size, batch=batch, opset=opset, out_of_frame=out_of_frame,
+                        root=root)
+    key, folder, reason = state.key, state.folder, state.reason
     if reason is None:
         manifest = read_manifest(folder)
         assert manifest is not None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -214,6 +214,27 @@ def segmenter_label_info(segmenter: Any, palette: str) -> dict[str, Any]:
         input_size=getattr(segmenter, "input_size", None),
         resize_mode=segmenter.pipeline_config.resize_mode,
     )
+
+
+def label_info_message(
+    label_info_type: Callable[..., Any],
+    class_info_type: Callable[..., Any],
+    fields: dict[str, Any],
+    header: Any,
+    colors: Callable[[list[int]], Any],
+) -> Any:
+    """A LabelInfo message from `label_info_fields`: the node's (rclpy's accel_ros_msgs
+    classes) and a bag's (a rosbags typestore's) alike; `colors` makes their uint8[] array.
+
+    `header` is that of the camera frame the class metadata goes with (its first one, in a
+    bag), so that frame_id names the camera as every other output of it does. Only a message
+    that goes with no single camera frame carries an empty frame_id: a multi-camera node's one
+    ~/label_info, and any node's before its first frame."""
+    values = dict(fields)
+    values["class_map"] = [class_info_type(class_id=index, class_name=name)
+                           for index, name in fields["class_map"]]
+    values["colors"] = colors(fields["colors"])
+    return label_info_type(header=header, **values)
 
 
 def label_info_to_json(fields: dict[str, Any], frame_id: str,

@@ -31,6 +31,8 @@ from .messages import (
     register_label_info_type,
     register_stats_type,
 )
+from .topics import BAG_OUTPUTS
+from .topics import output_topics as topics_under
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -196,11 +198,10 @@ def output_base(topic: str) -> str:
 
 
 def output_topics(topic: str) -> dict[str, str]:
-    """{"labels", "color", "stats", "label_info": output topic} of one camera topic:
+    """{kind: output topic} of one camera topic, for the kinds of `topics.BAG_OUTPUTS`:
     ``<base>/labels`` and so on, with `output_base`'s base. Every camera topic of a multi-topic
     run gets its own."""
-    base = output_base(topic)
-    return {kind: f"{base}/{kind}" for kind in ("labels", "color", "stats", "label_info")}
+    return topics_under(f"{output_base(topic)}/", BAG_OUTPUTS)
 
 
 class Rosbag2Writer(Writer):

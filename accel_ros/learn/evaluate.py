@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..config import RANGES, PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
-from ..model import AccelNet, LoadedModel, load_model, resolve_checkpoint
+from ..model import AccelNet, LoadedModel, load_model_or_preset
 from ..stream import AccelSegmenter
 from .config import EVAL_MODES, EvalConfig
 
@@ -231,7 +230,7 @@ class EvalClips:
 def load_eval_model(config: EvalConfig) -> LoadedModel:
     """The checkpoint `config.checkpoint` names, or random weights of `config.preset` for
     checkpoint "none"."""
-    return load_model(config.checkpoint if resolve_checkpoint(config.checkpoint) else config.preset)
+    return load_model_or_preset(config.preset, config.checkpoint)
 
 
 def make_clips(config: EvalConfig, frames: FrameSet) -> EvalClips:
@@ -252,7 +251,6 @@ def make_clips(config: EvalConfig, frames: FrameSet) -> EvalClips:
 def run_eval(config: EvalConfig) -> dict[str, Any]:
     """Evaluate the model `config` names on its clips; writes `<out>/eval.json`, `results.md`
     and the plots, prints the tables, and returns the summary."""
-    torch.set_num_threads(max(1, config.threads))
     loaded = load_eval_model(config)
     model = loaded.model
     trained_at = model.config.input_size or loaded.extra.get("resolution") or (360, 480)

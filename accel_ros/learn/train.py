@@ -57,7 +57,6 @@ class TrainData:
 
 def run_training(config: TrainConfig) -> Path:
     """Train the stages `config` names; returns the path of the final checkpoint."""
-    torch.set_num_threads(max(1, config.threads))
     torch.manual_seed(config.seed)
     if config.data == "camvid" and config.data_root is None:
         raise ValueError("--data camvid needs --data-root (folder with train/ trainannot/ ...)")

@@ -47,6 +47,44 @@ from .sources import (
 # The replay loop.
 
 
+@dataclass
+class ReplayPlan:
+    """What a replay reads and writes, classified and checked: the output kind ("bag",
+    "video" or "png", see `output_kind`), the input opened as a source, and the typestore that
+    decodes and writes its messages."""
+
+    kind: str
+    source: BagSource | FileSource
+    typestore: Any
+
+
+def plan_replay(
+    input_path: str | Path,
+    output_path: str | Path,
+    *,
+    topic: str | Sequence[str] | None = None,
+    all_topics: bool = False,
+    storage: str | None = None,
+    output_format: str | None = None,
+    fps: float | None = None,
+) -> ReplayPlan:
+    """Classify `input_path` (rosbag2, video or image folder: `open_source`) and
+    `output_path` (`output_kind`) and open the input; a bad path, storage or camera topic
+    fails here, before any work (the CLI: before the model loads). The source is closed again
+    when a check fails; otherwise the caller closes it (`segment` does)."""
+    kind = output_kind(output_path, output_format, images_in=is_image_folder(input_path))
+    if kind == "bag":
+        rosbag.bag_output(output_path, storage)  # a contradicting suffix fails before any work
+    typestore = rosbag.make_typestore()
+    source = open_source(input_path, topic, fps, typestore, all_topics=all_topics)
+    try:
+        check_streams_output(list(source.topics), kind)
+    except BaseException:
+        source.close()
+        raise
+    return ReplayPlan(kind, source, typestore)
+
+
 def segment(
     input_path: str | Path,
     output_path: str | Path,
@@ -61,37 +99,34 @@ def segment(
     frame_id: str = "camera",
     palette: str | None = None,
     quiet: bool = False,
-    source: BagSource | FileSource | None = None,
+    plan: ReplayPlan | None = None,
 ) -> RunSummary:
     """Segment every frame of `input_path` with `segmenter` (an AccelSegmenter) and write
     `output_path` (see `output_kind`). Returns the run summary; skipped frames are listed in
-    ``summary.skipped`` with the reason. `source` is `input_path` opened already (the CLI opens
-    it before loading the model to fail fast; a bag is then scanned only once); it is closed
-    here.
+    ``summary.skipped`` with the reason. `plan` is `plan_replay`'s for these paths, made
+    already (the CLI makes it before loading the model to fail fast; a bag is then scanned
+    only once); its source is closed here.
 
     `topic` is a bag's camera topic, or several, and `all_topics` takes every image topic of
     the bag (see rosbag.select_image_topics). With several, each camera is a stream of the one
     segmenter (`configure_streams`, `process_batch`), its outputs go to its own
     ``<topic>/labels``..., and ``summary.extra["topics"]`` (a `TopicTallies`) counts frames,
     keyframes and skips per camera; a bag output is then required."""
-    kind = output_kind(output_path, output_format, images_in=is_image_folder(input_path))
-    if kind == "bag":
-        rosbag.bag_output(output_path, storage)  # a contradicting suffix fails before any work
-    typestore = rosbag.make_typestore()
     palette = palette or segmenter.model_config.palette
-    get_palette(palette)  # an unknown name fails here, not after the first frame
+    if plan is None:
+        plan = plan_replay(input_path, output_path, topic=topic, all_topics=all_topics,
+                           storage=storage, output_format=output_format, fps=fps)
+    source, kind, typestore = plan.source, plan.kind, plan.typestore
     mode = segmenter.pipeline_config.mode
-    if source is None:
-        source = open_source(input_path, topic, fps, typestore, all_topics=all_topics)
     summary = RunSummary(name=f"segment ({mode})")
-    report = getattr(source, "report", None)
-    if report is not None and (report.damaged or report.notes):
-        for line in report.lines():
-            _warn(line, quiet)
-        summary.extra["recovery"] = "\n    ".join(report.lines())
     cameras = list(source.topics)
     try:
-        check_streams_output(cameras, kind)
+        get_palette(palette)  # an unknown name fails here, not after the first frame
+        report = getattr(source, "report", None)
+        if report is not None and (report.damaged or report.notes):
+            for line in report.lines():
+                _warn(line, quiet)
+            summary.extra["recovery"] = "\n    ".join(report.lines())
         for note in source.notes:
             _warn(note, quiet)
         if kind == "bag":

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..io import rosbag, video
-from ..palette import colorize, overlay
+from ..io.messages import label_info_message, stats_fields
+from ..palette import render_labels
 from .sources import Frame, Passthrough, topic_list
 
 OUTPUT_KINDS = ("bag", "video", "png")
@@ -162,8 +163,6 @@ class BagSink:
             self._writer.write(out, item.timestamp, item.rawdata)
 
     def write(self, frame: Frame, result: Any, elapsed_s: float) -> None:
-        from ..io.messages import stats_fields
-
         ts = self.typestore
         header = frame.header
         if header is None:
@@ -173,7 +172,8 @@ class BagSink:
             self._writer.write(self._camera, frame.timestamp,
                                ts.serialize_cdr(msg, rosbag.IMAGE_TYPE))
         labels = rosbag.image_message(ts, result.labels, "mono8", header)
-        color = rosbag.image_message(ts, colorize(result.labels, self.palette), "rgb8", header)
+        color = rosbag.image_message(ts, render_labels(result.labels, self.palette)[0], "rgb8",
+                                     header)
         stamp = frame.stamp_seconds
         # Offline there is no transport: "end to end" is decode + segment time of this frame
         # (of its batch, when several cameras run together).
@@ -192,11 +192,9 @@ class BagSink:
 
     def _label_info_message(self, header: Any) -> Any:
         types = self.typestore.types
-        fields = dict(self.label_info or {})
-        fields["class_map"] = [types[rosbag.CLASS_INFO_TYPE](class_id=index, class_name=name)
-                               for index, name in fields["class_map"]]
-        fields["colors"] = np.asarray(fields["colors"], dtype=np.uint8)
-        return types[rosbag.LABEL_INFO_TYPE](header=header, **fields)
+        return label_info_message(types[rosbag.LABEL_INFO_TYPE], types[rosbag.CLASS_INFO_TYPE],
+                                  self.label_info or {}, header,
+                                  colors=lambda values: np.asarray(values, dtype=np.uint8))
 
     def close(self) -> None:
         self._writer.close()
@@ -226,7 +224,7 @@ class OverlaySink:
 
     def render(self, frame: Frame, result: Any) -> np.ndarray:
         """(H, W, 3) uint8 RGB overlay of the frame's labels."""
-        return overlay(frame.rgb, colorize(result.labels, self.palette), self.alpha)
+        return render_labels(result.labels, self.palette, frame.rgb, self.alpha)[1]
 
     def _png_name(self, frame: Frame) -> str:
         # Image-folder input keeps its file names, so outputs pair up with inputs by name; a

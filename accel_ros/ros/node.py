@@ -18,7 +18,8 @@ Topics (relative names, remappable):
        ~/camera_info sensor_msgs/CameraInfo: the newest one received on the camera_info beside
                  the image topic (image_transport's convention), with each labels header
        ~/label_info accel_ros_msgs/LabelInfo (or std_msgs/String JSON): class map, palette,
-                 model identity; transient-local, once at start-up and on a palette change
+                 model identity; transient-local, at start-up, with the first frame's
+                 header (one camera) and on a palette change
        /diagnostics diagnostic_msgs/DiagnosticArray, every diagnostics_period seconds
   Outputs are reliable keep-last `output_qos_depth` (100; ~/stats and ~/camera_info ten
   times that) unless output_qos is best_effort.
@@ -74,18 +75,37 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from ..io.bridge import from_array, message_to_rgb8
 from ..io.messages import (
+    label_info_message,
     label_info_to_json,
     segmenter_label_info,
     stamp_to_seconds,
     stats_fields,
     stats_to_json,
+)
+from ..io.topics import (
+    CAMERA_INFO,
+    COLOR,
+    LABEL_INFO,
+    LABELS,
+    NODE_OUTPUTS,
+    OVERLAY,
+    SCORES,
+    STATS,
+    output_topic,
+    output_topics,
 )
 from .camera_info import CameraInfoRelay, camera_info_topic
 from .diagnostics import DiagnosticReport, StreamStatistics, diagnostic_report
@@ -106,7 +126,7 @@ from .parameters import (
 )
 from .processing import BatchProcessor, FrameOutputs, StreamOutcome
 from .slots import ReadyFrame, StampGapMonitor, StreamSlots
-from .streams import StreamPlan, plan_streams
+from .streams import NODE_PREFIX, StreamPlan, log_prefix, plan_streams
 from .throttled_log import Throttle, ThrottledLog, shorten
 
 try:
@@ -190,17 +210,6 @@ def make_converter(use_cv_bridge: bool, logger: Any) -> Callable[[Any], np.ndarr
     return convert
 
 
-def _sensor_qos() -> QoSProfile:
-    # rclpy's sensor-data QoS (best effort, volatile, depth 5): the newest-frame slot does the
-    # dropping, and counts it, rather than the DDS history.
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=5,
-        reliability=ReliabilityPolicy.BEST_EFFORT,
-        durability=DurabilityPolicy.VOLATILE,
-    )
-
-
 # Small outputs (stats, camera_info: a few hundred bytes) keep this many times
 # output_qos_depth. A small sample lost in transport is repaired only at the writer's next
 # heartbeat (every 3 s; large images piggy-back one sooner), and on a busy CPU the repair can
@@ -242,16 +251,14 @@ def _latched_qos() -> QoSProfile:
     )
 
 
-def _label_info_message(msg_type: type, fields: dict[str, Any], stamp: Any) -> Any:
-    """LabelInfo (or its std_msgs/String JSON fallback) from `segmenter_label_info` fields.
-    Class metadata belongs to no camera frame: frame_id is empty."""
+def _label_info_message(msg_type: type, fields: dict[str, Any], header: Any) -> Any:
+    """LabelInfo (or its std_msgs/String JSON fallback) from `segmenter_label_info` fields,
+    with `header` (see io.messages.label_info_message)."""
     if msg_type is String:
-        return String(data=label_info_to_json(fields, "", (stamp.sec, stamp.nanosec)))
-    values = dict(fields)
-    values["class_map"] = [ClassInfo(class_id=index, class_name=name)
-                           for index, name in fields["class_map"]]
-    values["colors"] = array.array("B", fields["colors"])
-    return msg_type(header=Header(stamp=stamp, frame_id=""), **values)
+        stamp = (header.stamp.sec, header.stamp.nanosec)
+        return String(data=label_info_to_json(fields, header.frame_id, stamp))
+    return label_info_message(msg_type, ClassInfo, fields, header,
+                              colors=lambda values: array.array("B", values))
 
 
 def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -320,6 +327,7 @@ class SegmentationNodeSteps:
     _diagnostics_timer: Any = None
     _label_info_pub: Any = None
     _label_info_fields: dict[str, Any] | None = None
+    _label_info_frame_id = ""  # of the newest ~/label_info: the camera's once a frame came
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -433,6 +441,7 @@ class SegmentationNodeSteps:
             for plan in self._plans
         }
         self._stats_lock = threading.Lock()
+        self._label_info_lock = threading.Lock()  # the worker and parameter changes publish it
         silence_opencv()  # bad compressed frames are reported through the ROS log only
         self._processor = BatchProcessor(
             self.segmenter, names, options,
@@ -482,21 +491,23 @@ class SegmentationNodeSteps:
                 self.destroy_publisher(publisher)
         self._streams, self._processor, self._diagnostics_pub = {}, None, None
         self._label_info_pub = self._label_info_fields = None
+        self._label_info_frame_id = ""
 
     def _create_endpoints(self, stream: _Stream) -> None:
         """The stream's output publishers and its input subscriptions (image, camera_info)."""
-        options, log, prefix = self.settings.options, self.get_logger(), stream.plan.outputs
+        options, log = self.settings.options, self.get_logger()
+        topics = output_topics(stream.plan.outputs, NODE_OUTPUTS)
         output_qos = _output_qos(options.output_qos, options.output_qos_depth)
         small_qos = _output_qos(options.output_qos,
                                 options.output_qos_depth * SMALL_OUTPUT_DEPTH_FACTOR)
-        for name in ("labels", "color", "overlay", "scores"):
-            stream.publishers[name] = self.create_publisher(Image, prefix + name, output_qos)
-        stream.publishers["camera_info"] = self.create_publisher(
-            CameraInfo, prefix + "camera_info", small_qos)
+        for name in (LABELS, COLOR, OVERLAY, SCORES):
+            stream.publishers[name] = self.create_publisher(Image, topics[name], output_qos)
+        stream.publishers[CAMERA_INFO] = self.create_publisher(
+            CameraInfo, topics[CAMERA_INFO], small_qos)
         if self._stats_type is None and SegmentationStats is not None:
             try:
-                stream.publishers["stats"] = self.create_publisher(
-                    SegmentationStats, prefix + "stats", small_qos
+                stream.publishers[STATS] = self.create_publisher(
+                    SegmentationStats, topics[STATS], small_qos
                 )
                 self._stats_type = SegmentationStats
             except Exception as error:  # Python module found, its type support libraries not
@@ -509,9 +520,9 @@ class SegmentationNodeSteps:
                 "fields of accel_ros_msgs/msg/SegmentationStats.msg (and ~/label_info with "
                 "those of LabelInfo.msg)"
             )
-        if "stats" not in stream.publishers:
-            stream.publishers["stats"] = self.create_publisher(
-                self._stats_type, prefix + "stats", small_qos
+        if STATS not in stream.publishers:
+            stream.publishers[STATS] = self.create_publisher(
+                self._stats_type, topics[STATS], small_qos
             )
         self._subscribe(stream)
 
@@ -526,20 +537,25 @@ class SegmentationNodeSteps:
             topic, msg_type = f"{base}/compressed", CompressedImage
         else:
             topic, msg_type = stream.plan.topic, Image
+        # rclpy's sensor-data profile as it is (best effort, volatile, keep last 5): the
+        # newest-frame slot does the dropping, and counts it, rather than the DDS history; best
+        # effort also matches drivers publishing images or camera_info reliable.
         stream.subscription = self.create_subscription(
-            msg_type, topic, lambda msg: self._on_image(name, msg), _sensor_qos()
+            msg_type, topic, lambda msg: self._on_image(name, msg), qos_profile_sensor_data
         )
-        # Best effort matches camera drivers publishing camera_info reliable or best effort.
         stream.info_subscription = self.create_subscription(
             CameraInfo, camera_info_topic(base),
-            lambda info: self._on_camera_info(stream, info), _sensor_qos()
+            lambda info: self._on_camera_info(stream, info), qos_profile_sensor_data
         )
         where = (f"subscribed to {stream.subscription.topic_name} ({msg_type.__name__}) and "
                  f"{stream.info_subscription.topic_name} (CameraInfo)")
         if self._multi_stream:
-            where = (f"stream {name}: {where}, outputs {stream.plan.outputs}"
-                     "{labels,color,overlay,stats,camera_info}")
+            where = (f"{self._log_prefix(name)}{where}, outputs {stream.plan.outputs}"
+                     f"{{{','.join(NODE_OUTPUTS)}}}")
         self.get_logger().info(where)
+
+    # One ~/label_info for the node: the model it describes serves every stream.
+    _label_info_topic = output_topic(NODE_PREFIX, LABEL_INFO)
 
     def _create_label_info_publisher(self) -> None:
         """~/label_info: accel_ros_msgs/LabelInfo, or JSON when ~/stats is JSON too or the
@@ -547,7 +563,7 @@ class SegmentationNodeSteps:
         self._label_info_type = String
         if self._stats_type is not String and LabelInfo is not None:
             try:
-                self._label_info_pub = self.create_publisher(LabelInfo, "~/label_info",
+                self._label_info_pub = self.create_publisher(LabelInfo, self._label_info_topic,
                                                              _latched_qos())
                 self._label_info_type = LabelInfo
                 return
@@ -556,19 +572,29 @@ class SegmentationNodeSteps:
         elif self._stats_type is not String:
             self.get_logger().info("accel_ros_msgs has no LabelInfo (rebuild it): publishing "
                                    "~/label_info as std_msgs/String JSON")
-        self._label_info_pub = self.create_publisher(String, "~/label_info", _latched_qos())
+        self._label_info_pub = self.create_publisher(String, self._label_info_topic,
+                                                     _latched_qos())
 
-    def _publish_label_info(self) -> None:
-        """Publish the class metadata unless the newest one published says the same (a live
-        `palette` change alters it)."""
+    def _publish_label_info(self, frame_header: Any = None) -> None:
+        """Publish the class metadata unless the newest one published says the same: at
+        start-up (stamped now, no frame_id: no frame came yet), with a one-camera node's first
+        frame header (frame_id then names the camera; io.messages.label_info_message), and on
+        a live change that alters it (`palette`), keeping the frame_id."""
         if self._label_info_pub is None or self.segmenter is None:
             return
-        fields = segmenter_label_info(self.segmenter, self.settings.options.palette)
-        if fields == self._label_info_fields:
-            return
-        stamp = self.get_clock().now().to_msg()
-        self._label_info_pub.publish(_label_info_message(self._label_info_type, fields, stamp))
-        self._label_info_fields = fields
+        with self._label_info_lock:
+            if self._label_info_pub is None:  # the streams stopped meanwhile
+                return
+            fields = segmenter_label_info(self.segmenter, self.settings.options.palette)
+            frame_id = (self._label_info_frame_id if frame_header is None
+                        else frame_header.frame_id)
+            if (fields, frame_id) == (self._label_info_fields, self._label_info_frame_id):
+                return
+            stamp = (self.get_clock().now().to_msg() if frame_header is None
+                     else frame_header.stamp)
+            self._label_info_pub.publish(_label_info_message(
+                self._label_info_type, fields, Header(stamp=stamp, frame_id=frame_id)))
+            self._label_info_fields, self._label_info_frame_id = fields, frame_id
 
     # --- parameters -------------------------------------------------------------------------
 
@@ -607,10 +633,10 @@ class SegmentationNodeSteps:
         stamp, state = stamp_to_seconds(msg.header.stamp), self._streams[stream]
         if not state.rate.observe(stamp) and not state.noted_unstamped:
             state.noted_unstamped = True
-            prefix = f"stream {stream}: " if self._multi_stream else ""
             self.get_logger().info(
-                f"{prefix}frames carry no stamp (0): their end-to-end latency is unknown (NaN "
-                "in ~/stats), and neither time gaps nor lost frames can be judged")
+                f"{self._log_prefix(stream)}frames carry no stamp (0): their end-to-end "
+                "latency is unknown (NaN in ~/stats), and neither time gaps nor lost frames "
+                "can be judged")
         reset = state.gaps.observe(stamp, self.segmenter.pipeline_config.max_time_gap)
         self._slots.put(stream, msg, reset)  # never blocks; an unprocessed older frame drops
 
@@ -635,14 +661,16 @@ class SegmentationNodeSteps:
                 self._publish(self._streams[outcome.stream], outcome)
             except Exception as error:  # one stream's failure must not cost the others
                 if self._throttle.allow(f"publish {outcome.stream}") and self.context.ok():
-                    prefix = f"stream {outcome.stream}: " if self._multi_stream else ""
                     self.get_logger().error(
-                        f"{prefix}frame failed: {type(error).__name__}: {error}"
+                        f"{self._log_prefix(outcome.stream)}frame failed: "
+                        f"{type(error).__name__}: {error}"
                     )
 
     def _publish(self, stream: _Stream, outcome: StreamOutcome) -> None:
         outputs, header = outcome.outputs, outcome.msg.header
         assert outputs is not None
+        if not self._multi_stream and header.frame_id != self._label_info_frame_id:
+            self._publish_label_info(header)  # now it can name the camera
         self._publish_images(stream, outputs, header)
         self._publish_camera_info(stream, outputs.labels.shape, header)
         now = self.get_clock().now().nanoseconds * 1e-9
@@ -659,53 +687,57 @@ class SegmentationNodeSteps:
                 outputs.result.timings, outputs.result.is_keyframe, time.monotonic(), end_to_end
             )
         if self._stats_type is not String:
-            stream.publishers["stats"].publish(self._stats_type(header=header, **fields))
+            stream.publishers[STATS].publish(self._stats_type(header=header, **fields))
         else:
             stamp_pair = (header.stamp.sec, header.stamp.nanosec)
             text = stats_to_json(fields, stamp_pair, header.frame_id)
-            stream.publishers["stats"].publish(String(data=text))
+            stream.publishers[STATS].publish(String(data=text))
 
     def _publish_images(self, stream: _Stream, outputs: FrameOutputs, header: Any) -> None:
         publishers = stream.publishers
-        publishers["labels"].publish(_image_message(from_array(outputs.labels, "mono8"), header))
+        publishers[LABELS].publish(_image_message(from_array(outputs.labels, "mono8"), header))
         if outputs.color is not None:
-            publishers["color"].publish(_image_message(from_array(outputs.color, "rgb8"), header))
+            publishers[COLOR].publish(_image_message(from_array(outputs.color, "rgb8"), header))
         if outputs.overlay is not None:
-            publishers["overlay"].publish(
+            publishers[OVERLAY].publish(
                 _image_message(from_array(outputs.overlay, "rgb8"), header)
             )
         if outputs.scores is not None:
-            publishers["scores"].publish(
+            publishers[SCORES].publish(
                 _image_message(from_array(outputs.scores, "32FC1"), header)
             )
 
     def _on_camera_info(self, stream: _Stream, info: Any) -> None:
         refused = stream.camera_info.update(info)
         if refused is not None:
-            prefix = f"stream {stream.plan.name}: " if self._multi_stream else ""
             topic = stream.info_subscription.topic_name
             self._log_throttled.warning(f"camera_info refused {stream.plan.name}",
-                                        f"{prefix}{refused} ({topic})")
+                                        f"{self._log_prefix(stream.plan.name)}{refused} ({topic})")
 
     def _publish_camera_info(self, stream: _Stream, size: tuple[int, int], header: Any) -> None:
         """The stream's newest camera_info with the labels' header (labels have the input's
         geometry, so the calibration passes on unchanged), unless it is stale."""
         decision = stream.camera_info.for_labels(size, self.settings.options.stream_timeout)
-        prefix = f"stream {stream.plan.name}: " if self._multi_stream else ""
+        prefix = self._log_prefix(stream.plan.name)
         if decision.stale is not None:
             self._log_throttled.warning(f"camera_info stale {stream.plan.name}",
                                         prefix + decision.stale)
         if decision.missing:
             self.get_logger().info(
                 f"{prefix}no camera_info on {stream.info_subscription.topic_name} yet: "
-                f"{stream.plan.outputs}camera_info follows the labels once one arrives")
+                f"{output_topic(stream.plan.outputs, CAMERA_INFO)} follows the labels once one "
+                "arrives")
         if decision.mismatch is not None:
             self._log_throttled.warning(f"camera_info {stream.plan.name}",
                                         prefix + decision.mismatch)
         if decision.info is not None:
             info = copy.copy(decision.info)  # shallow: only the header is replaced
             info.header = header
-            stream.publishers["camera_info"].publish(info)
+            stream.publishers[CAMERA_INFO].publish(info)
+
+    def _log_prefix(self, stream: str) -> str:
+        """What a log line about `stream` starts with: its name when the node has several."""
+        return log_prefix(stream if self._multi_stream else None)
 
     # --- diagnostics ------------------------------------------------------------------------
 

@@ -21,11 +21,12 @@ import numpy as np
 
 from ..io.bridge import ImageConversionError, message_to_rgb8
 from ..io.messages import stamp_to_seconds
-from ..palette import colorize, overlay
+from ..palette import render_labels
 from .diagnostics import ErrorCounters
 from .input_guard import convert_checked
 from .parameters import NodeOptions
 from .slots import ReadyFrame
+from .streams import log_prefix
 from .throttled_log import Throttle, ThrottledLog
 
 
@@ -53,9 +54,9 @@ def render(rgb: np.ndarray, result: Any, options: NodeOptions,
         )
     color = blended = scores = None
     if options.publish_color or options.publish_overlay:
-        color = colorize(labels, options.palette)
-        if options.publish_overlay:
-            blended = overlay(rgb, color, options.overlay_alpha)
+        color, blended = render_labels(labels, options.palette,
+                                       rgb if options.publish_overlay else None,
+                                       options.overlay_alpha)
     if options.publish_scores and result.probabilities is not None:
         scores = np.asarray(result.probabilities, dtype=np.float32).max(axis=0)
     return FrameOutputs(rgb=rgb, result=result, labels=labels,
@@ -82,7 +83,7 @@ class StreamReporter:
                                 Throttle(self.options.log_throttle, clock))
         self.errors = ErrorCounters(window=self.options.stats_window)
         self.stream = stream
-        self._prefix = f"stream {stream}: " if stream else ""
+        self._prefix = log_prefix(stream)
 
     def _warn(self, kind: str, message: str) -> None:
         message = self._prefix + message

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..io.topics import CAMERA_INFO, COLOR, OVERLAY, output_topic
 from .streams import stream_names
 
 # The node's outputs that config/accel.rviz displays (under the node's name).
-VIEWED_OUTPUTS = ("color", "overlay", "camera_info")
+VIEWED_OUTPUTS = (COLOR, OVERLAY, CAMERA_INFO)
 
 
 def rviz_remappings(node_name: str, image_topic: str,
@@ -25,4 +26,5 @@ def rviz_remappings(node_name: str, image_topic: str,
         return [("image", image_topic)]
     stream = stream_names(image_topics)[0]
     return [("image", image_topics[0])] + [
-        (f"{node_name}/{output}", f"{node_name}/{stream}/{output}") for output in VIEWED_OUTPUTS]
+        (output_topic(f"{node_name}/", output), output_topic(f"{node_name}/{stream}/", output))
+        for output in VIEWED_OUTPUTS]

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# Where the node's outputs hang: its private namespace (`~/labels`); each stream's below it
+# when there are several (`~/<stream>/labels`).
+NODE_PREFIX = "~/"
 # One token of a ROS name: what `~/<stream>/labels` may contain between slashes.
 _NAME_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -51,6 +54,12 @@ def stream_names(topics: Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def log_prefix(stream: str | None) -> str:
+    """What a log line about `stream` starts with: "stream front: ", or nothing for None (a
+    node with one camera, whose lines need no name)."""
+    return f"stream {stream}: " if stream else ""
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """One input stream of the node and where its outputs go."""
@@ -66,9 +75,9 @@ def plan_streams(options: Any, default_stream: str) -> tuple[StreamPlan, ...]:
     `~/labels`, ... when `image_topics` is empty (the segmenter's `default_stream`), otherwise
     one per topic with outputs `~/<stream>/labels`, ... (names from `stream_names`)."""
     if not options.image_topics:
-        return (StreamPlan(default_stream, options.image_topic, "~/", "segmentation"),)
+        return (StreamPlan(default_stream, options.image_topic, NODE_PREFIX, "segmentation"),)
     return tuple(
-        StreamPlan(name, topic, f"~/{name}/", f"{name} segmentation")
+        StreamPlan(name, topic, f"{NODE_PREFIX}{name}/", f"{name} segmentation")
         for name, topic in zip(stream_names(options.image_topics), options.image_topics,
                                strict=True)
     )
