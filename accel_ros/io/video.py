@@ -80,6 +80,16 @@ def video_info(path: str | Path) -> tuple[int, float]:
     return max(count, 0), fps if np.isfinite(fps) and fps > 0 else 30.0
 
 
+def video_rate(path: str | Path) -> float | None:
+    """The frame rate a video file states, or None when it states none (or nonsense)."""
+    capture = _open_capture(path)
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+    finally:
+        capture.release()
+    return fps if np.isfinite(fps) and fps > 0 else None
+
+
 def iter_video(path: str | Path, fps: float | None = None) -> Iterator[VideoFrame]:
     """Decoded frames of a video file; stamps from `fps` (default: the file's own rate)."""
     _, file_fps = video_info(path)
