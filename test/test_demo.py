@@ -190,6 +190,7 @@ def test_every_option_is_checked_before_anything_is_written(tmp_path, monkeypatc
     cases = {
         "--keyframe-interval 0": "keyframe_interval must be",
         "--frames 0": "frames must be >= 1",
+        "--fps 0": "fps must be > 0",
         "--overlay-alpha 1.5": "alpha must be in [0, 1]",
         "--height 4": "image size must be >= 8x8",
         "--threads 0": "--threads must be >= 1",

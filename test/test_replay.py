@@ -515,7 +515,7 @@ def test_image_folder_frames_are_stamped_at_the_given_rate(tmp_path, tiny_model,
     assert len(source.notes) == 1 and "gives no frame times" in source.notes[0]
     source.close()
     for bad in (0.0, -2.0, float("nan")):
-        with pytest.raises(ValueError, match="--fps must be a frame rate > 0"):
+        with pytest.raises(ValueError, match="fps must be > 0"):
             open_source(src, None, bad, rosbag.make_typestore())
 
 

@@ -4,7 +4,6 @@ or an image folder, read as a stream of `Passthrough` (bag messages to copy thro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +137,7 @@ class FileSource:
         self.topic: str | None = None
         self.topics: dict[str, str] = {}  # no bag topics: one stream, named by the sink
         self.notes: list[str] = []
-        check_fps(fps)
+        video.check_fps(fps)  # now, not at the first frame
         if self.path.is_dir():
             self.total = len(video.list_images(self.path))
             self.fps, known = fps or ASSUMED_FPS, None
@@ -159,12 +158,6 @@ class FileSource:
 
     def close(self) -> None:
         self._frames.close()
-
-
-def check_fps(fps: float | None) -> None:
-    """ValueError, one line, unless `fps` is None (not given) or a rate > 0."""
-    if fps is not None and not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"--fps must be a frame rate > 0, got {fps:g}")
 
 
 def _frame_times(fps: float, given: float | None, known: float | None) -> str:
