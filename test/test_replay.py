@@ -473,24 +473,31 @@ def test_a_text_file_named_mp4_is_one_line_even_from_ffmpeg(tmp_path, capfd):
 
 
 def test_segment_through_another_backend_gives_the_same_labels(
-        tmp_path, tiny_model, clip_images):
+        tmp_path, tiny_model, clip_images, capsys):
     """`segment --backend onnxruntime`: the exported graphs in ONNX Runtime, the keyframe
-    cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip."""
+    cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip.
+    The summary names the backend that ran, and whether its graphs were exported or came from
+    the cache (the second run)."""
     pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
     bag = tmp_path / "cam"
     rosbag.write_camera_bag(bag, clip_images)
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
-    labels = {}
-    for backend in ("torch", "onnxruntime"):
-        out = tmp_path / f"seg_{backend}"
+    labels, printed = {}, {}
+    for run, backend in enumerate(("torch", "onnxruntime", "onnxruntime")):
+        out = tmp_path / f"seg_{run}"
         args = segment_parser().parse_args([
             "segment", str(bag), "--out", str(out), "--checkpoint", str(checkpoint),
-            "--keyframe-interval", "3", "--device", "cpu", "--backend", backend, "--quiet"])
+            "--keyframe-interval", "3", "--device", "cpu", "--backend", backend, "--quiet",
+            "--threads", "1"])
         assert args.handler(args) == 0
         labels[backend] = np.stack([bridge.image_to_array(msg) for _, msg, _ in
                                     read_bag(out)[f"{CAMERA}/labels"]])
+        printed[run] = capsys.readouterr().out
     assert labels["torch"].shape == (FRAMES, HEIGHT, WIDTH)
     assert (labels["torch"] == labels["onnxruntime"]).mean() >= 0.995
+    assert "backend: backend torch, fp32 on cpu, 1 thread" in printed[0]
+    assert "backend: backend onnxruntime, fp32 on cpu, 1 thread; " in printed[1]
+    assert "from the cache" not in printed[1] and "from the cache" in printed[2]
 
 
 def test_image_folder_frames_are_stamped_at_the_given_rate(tmp_path, tiny_model, clip_images):
