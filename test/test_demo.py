@@ -155,9 +155,9 @@ def test_the_verdict_says_what_the_clip_measured():
     lines = ages.verdict(table, real)
     assert lines[0].startswith("This clip shows Accel above DFF only at keyframe ages 1 s, "
                                "not at 0.5 s (-1.0 to +2.0 mIoU)")
-    assert lines[1] == ("On real video (held-out CamVid street 0001TP), Accel vs DFF: 45.5 vs "
-                        "43.5 at 0.5 s, 37.4 vs 36.4 at 1 s (the checkpoint's record; "
-                        "docs/results.md).")
+    assert lines[1] == ("On real video (held-out CamVid street 0001TP; 1 and 2 s: real "
+                        "frames), Accel vs DFF: 45.5 vs 43.5 at 0.5 s, 37.4 vs 36.4 at 1 s (the "
+                        "checkpoint's record; docs/results.md).")
     table.miou["accel"] = [0.4, 0.2, 0.2]
     assert ages.verdict(table, None)[0].startswith("This clip does not show Accel's advantage")
     assert "0.50   1.00" in "\n".join(ages.format_age_table(table, real))

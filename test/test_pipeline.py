@@ -419,6 +419,8 @@ def test_frames_without_a_usable_stamp_are_said_once_per_stream(tiny_config, mov
     assert len(kinds) == 2  # "repeats the stamp" once, "is not a time" once (-3, then nan)
     assert "repeat the stamp 0.500000" in kinds[0] and "-3.0 is not a time" in kinds[1]
     assert [r.stamp_note is None for r in results] == [True, True, False, False, False, True]
+    seg.reset(stream="odd")  # a clip that starts over may reuse its times
+    assert seg.process(moving_frames[0], stamp=0.6, stream="odd").stamp_note is None
 
 
 def test_backend_info_names_what_runs(tiny_config) -> None:

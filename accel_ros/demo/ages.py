@@ -149,8 +149,9 @@ def verdict(table: AgeTable, real: RealAges | None) -> list[str]:
         picks = real.at(table.ages_s)
         pairs = ", ".join(f"{100 * real.accel[i]:.1f} vs {100 * real.dff[i]:.1f} at "
                           f"{real.ages_s[i]:g} s" for i in picks)
-        lines.append(f"On real video ({real.where}), Accel vs DFF: {pairs} (the checkpoint's "
-                     "record; docs/results.md).")
+        how = f"; {real.note}" if real.note else ""
+        lines.append(f"On real video ({real.where}{how}), Accel vs DFF: {pairs} (the "
+                     "checkpoint's record; docs/results.md).")
     return lines
 
 

@@ -10,8 +10,10 @@ such frame's result (`SegmentationResult.stamp_note`).
 
 A stamp is usable when it is a finite number of seconds >= 0 (0 is a clip's first frame) that
 differs from the stream's previous stamp. Missing (None), NaN, infinite or negative stamps,
-and a stamp equal to the previous one (a driver that stamps every frame alike), are not. A
-stamp older than the previous one is the time-gap rule's business (a reset), not this one's.
+and a stamp equal to the previous one (a driver that stamps every frame alike), are not; the
+first frame after a reset (an empty keyframe cache) is compared with nothing, so a caller that
+resets and starts a clip over may reuse its times. A stamp older than the previous one is the
+time-gap rule's business (a reset), not this one's.
 """
 
 from __future__ import annotations
@@ -53,10 +55,12 @@ class StampCheck:
     previous: float | None = None
     warned: set[str] = field(default_factory=set)
 
-    def usable(self, stamp: float | None, stream: str) -> tuple[float | None, str | None]:
+    def usable(self, stamp: float | None, stream: str,
+               restart: bool = False) -> tuple[float | None, str | None]:
         """(`stamp`, None) when it times ages; else (None, the note for the frame's result),
-        warning the first time the stream shows this kind of problem."""
-        problem = stamp_problem(stamp, self.previous)
+        warning the first time the stream shows this kind of problem. `restart`: the stream
+        starts over (empty cache), so its previous stamp does not count."""
+        problem = stamp_problem(stamp, None if restart else self.previous)
         if stamp is not None and math.isfinite(stamp):
             self.previous = stamp
         if problem is None:

@@ -547,7 +547,8 @@ class AccelSegmenter:
             self.reset(stream=item.stream)
         reason = reason or state.cache.extra.pop("reset_reason", None)
         state.frame_index += 1
-        stamp, note = state.stamps.usable(item.stamp, item.stream)  # for keyframe ages
+        stamp, note = state.stamps.usable(  # for keyframe ages
+            item.stamp, item.stream, restart=state.cache.frame_size is None)
         return _Job(item.stream, state, host, stamp, reason, stamp_note=note)
 
     def _prepare_image(self, host: torch.Tensor, slot: int = 0) -> torch.Tensor:
