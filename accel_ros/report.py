@@ -83,7 +83,8 @@ class RunSummary:
     """Accumulates what a replay/demo/bench run did, frame by frame.
 
     `add` takes anything with SegmentationResult's ``is_keyframe``, ``timings`` and
-    ``reset_reason`` attributes; `skip` records an input that produced no output and why.
+    ``reset_reason`` attributes (and counts its ``stamp_note``, if any, in `unstamped`); `skip`
+    records an input that produced no output and why.
     Wall time runs from construction (or `start`) to `stop` (or now, while running).
     """
 
@@ -91,6 +92,8 @@ class RunSummary:
     frames: int = 0
     keyframes: int = 0
     resets: int = 0
+    unstamped: int = 0  # frames whose keyframe age was counted, not timed (stream/ages.py)
+    stamp_note: str | None = None  # the first such frame's note
     timings: list[dict[str, float]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +113,10 @@ class RunSummary:
         self.keyframes += int(bool(result.is_keyframe))
         self.resets += int(result.reset_reason is not None)
         self.timings.append(dict(result.timings))
+        note = getattr(result, "stamp_note", None)
+        if note:
+            self.unstamped += 1
+            self.stamp_note = self.stamp_note or note
 
     def skip(self, reason: str) -> None:
         self.skipped.append(reason)
@@ -140,6 +147,9 @@ class RunSummary:
             f"  wall {self.wall_seconds:.2f} s, {self.fps:.2f} fps end to end, "
             f"{self.model_fps:.2f} fps segmenter only",
         ]
+        if self.unstamped:
+            lines.append(f"  stamps: {self.unstamped} frames without a usable one "
+                         f"({self.stamp_note})")
         for key, value in self.extra.items():
             lines.append(f"  {key}: {value}")
         for reason in self.skipped[:max_skipped]:

@@ -378,3 +378,55 @@ def test_labels_without_probabilities_take_the_label_path_and_agree(
         assert got.probabilities is None
         np.testing.assert_array_equal(got.labels, expected.labels)
     assert direct._labels._tables  # the label path ran
+
+
+def test_frames_without_a_usable_stamp_are_said_once_per_stream(tiny_config, moving_frames):
+    """An unstamped frame (or one whose stamp is no time, or repeats the last) has its
+    keyframe age counted at 1/30 s a frame: one warning per stream and kind of problem, and a
+    note on each such result; stamped frames say nothing."""
+    from accel_ros.stream import NOMINAL_FRAME_TIME_S, UnstampedFrameWarning
+
+    config = ModelConfig(**{**tiny_config.__dict__, "fusion_ages": (0.033, 1.0)})
+    model = AccelNet(config).eval()
+    seen: list[float] = []
+    fuse = model.fuse
+
+    def spy(*args, age_s=None, **kwargs):
+        seen.append(round(float(age_s[0]), 4))
+        return fuse(*args, age_s=age_s, **kwargs)
+
+    model.fuse = spy
+    seg = AccelSegmenter(model, PipelineConfig(device="cpu", keyframe_interval=3))
+    with pytest.warns(UnstampedFrameWarning) as caught:
+        stamped = [seg.process(frame, stamp=1.0 * i, stream="timed")
+                   for i, frame in enumerate(moving_frames[:3])]
+        bare = [seg.process(frame) for frame in moving_frames[:3]]
+        other = [seg.process(frame, stream="second") for frame in moving_frames[:2]]
+    messages = [str(w.message) for w in caught if w.category is UnstampedFrameWarning]
+    assert len(messages) == 2  # once for each unstamped stream, never for "timed"
+    assert "'default'" in messages[0] and "'second'" in messages[1]
+    assert "frames carry no stamp" in messages[0] and "--fps" in messages[0]
+    assert [r.stamp_note for r in stamped] == [None] * 3
+    assert all(r.stamp_note and "0.033 s per frame" in r.stamp_note for r in bare + other)
+    # The fusion saw 1 and 2 s on the stamped stream, 1 and 2 frames at 1/30 s on the other.
+    assert seen[:2] == [1.0, 2.0]
+    assert seen[2:4] == [round(NOMINAL_FRAME_TIME_S, 4), round(2 * NOMINAL_FRAME_TIME_S, 4)]
+
+    with pytest.warns(UnstampedFrameWarning) as caught:
+        results = [seg.process(frame, stamp=stamp, stream="odd") for frame, stamp in
+                   zip(moving_frames, [0.0, 0.5, 0.5, -3.0, float("nan"), 0.6], strict=True)]
+    kinds = [str(w.message) for w in caught if w.category is UnstampedFrameWarning]
+    assert len(kinds) == 2  # "repeats the stamp" once, "is not a time" once (-3, then nan)
+    assert "repeat the stamp 0.500000" in kinds[0] and "-3.0 is not a time" in kinds[1]
+    assert [r.stamp_note is None for r in results] == [True, True, False, False, False, True]
+    seg.reset(stream="odd")  # a clip that starts over may reuse its times
+    assert seg.process(moving_frames[0], stamp=0.6, stream="odd").stamp_note is None
+
+
+def test_backend_info_names_what_runs(tiny_config) -> None:
+    seg = _segmenter(tiny_config, precision="bf16")
+    info = seg.backend_info()
+    assert (info.backend, info.precision, info.device) == ("torch", "bf16", "cpu")
+    assert info.threads == torch.get_num_threads() >= 1
+    assert info.describe().startswith(f"backend torch, bf16 on cpu, {info.threads} thread")
+    assert info.to_dict()["notes"] == seg.fast_path_notes

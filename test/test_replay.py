@@ -473,21 +473,69 @@ def test_a_text_file_named_mp4_is_one_line_even_from_ffmpeg(tmp_path, capfd):
 
 
 def test_segment_through_another_backend_gives_the_same_labels(
-        tmp_path, tiny_model, clip_images):
+        tmp_path, tiny_model, clip_images, capsys):
     """`segment --backend onnxruntime`: the exported graphs in ONNX Runtime, the keyframe
-    cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip."""
+    cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip.
+    The summary names the backend that ran, and whether its graphs were exported or came from
+    the cache (the second run)."""
     pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
     bag = tmp_path / "cam"
     rosbag.write_camera_bag(bag, clip_images)
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
-    labels = {}
-    for backend in ("torch", "onnxruntime"):
-        out = tmp_path / f"seg_{backend}"
+    labels, printed = {}, {}
+    for run, backend in enumerate(("torch", "onnxruntime", "onnxruntime")):
+        out = tmp_path / f"seg_{run}"
         args = segment_parser().parse_args([
             "segment", str(bag), "--out", str(out), "--checkpoint", str(checkpoint),
-            "--keyframe-interval", "3", "--device", "cpu", "--backend", backend, "--quiet"])
+            "--keyframe-interval", "3", "--device", "cpu", "--backend", backend, "--quiet",
+            "--threads", "1"])
         assert args.handler(args) == 0
         labels[backend] = np.stack([bridge.image_to_array(msg) for _, msg, _ in
                                     read_bag(out)[f"{CAMERA}/labels"]])
+        printed[run] = capsys.readouterr().out
     assert labels["torch"].shape == (FRAMES, HEIGHT, WIDTH)
     assert (labels["torch"] == labels["onnxruntime"]).mean() >= 0.995
+    assert "backend: backend torch, fp32 on cpu, 1 thread" in printed[0]
+    assert "backend: backend onnxruntime, fp32 on cpu, 1 thread; " in printed[1]
+    assert "from the cache" not in printed[1] and "from the cache" in printed[2]
+
+
+def test_image_folder_frames_are_stamped_at_the_given_rate(tmp_path, tiny_model, clip_images):
+    """`segment --fps 1`: frame i of an image folder reaches the segmenter stamped i s, so an
+    age-aware fusion sees 1 s per frame; without --fps the summary says 30 fps is assumed."""
+    src = tmp_path / "images"
+    src.mkdir()
+    for index, rgb in enumerate(clip_images[:4]):
+        video.write_image_rgb(src / f"img_{index:02d}.png", rgb)
+    recorder = RecordingSegmenter(make_segmenter(tiny_model, "accel"))
+    summary = replay.segment(src, tmp_path / "at_1fps/", recorder, fps=1.0, quiet=True)
+    assert [stamp for _, stamp, _ in recorder.calls] == [0.0, 1.0, 2.0, 3.0]
+    assert all(result.stamp_note is None for _, _, result in recorder.calls)
+    assert summary.extra["frame times"] == "frame i at i/1 s (1 s apart, --fps)"
+    assert summary.unstamped == 0 and "stamps:" not in summary.format()
+
+    segmenter = make_segmenter(tiny_model, "dff")
+    summary = replay.segment(src, tmp_path / "default/", segmenter, quiet=True)
+    assert "30 fps assumed" in summary.extra["frame times"]
+    assert summary.extra["backend"].startswith("backend torch, fp32 on cpu, ")
+    source = open_source(src, None, None, rosbag.make_typestore())
+    assert len(source.notes) == 1 and "gives no frame times" in source.notes[0]
+    source.close()
+    for bad in (0.0, -2.0, float("nan")):
+        with pytest.raises(ValueError, match="fps must be > 0"):
+            open_source(src, None, bad, rosbag.make_typestore())
+
+
+def test_run_summary_counts_frames_without_a_usable_stamp():
+    class Result:
+        is_keyframe, reset_reason, timings = False, None, {"total": 1.0}
+
+        def __init__(self, note):
+            self.stamp_note = note
+
+    summary = RunSummary(name="run")
+    for note in (None, "frames carry no stamp: ...", "frames carry no stamp: ..."):
+        summary.add(Result(note))
+    assert summary.unstamped == 2
+    assert "stamps: 2 frames without a usable one (frames carry no stamp: ...)" in (
+        summary.format())

@@ -14,10 +14,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="segment a synthetic driving clip as the reference, DFF, DeepLab and Accel",
-        description="Render a synthetic driving clip, segment it with the reference network "
-        "on every frame, DFF, DeepLab (update branch) and Accel, print per-mode speed, mIoU "
-        "and agreement with the reference, and write overlay and side-by-side comparison "
-        "videos plus a PNG. Every option is checked before anything is written.",
+        description="Render a synthetic driving clip as a camera sends it (frame i stamped "
+        "i/FPS s), segment it with the reference network on every frame, DFF, DeepLab (update "
+        "branch) and Accel, print per-mode speed, mIoU and agreement with the reference and "
+        "mIoU by keyframe age (Accel against DFF, beside the checkpoint's record on real "
+        "video), and write overlay and side-by-side comparison videos, a PNG and a plot by "
+        "keyframe age. Every option is checked before anything is written.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"),
                         help="output directory (default: ./demo_out)")
@@ -26,6 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     # load torch for `accel-ros --help`.
     parser.add_argument("--height", type=int, default=None, help="clip height (default 288)")
     parser.add_argument("--width", type=int, default=None, help="clip width (default 384)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="the camera's rate: frame i is stamped i/FPS s, which times the "
+                        "keyframe ages (default 2: with a keyframe every 5 frames, ages 0.5 "
+                        "to 2 s)")
     add_model_options(parser, modes=False, input_size=False)
     parser.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
     parser.add_argument("--overlay-alpha", type=float, default=0.5)
@@ -37,7 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, format_demo, run_demo
 
-    size = {name: value for name, value in (("height", args.height), ("width", args.width))
+    size = {name: value for name, value in
+            (("height", args.height), ("width", args.width), ("fps", args.fps))
             if value is not None}
     config = DemoConfig(
         out_dir=args.out, frames=args.frames, **size,

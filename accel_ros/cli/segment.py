@@ -49,7 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      choices=("auto", *OUTPUT_KINDS),
                      help="output kind (default: from OUTPUT, see above)")
     seg.add_argument("--fps", type=float, default=None,
-                     help="frame rate of video/image-folder input and of video output")
+                     help="camera rate of image-folder or video input: frame i is stamped "
+                     "i/FPS s, which times an age-aware model's keyframe ages (default: the "
+                     "video's own rate; 30, said in the summary, for an image folder), and "
+                     "the rate of video output")
     seg.add_argument("--frame-id", default="camera", help="frame_id for non-bag input")
     seg.add_argument("--palette", default=None, help="colour palette (default: the model's)")
     seg.add_argument("--threads", type=int, default=None, help=THREADS_HELP)

@@ -26,18 +26,42 @@ def banner_height(height: int) -> int:
     return round(26 * font_scale(height)) + 4
 
 
+def text_width(text: str, scale: float) -> int:
+    """Pixels `text` spans at `scale`."""
+    return cv2.getTextSize(text, FONT, scale, 1)[0][0]
+
+
 def label_panel(image: np.ndarray, title: str, subtitle: str = "") -> np.ndarray:
-    """Copy of an (H, W, 3) uint8 RGB panel with a dark title banner across the top."""
+    """Copy of an (H, W, 3) uint8 RGB panel with a dark title banner across the top: title and
+    subtitle on one line where they fit, else the subtitle on a second line (and smaller type
+    only where a line alone is wider than the panel), so neighbouring panels' titles never
+    run into each other."""
     panel = np.ascontiguousarray(image).copy()
     scale = font_scale(panel.shape[0])
-    banner = banner_height(panel.shape[0])
+    room = panel.shape[1] - 8
+    lines = [f"{title}  {subtitle}" if subtitle else title]
+    if subtitle and text_width(lines[0], scale) > room:
+        lines = [title, subtitle]
+    widest = max(text_width(line, scale) for line in lines)
+    if widest > room:
+        scale *= room / widest
+    row = banner_height(panel.shape[0])
+    banner = row * len(lines)
     panel[:banner] = (panel[:banner].astype(np.float32) * 0.35).astype(np.uint8)
-    text = f"{title}  {subtitle}" if subtitle else title
-    width = cv2.getTextSize(text, FONT, scale, 1)[0][0]
-    if width > panel.shape[1] - 8:  # smaller type rather than text cut off at the edge
-        scale *= (panel.shape[1] - 8) / width
-    cv2.putText(panel, text, (4, banner - 5), FONT, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    for index, line in enumerate(lines):
+        cv2.putText(panel, line, (4, row * (index + 1) - 5), FONT, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
     return panel
+
+
+def age_label(run: Any, index: int, keyframe: str = "key") -> str:
+    """Frame `index`'s keyframe state in `run` (a demo ModeRun): `keyframe`, or its keyframe
+    age, in seconds from the stamps ("+1.5s") where the frame time is known."""
+    age = run.keyframe_ages[index]
+    if age == 0:
+        return keyframe
+    seconds = age * getattr(run, "frame_time_s", 0.0)
+    return f"+{seconds:.1f}s" if seconds > 0 else f"+{age}"
 
 
 def legend_strip(width: int, panel_height: int, names: tuple[str, ...],
@@ -103,13 +127,12 @@ def mode_panel(image: np.ndarray, run: Any, index: int, palette: str,
                alpha: float) -> np.ndarray:
     """One mode's overlay of frame `index`, titled with its keyframe state and clip scores:
     mIoU against the generator's labels, agreement with the reference, ms per frame."""
-    age = run.keyframe_ages[index]
     # The reference and DeepLab run one network on every frame: no keyframe state to show.
-    state = "" if run.mode in ("reference", "deeplab") else ("key" if age == 0 else f"+{age}")
+    state = "" if run.mode in ("reference", "deeplab") else age_label(run, index)
     scores = f"mIoU {100 * run.miou:.1f}"
     if run.mode != "reference":
-        scores += f"  ref {100 * run.agreement:.0f}%"
-    scores += f"  {run.ms_per_frame:.0f} ms"
+        scores += f" ref {100 * run.agreement:.0f}%"
+    scores += f" {run.ms_per_frame:.0f}ms"
     title = f"{run.title} {state}".strip()
     color = colorize(run.labels[index], palette)
     return label_panel(overlay(image, color, alpha), title, scores)

@@ -15,15 +15,17 @@ from tqdm import tqdm
 from ..config import DEFAULT_PRESET, PipelineConfig
 from ..io.video import VideoWriter, write_image_rgb
 from ..metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
-from ..palette import CAMVID_CLASSES, colorize, overlay
+from ..palette import class_names as palette_class_names
+from ..palette import colorize, overlay
 from ..report import RunSummary
-from . import render
+from . import ages, render
 
 # The reference (its network on every frame) comes first: the others are scored against it.
 DEMO_MODES = ("reference", "dff", "deeplab", "accel")
 ACCEL_VIDEO = "demo_accel.mp4"
 COMPARISON_VIDEO = "demo_comparison.mp4"
 COMPARISON_IMAGE = "demo_comparison.png"
+AGE_PLOT = "demo_ages.png"
 SUMMARY_JSON = "demo_summary.json"
 
 DOMAIN_GAP = (
@@ -54,7 +56,11 @@ class DemoConfig:
     backend: str = "torch"
     seed: int = 0
     alpha: float = 0.5
-    fps: float = 30.0
+    # The camera's rate: frame i is stamped i / fps s, and the age-aware fusion reads keyframe
+    # ages from the stamps. 2 fps with a keyframe every 5 frames gives ages 0.5 to 2 s, where
+    # warping fails and Accel exists to help (the ages of the checkpoint's real-frame figures);
+    # at 30 fps the same interval only reaches 0.13 s.
+    fps: float = 2.0
     quiet: bool = False
 
     def pipeline(self, mode: str) -> PipelineConfig:
@@ -132,7 +138,10 @@ def mode_title(mode: str, model_config: Any) -> str:
 @dataclass
 class ModeRun:
     """One mode over the clip. `labels`: per frame (H, W) uint8; `confusion`: (K, K) against
-    the generator's labels; `agreement_confusion`: (K, K) against the reference's labels."""
+    the generator's labels; `agreement_confusion`: (K, K) against the reference's labels;
+    `offset_confusion`: {keyframe offset: (K, K)} against the generator's labels
+    (ages.frame_offset); `frame_time_s`: seconds between frames (their stamps); `backend`:
+    what ran the networks (stream.BackendInfo)."""
 
     mode: str
     title: str
@@ -141,6 +150,9 @@ class ModeRun:
     summary: RunSummary = field(default_factory=RunSummary)
     confusion: np.ndarray | None = None
     agreement_confusion: np.ndarray | None = None
+    offset_confusion: dict[int, np.ndarray] = field(default_factory=dict)
+    frame_time_s: float = 0.0
+    backend: Any = None
 
     @property
     def miou(self) -> float:
@@ -175,7 +187,7 @@ def run_mode(model: Any, config: DemoConfig, mode: str, clip: list[Any]) -> Mode
     segmenter = AccelSegmenter(model, config.pipeline(mode))
     num_classes = segmenter.model_config.num_classes
     title = mode_title(mode, segmenter.model_config)
-    run = ModeRun(mode, title, summary=RunSummary(name=title))
+    run = ModeRun(mode, title, summary=RunSummary(name=title), frame_time_s=1.0 / config.fps)
     run.confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     run.summary.start()
     for frame in tqdm(clip, desc=f"demo {mode}", unit="frame", disable=config.quiet,
@@ -184,9 +196,14 @@ def run_mode(model: Any, config: DemoConfig, mode: str, clip: list[Any]) -> Mode
         run.labels.append(result.labels)
         run.keyframe_ages.append(result.keyframe_age)
         run.summary.add(result)
-        run.confusion += confusion_matrix(result.labels, frame.labels, num_classes)
+        confusion = confusion_matrix(result.labels, frame.labels, num_classes)
+        run.confusion += confusion
+        offset = ages.frame_offset(mode, result.keyframe_age, frame.index,
+                                   config.keyframe_interval)
+        run.offset_confusion[offset] = run.offset_confusion.get(offset, 0) + confusion
     run.summary.stop()
     run.summary.extra["mIoU"] = f"{100.0 * run.miou:.1f}%"
+    run.backend = segmenter.backend_info()
     return run
 
 
@@ -228,6 +245,9 @@ class DemoResult:
     checkpoint: str | None
     real_scores: str | None = None
     threads: int | None = None
+    by_age: ages.AgeTable | None = None
+    real_by_age: ages.RealAges | None = None
+    verdict: list[str] = field(default_factory=list)
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
@@ -244,12 +264,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
     runs = [run_mode(model, config, mode, clip) for mode in modes]
     score_agreement(runs)
     checkpoint = str(loaded.path) if loaded.path is not None else None
-    real = real_video_scores(loaded.extra, model.config)
-    files = write_outputs(config, model.config, clip, runs, weights_label(loaded), real)
-    wall = time.perf_counter() - started
-    write_summary(files["summary"], config, model.config, runs, checkpoint, wall, real)
-    return DemoResult(runs=runs, files=files, wall_seconds=wall, checkpoint=checkpoint,
-                      real_scores=real)
+    result = DemoResult(runs=runs, files={}, wall_seconds=0.0, checkpoint=checkpoint,
+                        real_scores=real_video_scores(loaded.extra, model.config),
+                        by_age=ages.age_table(runs, config.keyframe_interval, config.fps),
+                        real_by_age=ages.real_ages(loaded.extra))
+    result.verdict = ages.verdict(result.by_age, result.real_by_age)
+    result.files = write_outputs(config, model.config, clip, result, weights_label(loaded))
+    result.wall_seconds = time.perf_counter() - started
+    write_summary(result.files["summary"], config, model.config, result)
+    return result
 
 
 def render_clip(config: DemoConfig) -> list[Any]:
@@ -262,26 +285,25 @@ def render_clip(config: DemoConfig) -> list[Any]:
 
 
 def class_names(model_config: Any) -> tuple[str, ...]:
-    """The model's class names (CamVid's for an 11-class model without its own)."""
-    if model_config.class_names:
-        return tuple(model_config.class_names)
-    if model_config.num_classes == 11:
-        return tuple(CAMVID_CLASSES)
-    return tuple(f"class {i}" for i in range(model_config.num_classes))
+    """The model's class names (its own, else the data set's by class count)."""
+    return palette_class_names(model_config.num_classes, tuple(model_config.class_names))
 
 
 def footer(config: DemoConfig, model_config: Any, weights: str,
-           real: str | None) -> np.ndarray:
-    """The grid's bottom strip: class legend, the domain-gap caption, what the checkpoint
-    scored on real video, and the weights used."""
+           result: DemoResult) -> np.ndarray:
+    """The grid's bottom strip: class legend, the domain-gap caption, what the clip shows of
+    Accel against DFF by keyframe age, what the checkpoint scored on real video, and the
+    weights used."""
     width = 3 * config.width
     legend = render.legend_strip(width, config.height, class_names(model_config),
                                  model_config.palette)
     lines = [(DOMAIN_GAP, render.TEXT)]
-    if real:
-        lines.append((real, render.TEXT))
-    lines.append((f"Weights: {weights}; keyframe every {config.keyframe_interval} frames; "
-                  "ms: segmenter time per frame on this machine.", render.DIM))
+    lines += [(line, render.TEXT) for line in result.verdict]
+    if result.real_scores and len(result.verdict) < 2:  # the verdict quotes real video itself
+        lines.append((result.real_scores, render.TEXT))
+    lines.append((f"Weights: {weights}; camera {config.fps:g} fps; keyframe every "
+                  f"{config.keyframe_interval} frames; +s: keyframe age; ms: segmenter time "
+                  "per frame on this machine.", render.DIM))
     caption = render.caption_panel(width, config.height, lines)
     return np.concatenate([legend, caption], 0)
 
@@ -316,29 +338,32 @@ def weights_label(loaded: Any) -> str:
 
 
 def write_outputs(config: DemoConfig, model_config: Any, clip: list[Any],
-                  runs: list[ModeRun], weights: str, real: str | None) -> dict[str, Path]:
-    """Write the Accel overlay video, the comparison video and its still; {key: path} of
-    every file, the summary's included (written by the caller)."""
+                  result: DemoResult, weights: str) -> dict[str, Path]:
+    """Write the Accel overlay video, the comparison video and its still, and the plot by
+    keyframe age; {key: path} of every file, the summary's included (written by the
+    caller)."""
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
         "accel_video": out_dir / ACCEL_VIDEO,
         "comparison_video": out_dir / COMPARISON_VIDEO,
         "comparison_image": out_dir / COMPARISON_IMAGE,
+        "age_plot": out_dir / AGE_PLOT,
         "summary": out_dir / SUMMARY_JSON,
     }
+    runs = result.runs
+    ages.plot_ages(result.by_age, result.real_by_age, files["age_plot"])
     palette = model_config.palette
     accel = next((r for r in runs if r.mode == "accel"), runs[-1])
-    strip = footer(config, model_config, weights, real)
+    strip = footer(config, model_config, weights, result)
     still = showcase_index(accel)
     with VideoWriter(files["accel_video"], config.fps) as accel_video, \
             VideoWriter(files["comparison_video"], config.fps) as grid_video:
         for t, frame in enumerate(tqdm(clip, desc="demo videos", unit="frame",
                                        disable=config.quiet, file=sys.stderr)):
-            age = accel.keyframe_ages[t]
             accel_video.write(render.label_panel(
                 overlay(frame.image, colorize(accel.labels[t], palette), config.alpha),
-                accel.title, "keyframe" if age == 0 else f"+{age}"))
+                accel.title, render.age_label(accel, t, "keyframe")))
             grid = render.comparison_frame(t, frame.image, frame.labels, runs, palette=palette,
                                            alpha=config.alpha, footer=strip)
             grid_video.write(grid)
@@ -352,22 +377,31 @@ def showcase_index(run: ModeRun) -> int:
     return render.showcase_index(run.keyframe_ages)
 
 
-def write_summary(path: Path, config: DemoConfig, model_config: Any, runs: list[ModeRun],
-                  checkpoint: str | None, wall: float, real: str | None) -> None:
-    """demo_summary.json: settings, model, and per mode its speed and scores."""
+def write_summary(path: Path, config: DemoConfig, model_config: Any,
+                  result: DemoResult) -> None:
+    """demo_summary.json: settings, model and its class names, what ran the networks, per
+    mode its speed and scores, the scores by keyframe age and what they show."""
+    runs = result.runs
     accel = next((r for r in runs if r.mode == "accel"), runs[-1])
     settings = {k: v for k, v in asdict(config).items() if k not in ("out_dir", "quiet")}
+    real = result.real_by_age
     summary = {
         **{k: settings[k] for k in ("frames", "height", "width")},
-        "checkpoint": checkpoint,
+        "checkpoint": result.checkpoint,
         "model": model_config.to_dict(),
+        "class_names": list(class_names(model_config)),
+        "backend": accel.backend.to_dict() if accel.backend is not None else None,
+        "camera_fps": config.fps,
         "keyframe_interval": config.keyframe_interval,
         "settings": settings,
-        "wall_seconds": wall,
+        "wall_seconds": result.wall_seconds,
         "modes": {run.mode: mode_summary(run) for run in runs},
+        "by_keyframe_age": result.by_age.to_dict() if result.by_age is not None else None,
+        "real_video_by_keyframe_age": asdict(real) if real is not None else None,
+        "verdict": result.verdict,
         "showcase_frame": showcase_index(accel),
         "domain_gap": DOMAIN_GAP,
-        "real_video": real,
+        "real_video": result.real_scores,
     }
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
@@ -385,6 +419,7 @@ def mode_summary(run: ModeRun) -> dict[str, Any]:
         "iou_per_class": [_json_number(v) for v in iou_per_class(run.confusion)],
         "agreement_with_reference": _json_number(run.agreement),
         "miou_against_reference": _json_number(run.agreement_miou),
+        "backend": run.backend.to_dict() if run.backend is not None else None,
     }
 
 
@@ -410,8 +445,12 @@ def format_demo(result: DemoResult) -> str:
                  "(a model trained on real CamVid: expect a domain gap)")
     if result.real_scores:
         lines.append(f"  {result.real_scores}")
-    if result.threads is not None:
-        lines.append(f"  torch threads: {result.threads}")
+    if result.by_age is not None:
+        lines += ["", *ages.format_age_table(result.by_age, result.real_by_age)]
+    lines += [f"  {line}" for line in result.verdict]
+    backend = next((run.backend for run in result.runs if run.backend is not None), None)
+    if backend is not None:
+        lines.append(f"  {backend.describe()}")
     lines.append(f"  total wall time {result.wall_seconds:.1f} s")
     lines += [f"  {key}: {path}" for key, path in result.files.items()]
     return "\n".join(lines)

@@ -57,10 +57,15 @@ def write_image_rgb(path: str | Path, rgb: np.ndarray) -> None:
         raise ValueError(f"OpenCV could not write image {path}")
 
 
+def check_fps(fps: float | None) -> None:
+    """ValueError, one line, unless `fps` is None (not given) or a frame rate > 0."""
+    if fps is not None and not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps:g}")
+
+
 def iter_image_folder(folder: str | Path, fps: float = 30.0) -> Iterator[VideoFrame]:
     """Frames of an image folder in name order, stamped at `fps` from time 0."""
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    check_fps(fps)
     for index, path in enumerate(list_images(folder)):
         stamp_ns = round(index * 1e9 / fps)
         try:
@@ -78,6 +83,16 @@ def video_info(path: str | Path) -> tuple[int, float]:
     finally:
         capture.release()
     return max(count, 0), fps if np.isfinite(fps) and fps > 0 else 30.0
+
+
+def video_rate(path: str | Path) -> float | None:
+    """The frame rate a video file states, or None when it states none (or nonsense)."""
+    capture = _open_capture(path)
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+    finally:
+        capture.release()
+    return fps if np.isfinite(fps) and fps > 0 else None
 
 
 def iter_video(path: str | Path, fps: float | None = None) -> Iterator[VideoFrame]:

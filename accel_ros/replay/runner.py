@@ -153,6 +153,10 @@ def segment(
         source.close()
     summary.stop()
     summary.extra["input"] = f"{input_path}" + (f" [{', '.join(cameras)}]" if cameras else "")
+    if getattr(source, "frame_times", None):
+        summary.extra["frame times"] = source.frame_times
+    if hasattr(segmenter, "backend_info"):  # what really ran, fast-path fallbacks included
+        summary.extra["backend"] = segmenter.backend_info().describe()
     written = rosbag.bag_output(output_path, storage)[0] if kind == "bag" else output_path
     summary.extra["output"] = f"{written} ({kind})"
     return summary
@@ -326,6 +330,7 @@ class _BatchShare:
         share = max(int(getattr(result, "batch_size", 1)), 1)
         self.is_keyframe = result.is_keyframe
         self.reset_reason = result.reset_reason
+        self.stamp_note = getattr(result, "stamp_note", None)
         self.timings = {stage: ms / share for stage, ms in result.timings.items()}
 
 

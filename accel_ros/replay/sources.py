@@ -14,6 +14,8 @@ import numpy as np
 from ..io import bag_reader, rosbag, video
 
 DEFAULT_TOPIC = "/camera/image_raw"
+# The frame rate of an image folder, or a video that states none, unless --fps says.
+ASSUMED_FPS = 30.0
 
 
 @dataclass
@@ -71,6 +73,7 @@ class BagSource:
             self._bag.close()
             raise
         self.fps: float | None = None
+        self.frame_times = "header stamps (bag receive time where a header stamp is 0)"
 
     def _select(self, topic: str | Sequence[str] | None, all_topics: bool) -> None:
         self.report = self._bag.report
@@ -124,7 +127,9 @@ def _empty_reason(report: bag_reader.RecoveryReport) -> str:
 
 
 class FileSource:
-    """Frames of a video file or an image folder (no passthrough messages)."""
+    """Frames of a video file or an image folder (no passthrough messages), frame i stamped
+    i / `fps` seconds: the given rate, else a video's own, else 30 fps (an image folder, a
+    video without a rate), which `notes` then says. `frame_times` tells the summary which."""
 
     def __init__(self, path: str | Path, fps: float | None) -> None:
         self.path = Path(path)
@@ -132,14 +137,19 @@ class FileSource:
         self.topic: str | None = None
         self.topics: dict[str, str] = {}  # no bag topics: one stream, named by the sink
         self.notes: list[str] = []
+        video.check_fps(fps)  # now, not at the first frame
         if self.path.is_dir():
             self.total = len(video.list_images(self.path))
-            self.fps = fps or 30.0
+            self.fps, known = fps or ASSUMED_FPS, None
+        else:
+            self.total, known = video.video_info(self.path)[0], video.video_rate(self.path)
+            self.fps = fps or known or ASSUMED_FPS
+        self.frame_times = _frame_times(self.fps, fps, known)
+        if fps is None and known is None:
+            self.notes.append(f"{self.path.name} gives no frame times: {self.frame_times}")
+        if self.path.is_dir():
             self._frames = video.iter_image_folder(self.path, self.fps)
         else:
-            count, file_fps = video.video_info(self.path)
-            self.total = count
-            self.fps = fps or file_fps
             self._frames = video.iter_video(self.path, self.fps)
 
     def __iter__(self) -> Iterator[Frame]:
@@ -148,6 +158,17 @@ class FileSource:
 
     def close(self) -> None:
         self._frames.close()
+
+
+def _frame_times(fps: float, given: float | None, known: float | None) -> str:
+    """How a file source's frames are stamped, for the run summary."""
+    spacing = f"frame i at i/{fps:g} s ({1 / fps:.3g} s apart"
+    if given is not None:
+        return f"{spacing}, --fps)"
+    if known is not None:
+        return f"{spacing}, the video's rate)"
+    return (f"{spacing}, {ASSUMED_FPS:g} fps assumed: --fps gives the camera's rate, which "
+            "times the keyframe ages of an age-aware model)")
 
 
 def is_image_folder(path: str | Path) -> bool:

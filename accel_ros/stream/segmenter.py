@@ -19,6 +19,8 @@ from ..model.accel import AccelNet
 from ..model.checkpoint import load_model_or_preset
 from ..model.flow import FlowEstimator, build_flow
 from ..model.warp import check_flow
+from .ages import NOMINAL_FRAME_TIME_S, StampCheck
+from .backend_info import BackendInfo, backend_info
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
 from .labels import LabelUpsampler, class_argmax
@@ -26,9 +28,6 @@ from .labels import LabelUpsampler, class_argmax
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
 # The stream `AccelSegmenter.process` uses when none is named.
 DEFAULT_STREAM = "default"
-# Seconds per frame when a frame or its keyframe has no stamp: a 30 fps camera's. Only an
-# age-aware fusion reads keyframe ages.
-NOMINAL_FRAME_TIME_S = 1.0 / 30.0
 
 
 @dataclass
@@ -51,6 +50,8 @@ class SegmentationResult:
     max_probability: np.ndarray | None = None
     stream: str = DEFAULT_STREAM
     batch_size: int = 1  # frames in the batch; `timings` are the batch's
+    # Why the frame's stamp could not time its keyframe age (stream/ages.py); None when it did.
+    stamp_note: str | None = None
 
 
 class StageTimer:
@@ -221,6 +222,7 @@ class StreamState:
     cache: KeyframeCache = field(default_factory=KeyframeCache)
     frame_index: int = -1
     phase: float = 0.0
+    stamps: StampCheck = field(default_factory=StampCheck)  # for keyframe ages (ages.py)
 
 
 @dataclass(eq=False)
@@ -237,6 +239,7 @@ class _Job:
     step: FlowStep = field(default_factory=FlowStep)
     motion: torch.Tensor | None = None  # mean flow magnitude, input pixels (device scalar)
     scores: torch.Tensor | None = None  # (1, K, h, w)
+    stamp_note: str | None = None  # why `stamp` is None although the frame had one, or none
 
     @property
     def size(self) -> tuple[int, int]:
@@ -408,6 +411,11 @@ class AccelSegmenter:
         """Which fast paths are active, or why a requested one fell back (human-readable)."""
         return list(self._ops.notes)
 
+    def backend_info(self) -> BackendInfo:
+        """What runs the networks now: the backend really running, precision, device, threads
+        and `fast_path_notes` (stream/backend_info.py); what the run summaries print."""
+        return backend_info(self._ops, self.pipeline_config, self.device)
+
     def close(self) -> None:
         """Stop the overlap_flow worker thread, if it was started."""
         self._flow_worker.close()
@@ -539,7 +547,9 @@ class AccelSegmenter:
             self.reset(stream=item.stream)
         reason = reason or state.cache.extra.pop("reset_reason", None)
         state.frame_index += 1
-        return _Job(item.stream, state, host, item.stamp, reason)
+        stamp, note = state.stamps.usable(  # for keyframe ages
+            item.stamp, item.stream, restart=state.cache.frame_size is None)
+        return _Job(item.stream, state, host, stamp, reason, stamp_note=note)
 
     def _prepare_image(self, host: torch.Tensor, slot: int = 0) -> torch.Tensor:
         """Host frame -> (1, 3, H', W') float on the device, resized to the network input size
@@ -798,6 +808,7 @@ class AccelSegmenter:
             max_probability=output["max_probability"],
             stream=job.name,
             batch_size=batch_size,
+            stamp_note=job.stamp_note,
         )
 
 
