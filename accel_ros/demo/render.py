@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..palette import colorize, get_palette, overlay
+from ..palette import get_palette, render_labels
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TEXT = (235, 235, 235)
@@ -134,8 +134,8 @@ def mode_panel(image: np.ndarray, run: Any, index: int, palette: str,
         scores += f" ref {100 * run.agreement:.0f}%"
     scores += f" {run.ms_per_frame:.0f}ms"
     title = f"{run.title} {state}".strip()
-    color = colorize(run.labels[index], palette)
-    return label_panel(overlay(image, color, alpha), title, scores)
+    _, blended = render_labels(run.labels[index], palette, image, alpha)
+    return label_panel(blended, title, scores)
 
 
 def comparison_frame(
@@ -152,7 +152,7 @@ def comparison_frame(
     over the next three modes, above the `footer` strip (legend and caption, f rows)."""
     top = [
         label_panel(image, "Input", f"frame {index}"),
-        label_panel(overlay(image, colorize(truth, palette), alpha), "Generator's labels"),
+        label_panel(render_labels(truth, palette, image, alpha)[1], "Generator's labels"),
     ]
     panels = [mode_panel(image, run, index, palette, alpha) for run in runs[:4]]
     panels += [np.zeros_like(image)] * (4 - len(panels))

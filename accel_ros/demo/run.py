@@ -16,7 +16,7 @@ from ..config import DEFAULT_PRESET, PipelineConfig
 from ..io.video import VideoWriter, write_image_rgb
 from ..metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from ..palette import class_names as palette_class_names
-from ..palette import colorize, overlay
+from ..palette import render_labels
 from ..report import RunSummary
 from . import ages, render
 
@@ -362,7 +362,7 @@ def write_outputs(config: DemoConfig, model_config: Any, clip: list[Any],
         for t, frame in enumerate(tqdm(clip, desc="demo videos", unit="frame",
                                        disable=config.quiet, file=sys.stderr)):
             accel_video.write(render.label_panel(
-                overlay(frame.image, colorize(accel.labels[t], palette), config.alpha),
+                render_labels(accel.labels[t], palette, frame.image, config.alpha)[1],
                 accel.title, render.age_label(accel, t, "keyframe")))
             grid = render.comparison_frame(t, frame.image, frame.labels, runs, palette=palette,
                                            alpha=config.alpha, footer=strip)
