@@ -237,7 +237,8 @@ class PipelineConfig:
     # RESIZE_MODES: a frame whose aspect ratio differs from input_size's is padded (letterbox),
     # stretched or centre-cropped to it; labels always come back at the frame's own size.
     resize_mode: str = "pad"
-    # A time gap larger than this (seconds, from message stamps) resets the keyframe cache.
+    # A stamp gap (seconds) larger than this and than twice the stream's period resets the
+    # stream's keyframe cache (the rule: stream/timegaps.py).
     max_time_gap: float = 1.0
     return_probabilities: bool = False
     # Fast paths (model/fastpath.py); all off by default. overlap_flow computes CPU flow (DIS,

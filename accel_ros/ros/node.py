@@ -37,13 +37,14 @@ the worker, free the model) live in `SegmentationNodeSteps`, shared by this node
 them all at construction, and its managed variant (ros/lifecycle_node.py), which runs them on
 lifecycle transitions.
 
-Threading: a subscription callback judges the time gap to its stream's previous arrival and
-drops the message into that stream's newest-frame slot; one worker thread waits until any
-stream has a frame, takes the newest frame of every stream that has one, segments them as one
-batch and publishes each stream's outputs, so callbacks never block, a silent camera never
-holds back the others, and frames that arrive while the worker is busy replace each other
-(counted as dropped for their stream). SIGINT / SIGTERM stop the worker (the batch in flight is
-finished and published) before the node and the context are shut down.
+Threading: a subscription callback judges the time gap to its stream's previous arrival (the
+segmenter's rule, `AccelSegmenter.note_arrival`) and drops the message into that stream's
+newest-frame slot; one worker thread waits until any stream has a frame, takes the newest frame
+of every stream that has one, segments them as one batch and publishes each stream's outputs,
+so callbacks never block, a silent camera never holds back the others, and frames that arrive
+while the worker is busy replace each other (counted as dropped for their stream). SIGINT /
+SIGTERM stop the worker (the batch in flight is finished and published) before the node and the
+context are shut down.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ from .parameters import (
     unknown_parameters,
 )
 from .processing import BatchProcessor, FrameOutputs, StreamOutcome
-from .slots import ReadyFrame, StampGapMonitor, StreamSlots
+from .slots import ReadyFrame, StreamSlots
 from .streams import NODE_PREFIX, StreamPlan, log_prefix, plan_streams
 from .throttled_log import Throttle, ThrottledLog, shorten
 
@@ -290,12 +291,12 @@ def parameter_descriptor(spec: ParamSpec) -> ParameterDescriptor:
 
 @dataclasses.dataclass
 class _Stream:
-    """One input stream: its plan, arrival-gap monitor, input rate, statistics, newest
-    camera_info and ROS endpoints. Its newest-frame slot lives in the node's StreamSlots, its
-    error counters in the BatchProcessor (both keyed by `plan.name`)."""
+    """One input stream: its plan, input rate, statistics, newest camera_info and ROS
+    endpoints. Its newest-frame slot lives in the node's StreamSlots, its error counters in the
+    BatchProcessor, its keyframe cache and time-gap rule in the segmenter (all keyed by
+    `plan.name`)."""
 
     plan: StreamPlan
-    gaps: StampGapMonitor
     stats: StreamStatistics
     camera_info: CameraInfoRelay = dataclasses.field(default_factory=CameraInfoRelay)
     rate: InputRate = dataclasses.field(default_factory=InputRate)
@@ -435,9 +436,11 @@ class SegmentationNodeSteps:
         ~/label_info (published at once)."""
         options, log = self.settings.options, self.get_logger()
         names = [plan.name for plan in self._plans]
+        # Every stream starts over: no keyframe, no stamp (the time-gap rule's) seen yet.
+        self.segmenter.configure_streams(names)
         self._slots = StreamSlots(names, options.stats_window)
         self._streams = {
-            plan.name: _Stream(plan, StampGapMonitor(), StreamStatistics(options.stats_window))
+            plan.name: _Stream(plan, StreamStatistics(options.stats_window))
             for plan in self._plans
         }
         self._stats_lock = threading.Lock()
@@ -637,7 +640,7 @@ class SegmentationNodeSteps:
                 f"{self._log_prefix(stream)}frames carry no stamp (0): their end-to-end "
                 "latency is unknown (NaN in ~/stats), and neither time gaps nor lost frames "
                 "can be judged")
-        reset = state.gaps.observe(stamp, self.segmenter.pipeline_config.max_time_gap)
+        reset = self.segmenter.note_arrival(stamp or None, stream)  # 0: unstamped
         self._slots.put(stream, msg, reset)  # never blocks; an unprocessed older frame drops
 
     def _work(self) -> None:

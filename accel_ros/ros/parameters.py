@@ -143,7 +143,8 @@ _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
                     "pixels outside get label 255)", False),
     "max_time_gap": (
         "a gap between the header stamps of consecutive arriving frames longer than this (s) "
-        "and than twice the stream's median frame period resets the keyframe cache", True),
+        "and than twice the stream's median frame period resets the keyframe cache (time "
+        "going backwards always does)", True),
     "return_probabilities": ("keep per-class probabilities (forced on while publish_scores "
                              "is true)", True),
     "overlap_flow": ("compute CPU optical flow in a worker thread while the update branch runs",

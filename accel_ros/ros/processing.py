@@ -227,8 +227,9 @@ class BatchProcessor:
         from ..stream.batching import segment_batch
         from ..stream.segmenter import StreamFrame
 
-        # No stamps: the segmenter's own gap rule compares *processed* frames, which the
-        # node must not use (drops would look like gaps); StampGapMonitor decides instead.
+        # No stamps: the node judged each frame's time gap on its arrival
+        # (`AccelSegmenter.note_arrival`), dropped frames included; judged again here, between
+        # processed frames only, drops would look like gaps.
         outcomes = segment_batch(self.segmenter,
                                  [StreamFrame(f.stream, f.rgb, None) for f in frames])
         done = {}

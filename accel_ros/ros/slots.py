@@ -1,7 +1,5 @@
 """The hand-off between the subscription callbacks and the worker thread.
 
-- `StampGapMonitor`: the time-gap rule, judged on the arrival of every frame (dropped ones
-  included), so drops never look like gaps.
 - `FrameSlot`: newest-frame mailbox of one stream, counting the frames that were overwritten
   before the worker got to them.
 - `StreamSlots`: one slot per stream on one condition, so one worker waits for whichever
@@ -16,43 +14,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
-
-
-class StampGapMonitor:
-    """The time-gap rule of the node, judged on the arrival of every frame.
-
-    A stream is discontinuous (bag loop, camera restart, paused simulation) when the header
-    stamp of a frame is older than the previous *arriving* frame's, or newer by more than
-    `max_time_gap` and by more than `period_factor` times the median of the recent frame
-    periods. Judging arrivals, not processed frames, means frames dropped by the newest-frame
-    policy never widen a gap; the period term keeps a 1 Hz camera from resetting on jitter.
-    """
-
-    def __init__(self, history: int = 15, period_factor: float = 2.0) -> None:
-        self.period_factor = float(period_factor)
-        self._periods: deque[float] = deque(maxlen=history)
-        self.last_stamp: float | None = None
-
-    def observe(self, stamp: float | None, max_time_gap: float) -> str | None:
-        """Record one arrival (`stamp` in seconds; None or 0 = unstamped, ignored). Returns why
-        the keyframe cache must be reset before this frame, or None."""
-        if not stamp:
-            return None
-        previous, self.last_stamp = self.last_stamp, stamp
-        if previous is None:
-            return None
-        gap = stamp - previous
-        if gap < 0:
-            self._periods.clear()
-            return f"time went backwards by {-gap:.3f} s"
-        typical = float(np.median(self._periods)) if self._periods else 0.0
-        if gap > max_time_gap and gap > self.period_factor * typical:
-            return f"time gap of {gap:.3f} s > max_time_gap {max_time_gap:g} s"
-        if gap > 0:
-            self._periods.append(gap)
-        return None
 
 
 class FrameSlot:
@@ -145,7 +106,7 @@ class FrameSlot:
 @dataclass
 class ReadyFrame:
     """The newest frame of one stream, as the worker takes it: the message and the keyframe
-    cache reset judged on arrival (by `StampGapMonitor`), if any."""
+    cache reset judged on arrival (by `AccelSegmenter.note_arrival`), if any."""
 
     stream: str
     msg: Any

@@ -24,6 +24,7 @@ from .backend_info import BackendInfo, backend_info
 from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
 from .labels import LabelUpsampler, class_argmax
+from .timegaps import StampGapMonitor
 
 STAGES = ("feature", "flow", "warp", "task", "update", "fusion", "output")
 # The stream `AccelSegmenter.process` uses when none is named.
@@ -97,7 +98,6 @@ class KeyframeCache:
     keyframe_index: int = -1
     keyframe_stamp: float | None = None  # seconds; None when the keyframe had no stamp
     frame_size: tuple[int, int] | None = None
-    last_stamp: float | None = None
     keyframe_confidence: float = 1.0
     accumulated_flow: float = 0.0  # mean flow magnitude since the keyframe, input pixels
     force_keyframe: bool = False
@@ -216,10 +216,12 @@ class StreamFrame:
 @dataclass
 class StreamState:
     """Everything one stream carries between its frames: its keyframe cache, its own frame
-    count, and where its keyframes sit relative to stream 0's (`phase`, a fraction of the
-    keyframe interval; see `AccelSegmenter.configure_streams`)."""
+    count, its stamps (`gaps`, the time-gap rule; a cache reset keeps them) and where its
+    keyframes sit relative to stream 0's (`phase`, a fraction of the keyframe interval; see
+    `AccelSegmenter.configure_streams`)."""
 
     cache: KeyframeCache = field(default_factory=KeyframeCache)
+    gaps: StampGapMonitor = field(default_factory=StampGapMonitor)
     frame_index: int = -1
     phase: float = 0.0
     stamps: StampCheck = field(default_factory=StampCheck)  # for keyframe ages (ages.py)
@@ -346,7 +348,7 @@ class AccelSegmenter:
 
     # -- streams -------------------------------------------------------------------------------
     def configure_streams(self, names: Sequence[str]) -> None:
-        """Declare the streams in order (their caches start empty). With
+        """Declare the streams in order (they start over: empty caches, no stamps seen). With
         `stagger_keyframes`, stream i of N keyframes about i * keyframe_interval / N frames
         after stream 0 (its first interval is shortened by that much), so a batch of N frames
         carries about one reference-network run instead of N every k-th batch."""
@@ -399,7 +401,8 @@ class AccelSegmenter:
     def reset(self, reason: str | None = None, stream: str | None = DEFAULT_STREAM) -> None:
         """Drop the keyframe cache of `stream` (None: of every stream); its next frame is a
         keyframe. A `reason` (e.g. a time gap the caller judged on frame arrival) is reported
-        as that stream's next result's reset_reason."""
+        as that stream's next result's reset_reason. The stream's stamps are kept (the time-gap
+        rule goes on); `configure_streams` starts streams over entirely."""
         for name in self.streams if stream is None else (stream,):
             state = self.stream_state(name)
             state.cache = KeyframeCache()
@@ -436,20 +439,29 @@ class AccelSegmenter:
             cache_enabled=not self.pipeline_config.cuda_graphs,
         )
 
+    def note_arrival(self, stamp: float | None, stream: str = DEFAULT_STREAM) -> str | None:
+        """Judge the time-gap rule (stream/timegaps.py) on the arrival of a frame of `stream`
+        (`stamp` in seconds, None = unstamped), for a caller that may drop frames before they
+        reach `process_batch` (the ROS node's newest-frame slot): judging every arrival, drops
+        never look like gaps. Returns the reason to `reset` the stream before the next frame
+        it processes, or None. Such a caller passes its frames without stamps (stamp=None),
+        or they would be judged twice. Call it from one thread per stream."""
+        return self.stream_state(stream).gaps.observe(
+            stamp, self.pipeline_config.max_time_gap)
+
     def _reset_reason(
-        self, cache: KeyframeCache, size: tuple[int, int], stamp: float | None
+        self, state: StreamState, size: tuple[int, int], stamp: float | None
     ) -> str | None:
+        """Why the stream's cache must go before a frame of `size` stamped `stamp`: its
+        resolution changed or its stamps broke (`StampGapMonitor`, which sees every stamped
+        frame); None while the cache is empty (the frame is a keyframe anyway)."""
+        time_break = state.gaps.observe(stamp, self.pipeline_config.max_time_gap)
+        cache = state.cache
         if cache.frame_size is None:
             return None
         if cache.frame_size != size:
             return f"resolution changed from {cache.frame_size} to {size}"
-        if stamp is not None and cache.last_stamp is not None:
-            gap = stamp - cache.last_stamp
-            if gap < 0:
-                return f"time went backwards by {-gap:.3f} s"
-            if gap > self.pipeline_config.max_time_gap:
-                return f"time gap of {gap:.3f} s > max_time_gap"
-        return None
+        return time_break
 
     def _is_keyframe_due(self, state: StreamState) -> bool:
         cfg, cache = self.pipeline_config, state.cache
@@ -474,9 +486,10 @@ class AccelSegmenter:
         stamp: float | None = None,
         stream: str = DEFAULT_STREAM,
     ) -> SegmentationResult:
-        """Segment one frame of `stream`: (H, W, 3) uint8 RGB (or (3, H, W) float). Returns
-        labels at the frame's own size. Raises ValueError for malformed frames without touching
-        the cache. A batch of one: see `process_batch`."""
+        """Segment one frame of `stream`: (H, W, 3) uint8 RGB (or (3, H, W) float), taken at
+        `stamp` (seconds; None = unknown), which the time-gap rule judges (stream/timegaps.py).
+        Returns labels at the frame's own size. Raises ValueError for malformed frames without
+        touching the cache. A batch of one: see `process_batch`."""
         return self.process_batch([StreamFrame(stream, frame, stamp)])[0]
 
     @torch.inference_mode()
@@ -540,7 +553,7 @@ class AccelSegmenter:
         """Judge the stream's reset rules (resolution, time) and count its frame."""
         state = self.stream_state(item.stream)
         size = (int(host.shape[-2]), int(host.shape[-1]))
-        reason = self._reset_reason(state.cache, size, item.stamp)
+        reason = self._reset_reason(state, size, item.stamp)
         if reason is not None:
             if state.cache.frame_size != size:
                 self._ops.release()  # graphs captured for the old resolution
@@ -794,7 +807,6 @@ class AccelSegmenter:
             if drop > 0 and cache.keyframe_confidence - confidence > drop:
                 cache.force_keyframe = True  # the next frame re-anchors on the reference net
         cache.frame_size = job.size
-        cache.last_stamp = job.stamp
         age = 0 if job.keyframe or not uses_flow else state.frame_index - cache.keyframe_index
         return SegmentationResult(
             labels=output["labels"],
