@@ -692,7 +692,9 @@ def test_processor_applies_a_reset_judged_on_arrival(store, fresh):
     processor = one_stream(fresh, NodeOptions(), logger=logger)
     frames = smooth_frames(3)
     # Stamps 6 s apart do not reset by themselves: the node judges gaps on arrival
-    # (AccelSegmenter.note_arrival), and processes frames without stamps.
+    # (AccelSegmenter.note_arrival; an unstamped arrival here), and the processor only applies
+    # the reset it is handed, using the stamps for keyframe ages alone.
+    assert fresh.note_arrival(None) is None
     first = run(processor, image_msg(store, frames[0], stamp=1.0))
     second = run(processor, image_msg(store, frames[1], stamp=7.0))
     assert first.result.is_keyframe and not second.result.is_keyframe

@@ -6,6 +6,7 @@ batched together keep their own stamps."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,26 @@ def test_a_reset_keeps_the_stamps_and_configure_streams_forgets_them(tiny_model,
     seg.configure_streams(["default"])
     assert seg.stream_state().gaps.last_stamp is None
     assert seg.note_arrival(1.1) is None and seg.note_arrival(0.5).startswith("time went back")
+
+
+def test_the_node_times_keyframe_ages_from_header_stamps(tiny_model, clip, monkeypatch):
+    """The node judges gaps on arrival and still hands the segmenter each frame's stamp, so an
+    age-aware fusion sees the camera's real ages (1.02 s apart here), as through the API."""
+    aged = AccelNet(dataclasses.replace(tiny_model.config, fusion_ages=(0.1, 1.0, 4.0))).eval()
+    stamps, _ = RECORDINGS["slow_1.02s"]
+    ages: dict[str, list[float]] = {"api": [], "node": []}
+
+    def recording(segmenter: AccelSegmenter, path: str) -> AccelSegmenter:
+        measure = segmenter._keyframe_age
+        monkeypatch.setattr(segmenter, "_keyframe_age",
+                            lambda job: ages[path].append(float(measure(job))) or measure(job))
+        return segmenter
+
+    api = recording(_segmenter(aged), "api")
+    for rgb, stamp in zip(clip, stamps, strict=True):
+        api.process(rgb, stamp=stamp)
+    typestore = rosbag.make_typestore()
+    messages = [_message(typestore, rgb, stamp) for rgb, stamp in zip(clip, stamps, strict=True)]
+    node_keyframes(recording(_segmenter(aged), "node"), {"default": messages})
+    assert ages["node"] == pytest.approx(ages["api"], abs=1e-3)
+    assert max(ages["node"]) == pytest.approx(4 * 1.02, abs=1e-3)  # not 4 frames of 1/30 s

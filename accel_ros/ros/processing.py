@@ -227,11 +227,11 @@ class BatchProcessor:
         from ..stream.batching import segment_batch
         from ..stream.segmenter import StreamFrame
 
-        # No stamps: the node judged each frame's time gap on its arrival
-        # (`AccelSegmenter.note_arrival`), dropped frames included; judged again here, between
-        # processed frames only, drops would look like gaps.
+        # The node judged each frame's time gap on its arrival (`AccelSegmenter.note_arrival`),
+        # dropped frames included, so the segmenter uses these stamps for keyframe ages only:
+        # an age-aware fusion then sees the camera's real ages, as through `segment`.
         outcomes = segment_batch(self.segmenter,
-                                 [StreamFrame(f.stream, f.rgb, None) for f in frames])
+                                 [StreamFrame(f.stream, f.rgb, f.stamp) for f in frames])
         done = {}
         for frame, outcome in zip(frames, outcomes, strict=True):
             reporter = self.reporters[frame.stream]

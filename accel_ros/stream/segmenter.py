@@ -216,12 +216,14 @@ class StreamFrame:
 @dataclass
 class StreamState:
     """Everything one stream carries between its frames: its keyframe cache, its own frame
-    count, its stamps (`gaps`, the time-gap rule; a cache reset keeps them) and where its
-    keyframes sit relative to stream 0's (`phase`, a fraction of the keyframe interval; see
+    count, its stamps (`gaps`, the time-gap rule; a cache reset keeps them; `gaps_on_arrival`
+    once a caller judges them itself through `note_arrival`) and where its keyframes sit
+    relative to stream 0's (`phase`, a fraction of the keyframe interval; see
     `AccelSegmenter.configure_streams`)."""
 
     cache: KeyframeCache = field(default_factory=KeyframeCache)
     gaps: StampGapMonitor = field(default_factory=StampGapMonitor)
+    gaps_on_arrival: bool = False
     frame_index: int = -1
     phase: float = 0.0
     stamps: StampCheck = field(default_factory=StampCheck)  # for keyframe ages (ages.py)
@@ -444,18 +446,22 @@ class AccelSegmenter:
         (`stamp` in seconds, None = unstamped), for a caller that may drop frames before they
         reach `process_batch` (the ROS node's newest-frame slot): judging every arrival, drops
         never look like gaps. Returns the reason to `reset` the stream before the next frame
-        it processes, or None. Such a caller passes its frames without stamps (stamp=None),
-        or they would be judged twice. Call it from one thread per stream."""
-        return self.stream_state(stream).gaps.observe(
-            stamp, self.pipeline_config.max_time_gap)
+        it processes, or None. From the first call on, the stream's processed frames are no
+        longer judged again (their stamps then only time keyframe ages), until
+        `configure_streams` starts the streams over. Call it from one thread per stream."""
+        state = self.stream_state(stream)
+        state.gaps_on_arrival = True
+        return state.gaps.observe(stamp, self.pipeline_config.max_time_gap)
 
     def _reset_reason(
         self, state: StreamState, size: tuple[int, int], stamp: float | None
     ) -> str | None:
         """Why the stream's cache must go before a frame of `size` stamped `stamp`: its
         resolution changed or its stamps broke (`StampGapMonitor`, which sees every stamped
-        frame); None while the cache is empty (the frame is a keyframe anyway)."""
-        time_break = state.gaps.observe(stamp, self.pipeline_config.max_time_gap)
+        frame, unless the caller judges arrivals itself: `note_arrival`); None while the cache
+        is empty (the frame is a keyframe anyway)."""
+        time_break = (None if state.gaps_on_arrival
+                      else state.gaps.observe(stamp, self.pipeline_config.max_time_gap))
         cache = state.cache
         if cache.frame_size is None:
             return None
