@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import RANGES, PipelineConfig
+from ..config import MODES, RANGES, PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
@@ -24,7 +24,7 @@ from ..model import AccelNet, LoadedModel, load_model, resolve_checkpoint
 from ..stream import AccelSegmenter
 from .config import EVAL_MODES, EvalConfig
 
-SINGLE_FRAME_MODES = ("reference", "deeplab")
+SINGLE_FRAME_MODES = MODES.select(lambda mode: mode.every_frame)
 MODE_LABELS = {
     "reference": "N_R every frame",
     "deeplab": "N_U only (DeepLab)",

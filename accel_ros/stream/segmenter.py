@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
+from ..config import BACKENDS, DEFAULT_PRESET, ModelConfig, PipelineConfig
 from ..deploy.backends import build_networks
+from ..deploy.runtimes import RUNTIMES
 from ..model.accel import AccelNet
 from ..model.checkpoint import load_model_or_preset
 from ..model.flow import FlowEstimator, build_flow
@@ -325,11 +326,11 @@ class AccelSegmenter:
         self.flow = flow or build_flow(cfg.flow_method, cfg.flow_scale)
         # Other backends run their own precision (OpenVINO bf16): torch's autocast stays off.
         autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-        self._autocast_dtype = autocast if cfg.backend == "torch" else None
+        self._autocast_dtype = None if BACKENDS[cfg.backend].graphs else autocast
         # Network calls go through FastOps (backend torch: the model's own methods unless
         # torch_compile / cuda_graphs ask for more) or through exported graphs in another
         # runtime; fixed here, `fast_path_notes` says what is active.
-        self._ops = _network_calls(self.model, self.device, cfg, self.input_size)
+        self._ops = NETWORK_CALLS[cfg.backend](self.model, cfg, self.device, self.input_size)
         self._flow_worker = FlowWorker()  # its thread starts on first use of overlap_flow
         self._upload = FrameUploader(self.device)
         self.return_max_probability = return_max_probability
@@ -801,16 +802,22 @@ class AccelSegmenter:
         )
 
 
-def _network_calls(
-    model: AccelNet, device: torch.device, cfg: PipelineConfig, input_size: tuple[int, int] | None
-) -> Any:
-    """What `AccelSegmenter` runs its networks through: an object with the calls of
-    `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. Backend torch: `FastOps`; the
-    others: `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs
-    of `input_size` now, so a first start pays the export before the first frame."""
-    if cfg.backend == "torch":
-        return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
-    return build_networks(model, cfg, device, input_size)
+def _torch_calls(
+    model: AccelNet, cfg: PipelineConfig, device: torch.device, input_size: tuple[int, int] | None
+) -> FastOps:
+    """Backend torch: the model's own methods on `device`, compiled or replayed as CUDA graphs
+    where `cfg` asks (`input_size` is not needed: torch takes any size)."""
+    return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
+
+
+# backend -> the builder of what `AccelSegmenter` runs its networks through: an object with the
+# calls of `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. One builder per value of
+# config.BACKENDS (bind checks, at import): torch's `FastOps`; the graph runtimes'
+# `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs of
+# `input_size` when built, so a first start pays the export before the first frame.
+NETWORK_CALLS: dict[str, Callable[..., Any]] = BACKENDS.bind(
+    {"torch": _torch_calls} | dict.fromkeys(RUNTIMES, build_networks)
+)
 
 
 def build_segmenter(
