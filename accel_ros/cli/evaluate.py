@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", default=d.checkpoint,
                         help='checkpoint path, "default" (shipped) or "none" (random weights)')
-    parser.add_argument("--preset", default=d.preset, help="model for --checkpoint none")
+    add_config_option(parser, "preset", default=d.preset, help="model for --checkpoint none")
     parser.add_argument("--data", choices=DATA_SOURCES, default=d.data)
     parser.add_argument("--data-root", type=Path, default=d.data_root)
     parser.add_argument("--split", default=d.split)

@@ -90,7 +90,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     # the (keyframe, current) pairs of the fusion and joint stages
     offsets: tuple[int, ...] = (1, 2, 3, 4)
-    flow_scale: float = 0.5
+    flow_scale: float = _PIPELINE_DEFAULTS.flow_scale  # train on the flow the pipeline computes
     # age-aware fusion: keyframe ages (s) of its weight knots; () keeps the plain 1x1 fusion
     # and its 30 fps pairs at `offsets`. With knots, pairs span ages up to `max_age` s.
     fusion_ages: tuple[float, ...] = ()
@@ -101,7 +101,7 @@ class TrainConfig:
     out: Path = Path("runs/train")
     resume: bool = False
     seed: int = 0
-    device: str = "auto"
+    device: str = _PIPELINE_DEFAULTS.device
     threads: int = 2
     no_amp: bool = False
     # CUDA mixed precision: fp16 (with loss scaling) or bf16 (no scaling needed)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import BACKENDS, DEFAULT_PRESET, ModelConfig, PipelineConfig
+from ..config import BACKENDS, DEFAULT_PRESET, MODES, ModelConfig, PipelineConfig
 from ..deploy.backends import build_networks
 from ..deploy.runtimes import RUNTIMES
 from ..model.accel import AccelNet
@@ -318,7 +318,7 @@ class AccelSegmenter:
         self.pipeline_config = pipeline or PipelineConfig()
         cfg = self.pipeline_config
         self.device = resolve_device(cfg.device)
-        if cfg.mode in ("accel", "deeplab") and model.update is None:
+        if MODES[cfg.mode].update_branch and model.update is None:
             raise ValueError(f"mode {cfg.mode!r} needs a model with an update branch")
         self.model = model.to(self.device).eval()
         if cfg.channels_last:
@@ -446,7 +446,7 @@ class AccelSegmenter:
 
     def _is_keyframe_due(self, state: StreamState) -> bool:
         cfg, cache = self.pipeline_config, state.cache
-        if cfg.mode in ("reference", "deeplab"):
+        if MODES[cfg.mode].every_frame:
             return cfg.mode == "reference"
         if cache.features is None or cache.force_keyframe:
             return True
@@ -501,7 +501,7 @@ class AccelSegmenter:
             return []
         cfg = self.pipeline_config
         timer = StageTimer(self.device, self.sync_stages)
-        uses_flow = cfg.mode in ("accel", "dff")
+        uses_flow = not MODES[cfg.mode].every_frame
         with cuda_device_context(self.device), self._autocast():
             for slot, job in enumerate(jobs):
                 job.image = self._prepare_image(job.host, slot)
@@ -773,7 +773,7 @@ class AccelSegmenter:
         host, so the device is idle: the reads here cost no stall."""
         cfg, state = self.pipeline_config, job.state
         cache = state.cache
-        uses_flow = cfg.mode in ("accel", "dff")
+        uses_flow = not MODES[cfg.mode].every_frame
         confidence = float(output["confidence"])
         if uses_flow:
             cache.previous = job.step.prepared
