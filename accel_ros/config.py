@@ -77,11 +77,11 @@ class Backend:
 # Where the networks run; stream/segmenter.py binds a builder of the network calls to each.
 # The graph runtimes come in the order tests and checks try them.
 BACKENDS: Registry[Backend] = Registry("backend", {
-    "torch": Backend("eager torch, with the fast paths of stream/fastpath.py",
+    "torch": Backend("PyTorch eager, with the torch_compile / cuda_graphs fast paths",
                      PRECISIONS.choices, graphs=False),
     # ONNX Runtime's CPU provider runs fp32 graphs in fp32 only.
-    "onnxruntime": Backend("exported graphs in ONNX Runtime", ("fp32",)),
-    "openvino": Backend("exported graphs in OpenVINO", ("fp32", "bf16")),
+    "onnxruntime": Backend("exported graphs in ONNX Runtime on the CPU", ("fp32",)),
+    "openvino": Backend("exported graphs in OpenVINO on the CPU", ("fp32", "bf16")),
 })
 # The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
 INPUT_TRANSPORTS = Registry("input_transport", ("raw", "compressed"))

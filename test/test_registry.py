@@ -106,13 +106,12 @@ def test_the_command_line_takes_a_new_default_from_the_config(monkeypatch):
 def test_implementations_are_bound_to_every_value():
     """Each flow method has its estimator and each backend its builder of network calls, in
     the registry's order; a value without one would have failed at import."""
-    from accel_ros.deploy.runtimes import RUNTIMES, SESSIONS
-    from accel_ros.model.flow import FLOW_ESTIMATORS
-    from accel_ros.stream.segmenter import NETWORK_CALLS
-
     from accel_ros.config import BACKBONES
+    from accel_ros.deploy.runtimes import RUNTIMES, SESSIONS
     from accel_ros.model.backbone import _BUILDERS
     from accel_ros.model.efficientnet import LITE_SPECS
+    from accel_ros.model.flow import FLOW_ESTIMATORS
+    from accel_ros.stream.segmenter import NETWORK_CALLS
 
     assert tuple(FLOW_ESTIMATORS) == FLOW_METHODS.choices
     assert (*_BUILDERS, *LITE_SPECS) == BACKBONES.choices
