@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..config import OUT_OF_FRAME
 from ..model.accel import AccelNet
 from .graphs import GraphSpec, graph_specs
 from .runtimes import open_session, require
@@ -44,7 +45,6 @@ MANIFEST = "manifest.json"
 # modes as nearest sampling without a word, so graphs stay within 16-19.
 OPSETS = (16, 17, 18, 19)
 OPSET = 17
-OUT_OF_FRAME = ("border", "zeros")
 CACHE_ENV = "ACCEL_ROS_CACHE"
 # Export check, per graph: max |runtime - torch| <= CHECK_TOLERANCE * max(1, max |torch|).
 # fp32 graphs differ from torch by summation order only: ~1e-5 relative is typical.
@@ -109,8 +109,7 @@ class ExportKey:
         if self.opset not in OPSETS:
             raise ValueError(f"opset must be one of {OPSETS} (TensorRT reads 16-19), got "
                              f"{self.opset}")
-        if self.out_of_frame not in OUT_OF_FRAME:
-            raise ValueError(f"out_of_frame {self.out_of_frame!r} is not one of {OUT_OF_FRAME}")
+        OUT_OF_FRAME.check(self.out_of_frame)
         if self.batch < 0:
             raise ValueError(f"batch must be >= 1 (0: dynamic), got {self.batch}")
         if len(self.input_size) != 2 or min(self.input_size) < 16:
