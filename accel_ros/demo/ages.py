@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import MODES
 from ..metrics import mean_iou
 
 # The modes whose frames warp a keyframe: their offset is the result's keyframe age.
@@ -171,7 +172,7 @@ def plot_ages(table: AgeTable, real: RealAges | None, path: Path) -> Path:
     for mode, values in table.miou.items():
         points = [(a, 100 * v) for a, v in zip(table.ages_s, values, strict=True)
                   if v is not None]
-        style = "--" if mode in ("reference", "deeplab") else "-"
+        style = "--" if MODES[mode].every_frame else "-"  # no keyframes: flat in age
         axes[0].plot(*zip(*points, strict=True), style, marker="o", label=table.titles[mode],
                      color=COLORS.get(mode))
     axes[0].set(title="this synthetic clip", xlabel="keyframe age (s)", ylabel="mIoU (%)")

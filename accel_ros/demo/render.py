@@ -8,6 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..config import MODES
 from ..palette import get_palette, render_labels
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -128,7 +129,7 @@ def mode_panel(image: np.ndarray, run: Any, index: int, palette: str,
     """One mode's overlay of frame `index`, titled with its keyframe state and clip scores:
     mIoU against the generator's labels, agreement with the reference, ms per frame."""
     # The reference and DeepLab run one network on every frame: no keyframe state to show.
-    state = "" if run.mode in ("reference", "deeplab") else age_label(run, index)
+    state = "" if MODES[run.mode].every_frame else age_label(run, index)
     scores = f"mIoU {100 * run.miou:.1f}"
     if run.mode != "reference":
         scores += f" ref {100 * run.agreement:.0f}%"
