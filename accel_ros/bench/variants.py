@@ -26,7 +26,13 @@ import torch
 from ..config import MODES, PipelineConfig
 from ..model import AccelNet, load_model
 from ..stream import resolve_device
-from ..stream.fastpath import CompiledCall, CudaGraphCall, calls_outcome, fallback_notes
+from ..stream.fastpath import (
+    AUTOCAST_DTYPES,
+    CompiledCall,
+    CudaGraphCall,
+    calls_outcome,
+    fallback_notes,
+)
 from ..stream.labels import class_argmax
 from ..stream.segmenter import FrameUploader, StageTimer, cuda_device_context, frame_to_tensor
 
@@ -63,8 +69,6 @@ FAMILY = tuple(
 )
 # No keyframes: the interval does not apply (the pipeline's single-frame modes, and the peers).
 EVERY_FRAME_MODES = (*MODES.select(lambda mode: mode.every_frame), "peer")
-# PipelineConfig.precision -> autocast dtype (fp32: no autocast).
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def canonical_variant(name: str, reference_backbone: str = "resnet101") -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..model import save_checkpoint
+from ..stream.fastpath import AUTOCAST_DTYPES
 from .config import STAGES
 from .records import StageRun, log_line, save_state
 
@@ -149,8 +150,8 @@ def _train_epoch(
         for group in run.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         chosen = order[step * plan.batch_size : (step + 1) * plan.batch_size]
-        dtype = torch.bfloat16 if run.config.amp_dtype == "bf16" else torch.float16
-        with torch.autocast(run.device.type, dtype=dtype, enabled=use_amp):
+        with torch.autocast(run.device.type, dtype=AUTOCAST_DTYPES[run.config.amp_dtype],
+                            enabled=use_amp):
             loss = steps.batch_loss(chosen, generator)
         run.optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()

@@ -104,6 +104,10 @@ class CompiledCall:
                 "failure": self.failure}
 
 
+# The torch dtype autocast runs at, per PipelineConfig.precision that torch runs in autocast
+# (fp32: none). Training's mixed precision reads it too.
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
 @dataclass
 class _Captured:
     graph: Any  # torch.cuda.CUDAGraph (or a test double)

@@ -22,7 +22,7 @@ from ..model.flow import FlowEstimator, build_flow
 from ..model.warp import check_flow
 from .ages import NOMINAL_FRAME_TIME_S, StampCheck
 from .backend_info import BackendInfo, backend_info
-from .fastpath import FastOps, FlowWorker, cuda_device_context, flow_can_overlap
+from .fastpath import AUTOCAST_DTYPES, FastOps, FlowWorker, cuda_device_context, flow_can_overlap
 from .framing import IGNORE_LABEL, Canvas, canvas, canvas_to_frame, frame_to_canvas
 from .labels import LabelUpsampler, class_argmax
 from .timegaps import StampGapMonitor
@@ -332,7 +332,7 @@ class AccelSegmenter:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.flow = flow or build_flow(cfg.flow_method, cfg.flow_scale)
         # Other backends run their own precision (OpenVINO bf16): torch's autocast stays off.
-        autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
+        autocast = AUTOCAST_DTYPES.get(cfg.precision)
         self._autocast_dtype = None if BACKENDS[cfg.backend].graphs else autocast
         # Network calls go through FastOps (backend torch: the model's own methods unless
         # torch_compile / cuda_graphs ask for more) or through exported graphs in another
