@@ -33,7 +33,8 @@ MODES = ("accel", "dff", "deeplab", "reference")
 # "torch": classical coarse-to-fine flow in torch that stays on the device. The estimators are
 # model/flow.py's FLOW_ESTIMATORS (a test keeps the two lists equal).
 FLOW_METHODS = ("dis", "farneback", "zero", "torch")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8: OpenVINO graphs quantized on calibration frames (deploy/quantize.py), backend openvino.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 UPSAMPLERS = ("bilinear", "deconv")
 OUT_OF_FRAME = ("border", "zeros")
 # How a frame meets a network input of another aspect ratio (model/framing.py): "pad" keeps
@@ -41,8 +42,10 @@ OUT_OF_FRAME = ("border", "zeros")
 # pad 45.8 / stretch 45.6 / crop 39.0 mIoU on held-out 0001TP (val clip: 62.3 / 62.3 / 50.9).
 RESIZE_MODES = ("pad", "stretch", "crop")
 # Where the networks run: "torch" (eager, with the fast paths above), or exported ONNX graphs in
-# OpenVINO / ONNX Runtime on the CPU (accel_ros.deploy; optional extras of the same names).
-BACKENDS = ("torch", "openvino", "onnxruntime")
+# OpenVINO / ONNX Runtime on the CPU (accel_ros.deploy). "auto": on a CPU the fastest installed
+# runtime and precision whose labels were measured equal to torch fp32's on >= 99.5% of street
+# pixels (deploy/auto.py holds the measured table), torch where none is or on CUDA.
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 # The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
 INPUT_TRANSPORTS = ("raw", "compressed")
 OUTPUT_RELIABILITIES = ("reliable", "best_effort")
@@ -250,7 +253,7 @@ class PipelineConfig:
     # stream 0, so the reference network's cost is spread over the frames of a batch.
     stagger_keyframes: bool = True
     # BACKENDS: the runtime of the networks; the cache, flow and warp are the pipeline's with all.
-    backend: str = "torch"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("overlap_flow", "torch_compile", "cuda_graphs", "stagger_keyframes"):
@@ -262,9 +265,12 @@ class PipelineConfig:
         for name in PIPELINE_RANGES:
             RANGES[name].check(name, getattr(self, name))
         self.input_size = _checked_size(self.input_size)
-        if self.backend != "torch" and (self.torch_compile or self.cuda_graphs):
+        if self.backend not in ("torch", "auto") and (self.torch_compile or self.cuda_graphs):
             raise ValueError(f"torch_compile and cuda_graphs are fast paths of backend torch; "
                              f"backend {self.backend} runs exported graphs: switch them off")
+        if self.precision == "int8" and self.backend not in ("openvino", "auto"):
+            raise ValueError(f"precision int8 runs quantized graphs in backend openvino, not "
+                             f"backend {self.backend}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -66,7 +66,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=d.out)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--backend", default=d.backend, choices=BACKENDS,
-                        help="runtime of the networks: torch, or exported ONNX graphs in "
+                        help="runtime of the networks: auto, torch, or exported ONNX graphs in "
                         "OpenVINO or ONNX Runtime (docs/deploy.md)")
     parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=d.threads)

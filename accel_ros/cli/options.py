@@ -28,9 +28,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, modes: bool = True,
     parser.add_argument("--keyframe-interval", type=int, default=5)
     parser.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--flow", default="dis", choices=FLOW_METHODS)
-    parser.add_argument("--backend", default="torch", choices=BACKENDS,
-                        help="runtime of the networks: torch, or exported ONNX graphs in "
-                        "OpenVINO or ONNX Runtime (optional extras; see docs/deploy.md)")
+    parser.add_argument("--backend", default=PipelineConfig.backend, choices=BACKENDS,
+                        help="runtime of the networks: auto (the fastest measured to keep "
+                        "torch's labels), torch, or exported ONNX graphs in OpenVINO or ONNX "
+                        "Runtime (see docs/deploy.md)")
     if input_size:
         parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                             default=None, help="resize frames to H W before the network "

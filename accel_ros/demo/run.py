@@ -51,7 +51,7 @@ class DemoConfig:
     keyframe_interval: int = 5
     device: str = "auto"
     flow: str = "dis"
-    backend: str = "torch"
+    backend: str = PipelineConfig.backend
     seed: int = 0
     alpha: float = 0.5
     fps: float = 30.0

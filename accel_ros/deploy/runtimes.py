@@ -18,10 +18,11 @@ import numpy as np
 # Runtimes that run exported graphs (the `backend` values other than "torch").
 RUNTIMES = ("onnxruntime", "openvino")
 # module -> the pip extra of accel_ros that installs it (setup.py extras_require)
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "int8"}
 # PipelineConfig.precision -> OpenVINO's CPU inference precision; ONNX Runtime's CPU provider
-# runs fp32 graphs in fp32 only.
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+# runs fp32 graphs in fp32 only. int8: the quantized graphs (deploy/quantize.py) run their
+# int8 layers in int8 and the rest in fp32.
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 class BackendUnavailableError(ImportError, ValueError):

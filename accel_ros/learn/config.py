@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DEFAULT_PRESET, PipelineConfig
+from ..data.camvid import HELD_OUT_SEQUENCES
 
 STAGE_ORDER = ("reference", "update", "fusion")
 STAGES = (*STAGE_ORDER, "joint")  # stage "all" runs STAGE_ORDER; `joint` is asked for by name
@@ -46,7 +47,7 @@ class TrainConfig:
     data: str = "camvid"
     data_root: Path | None = None
     data_splits: tuple[str, ...] = ("train",)
-    holdout: tuple[str, ...] = ("0001TP",)
+    holdout: tuple[str, ...] = HELD_OUT_SEQUENCES
     limit: int | None = None
     # the model
     preset: str = DEFAULT_PRESET
@@ -188,7 +189,7 @@ class EvalConfig:
     limit: int | None = None
     out: Path = Path("runs/eval")
     device: str = "auto"
-    backend: str = "torch"  # config.BACKENDS: where the networks run (labels match torch's)
+    backend: str = PipelineConfig.backend  # config.BACKENDS: where the networks run
     precision: str = "fp32"
     threads: int = 2
     seed: int = 0

@@ -153,8 +153,9 @@ _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
     "stagger_keyframes": (
         "with several streams, offset stream i's keyframes by about i * keyframe_interval / N "
         "frames so reference-network runs are spread over the batches", True),
-    "backend": ("runtime of the networks: torch, or exported graphs in OpenVINO / ONNX "
-                "Runtime", False),
+    "backend": ("runtime of the networks: auto (on a CPU the fastest installed runtime measured "
+                "to keep torch fp32's labels; torch where none is or on CUDA), torch, or exported "
+                "graphs in OpenVINO / ONNX Runtime", False),
     "preset": ("model preset; a checkpoint's own config wins", False),
     "checkpoint": ("'default' = shipped weights, 'none' = random weights (testing only), or a "
                    ".pt path", False),

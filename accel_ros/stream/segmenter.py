@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
+from ..deploy.auto import resolve_backend
 from ..deploy.backends import build_networks
 from ..model.accel import AccelNet
 from ..model.checkpoint import load_model_or_preset
@@ -314,9 +315,12 @@ class AccelSegmenter:
         `model_hash`: the identity of the weights (`LoadedModel.fingerprint`), reported with
         the labels' class metadata; empty when unknown."""
         self.model_hash = model_hash
-        self.pipeline_config = pipeline or PipelineConfig()
+        self.device = resolve_device((pipeline or PipelineConfig()).device)
+        # backend auto becomes the runtime and precision it stands for on this device; the
+        # segmenter's config names them, and the first note says why.
+        self.pipeline_config, self._backend_note = resolve_backend(pipeline or PipelineConfig(),
+                                                                   self.device)
         cfg = self.pipeline_config
-        self.device = resolve_device(cfg.device)
         if cfg.mode in ("accel", "deeplab") and model.update is None:
             raise ValueError(f"mode {cfg.mode!r} needs a model with an update branch")
         self.model = model.to(self.device).eval()
@@ -405,8 +409,9 @@ class AccelSegmenter:
 
     @property
     def fast_path_notes(self) -> list[str]:
-        """Which fast paths are active, or why a requested one fell back (human-readable)."""
-        return list(self._ops.notes)
+        """Which backend runs the networks (and why, for backend auto), which fast paths are
+        active, or why a requested one fell back (human-readable)."""
+        return [note for note in (self._backend_note, *self._ops.notes) if note]
 
     def close(self) -> None:
         """Stop the overlap_flow worker thread, if it was started."""
