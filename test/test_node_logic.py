@@ -233,9 +233,10 @@ def test_integer_and_float_parameters_have_sane_ranges():
 
 
 def test_allowed_values_come_from_config():
-    """One list per setting (config.CHOICES): the node offers exactly what the code takes
-    (it used to offer the removed `flownet` and omit `torch`)."""
-    assert {spec.name: spec.choices for spec in PARAMETERS if spec.choices} == CHOICES
+    """One registry per setting (config.CHOICES): the node offers exactly its keys, what the
+    code takes (it used to offer the removed `flownet` and omit `torch`)."""
+    assert {spec.name: spec.choices for spec in PARAMETERS if spec.choices} == {
+        name: tuple(registry) for name, registry in CHOICES.items()}
     from accel_ros.model.flow import FLOW_ESTIMATORS
 
     assert set(PARAMETER_SPECS["flow_method"].choices) == set(FLOW_ESTIMATORS)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import torch
 from accel_ros.cli.main import main as cli_main
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import SceneConfig, SyntheticDrivingScene
+from accel_ros.deploy.backends import check_runtime
 from accel_ros.deploy.export import CACHE_ENV, read_manifest
 from accel_ros.deploy.quantize import (
     CALIBRATION_ENV,
@@ -132,9 +134,12 @@ def test_int8_labels_agree_with_fp32_on_most_pixels(model, clip, frames_folder, 
 
 
 def test_int8_runs_on_openvino_only_and_the_export_needs_frames(tmp_path, capsys) -> None:
-    with pytest.raises(ValueError, match="precision int8 runs quantized graphs in backend "
-                                         "openvino, not backend onnxruntime"):
-        PipelineConfig(backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match=re.escape(
+            "backend torch runs precision fp32 or fp16 or bf16, got 'int8' (int8 runs quantized "
+            "graphs in backend openvino or auto)")):
+        PipelineConfig(backend="torch", precision="int8")
+    with pytest.raises(ValueError, match="backend onnxruntime runs precision fp32, got 'int8'"):
+        check_runtime("onnxruntime", "int8")
     assert cli_main(["export", "--checkpoint", "none", "--precision", "int8",
                      "--output", str(tmp_path / "graphs")]) == 2
     assert "--precision int8 needs --calibration DIR" in capsys.readouterr().err

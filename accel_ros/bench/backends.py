@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PipelineConfig
+from ..config import BACKENDS, PipelineConfig
 from ..model.accel import AccelNet
 from ..stream import STAGES, AccelSegmenter
 
@@ -55,7 +55,7 @@ Key = tuple[str, str, int]  # (backend, mode, keyframe interval)
 def time_backends(
     model: AccelNet,
     frames: Sequence[np.ndarray],
-    backends: Sequence[str] = ("torch", "onnxruntime", "openvino"),
+    backends: Sequence[str] = BACKENDS.choices,
     settings: Sequence[tuple[str, int]] = DEFAULT_SETTINGS,
     rounds: int = 5,
     pipeline: PipelineConfig | None = None,

@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import BACKENDS, ModelConfig, PipelineConfig
+from ..config import BACKENDS, RANGES, ModelConfig, PipelineConfig
 from ..deploy.backends import NotExportableError
 from ..model import AccelNet
 from ..stream import STAGES, AccelSegmenter, resolve_device
@@ -91,6 +91,8 @@ from .variants import (
 
 FAST_PATHS = ("channels_last", "precision", "compile", "cuda_graphs", "overlap_flow")
 DEFAULT_CLASSES = 11
+# The settings a benchmark shares with the pipeline take the pipeline's defaults.
+PIPELINE_DEFAULTS = PipelineConfig()
 
 
 @dataclass
@@ -104,14 +106,14 @@ class BenchSettings:
     width: int | None = None
     frames: int = 20
     warmup: int = 3
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = PIPELINE_DEFAULTS.device
+    precision: str = PIPELINE_DEFAULTS.precision
     channels_last: bool = False
     compile: bool = False
     cuda_graphs: bool = False
     overlap_flow: bool = False
-    flow: str = "dis"
-    flow_scale: float = 0.5
+    flow: str = PIPELINE_DEFAULTS.flow_method
+    flow_scale: float = PIPELINE_DEFAULTS.flow_scale
     reference_backbone: str | None = "resnet101"  # None: the --model's own
     num_classes: int = DEFAULT_CLASSES
     fast_variants: tuple[str, ...] | None = None  # None: same as variants
@@ -124,7 +126,7 @@ class BenchSettings:
     flow_epe: bool = False
     # Runtimes of the networks (config.BACKENDS); every one but torch is measured as a fast
     # path of its own, on the fast-path variants and intervals.
-    backends: tuple[str, ...] = ("torch",)
+    backends: tuple[str, ...] = (PIPELINE_DEFAULTS.backend,)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants + (self.fast_variants or ()) if v not in VARIANTS]
@@ -132,8 +134,10 @@ class BenchSettings:
             raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
         if not self.variants:
             raise ValueError("no variants to benchmark")
-        if not self.intervals or min(self.intervals + (self.fast_intervals or (1,))) < 1:
-            raise ValueError(f"keyframe intervals must be >= 1, got {self.intervals}")
+        if not self.intervals:
+            raise ValueError("no keyframe intervals to benchmark")
+        for interval in self.intervals + (self.fast_intervals or ()):
+            RANGES["keyframe_interval"].check("keyframe_interval", interval)
         if self.frames < 1 or self.warmup < 0 or self.clip_frames < 2 or self.repeats < 1:
             raise ValueError(
                 "--frames and --repeats must be >= 1, --warmup >= 0 and --clip-frames >= 2"
@@ -203,11 +207,14 @@ def fast_path_configs(settings: BenchSettings) -> list[FastPath]:
         configs.append(FastPath("all", combined))
     # Other runtimes are alternatives to torch's fast paths, not one more switch to combine.
     for backend in dict.fromkeys(settings.backends):
-        if backend == "torch":
+        if not BACKENDS[backend].graphs:
             continue
         configs.append(FastPath(backend, {"backend": backend}))
-        if backend == "openvino" and settings.precision == "bf16":
-            configs.append(FastPath(f"{backend} bf16", {"backend": backend, "precision": "bf16"}))
+        # A graph runtime's other precision (OpenVINO bf16) is a row of its own.
+        precision = settings.precision
+        if precision != "fp32" and precision in BACKENDS[backend].precisions:
+            configs.append(FastPath(f"{backend} {precision}",
+                                    {"backend": backend, "precision": precision}))
     return configs
 
 

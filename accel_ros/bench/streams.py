@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import FLOW_METHODS, MODES
+from ..config import PipelineConfig
 from .common import (
     NO_DEADLINE,
     Deadline,
@@ -81,6 +81,8 @@ from .stream_worker import MODULE, PREFIX
 DEFAULT_SIZE = (360, 480)  # the shipped checkpoint's input size
 DEFAULT_FRAMES = 40  # timed rounds per set-up (rounded up to whole keyframe cycles)
 DEFAULT_CLIP_FRAMES = 8  # distinct frames per stream, played back and forth
+# The pipeline settings a run shares with the node take the node's defaults.
+PIPELINE_DEFAULTS = PipelineConfig()
 SEPARATE_CHOICES = ("split", "full", "both")
 # A set-up with less time than this left before the deadline is not started.
 MIN_SETUP_S = 10.0
@@ -97,11 +99,11 @@ class StreamsSettings:
     warmup: int | None = None  # untimed rounds; None: one keyframe cycle
     threads: int = 1  # T: the node's torch threads (and the cores the set-ups share)
     device: str = "cpu"
-    mode: str = "accel"
-    keyframe_interval: int = 5
-    flow: str = "dis"
-    flow_scale: float = 0.5
-    stagger: bool = True
+    mode: str = PIPELINE_DEFAULTS.mode
+    keyframe_interval: int = PIPELINE_DEFAULTS.keyframe_interval
+    flow: str = PIPELINE_DEFAULTS.flow_method
+    flow_scale: float = PIPELINE_DEFAULTS.flow_scale
+    stagger: bool = PIPELINE_DEFAULTS.stagger_keyframes
     separate: str = "split"
     pin: bool = True  # every child on the same `threads` CPUs
     # "default" / a path: load that checkpoint (as the node does); a preset name: random
@@ -128,12 +130,9 @@ class StreamsSettings:
         if self.warmup is not None and self.warmup < 1:
             # The first round is a keyframe on every stream (empty caches): never time it.
             raise ValueError(f"--warmup must be >= 1 with several streams, got {self.warmup}")
-        if self.keyframe_interval < 1:
-            raise ValueError(f"keyframe interval must be >= 1, got {self.keyframe_interval}")
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
-        if self.flow not in FLOW_METHODS:
-            raise ValueError(f"flow {self.flow!r} is not one of {FLOW_METHODS}")
+        # The allowed values and ranges live in config.py: PipelineConfig checks them.
+        PipelineConfig(mode=self.mode, keyframe_interval=self.keyframe_interval,
+                       flow_method=self.flow, flow_scale=self.flow_scale)
         if self.separate not in SEPARATE_CHOICES:
             raise ValueError(f"--separate-threads must be one of {SEPARATE_CHOICES}")
 
@@ -462,8 +461,6 @@ def _specs(
     settings: StreamsSettings, setup: Setup, frame_files: list[Path],
     checkpoint: str | None, config: dict[str, Any], device: str,
 ) -> list[dict[str, Any]]:
-    from ..config import PipelineConfig
-
     count, kind, baseline = setup
     pipeline = PipelineConfig(
         mode=settings.mode, keyframe_interval=settings.keyframe_interval, device=device,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import PipelineConfig
+from ..config import MODES, PipelineConfig
 from ..model import AccelNet, load_model
 from ..stream import resolve_device
 from ..stream.fastpath import CompiledCall, CudaGraphCall, calls_outcome, fallback_notes
@@ -61,7 +61,8 @@ PEERS = tuple(v for v, (mode, _) in VARIANTS.items() if mode == "peer")
 FAMILY = tuple(
     v for v, (mode, source) in VARIANTS.items() if mode != "peer" and source != MODEL_KEY
 )
-EVERY_FRAME_MODES = ("reference", "deeplab", "peer")  # no keyframes: the interval does not apply
+# No keyframes: the interval does not apply (the pipeline's single-frame modes, and the peers).
+EVERY_FRAME_MODES = (*MODES.select(lambda mode: mode.every_frame), "peer")
 # PipelineConfig.precision -> autocast dtype (fp32: no autocast).
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..bench import single_stream
 from ..bench.variants import VARIANTS, parse_variants
-from ..config import BACKENDS, FLOW_METHODS, PRECISIONS
-from .options import log_progress, print_report
+from ..config import BACKENDS
+from .options import add_config_option, log_progress, print_report
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,8 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=20,
                         help="timed frames per measurement, rounded up to whole keyframe cycles")
     parser.add_argument("--warmup", type=int, default=3, help="untimed frames per measurement")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    add_config_option(parser, "device")
+    add_config_option(parser, "precision",
                         help="measure autocast at this precision against fp32")
     parser.add_argument("--channels-last", action="store_true",
                         help="measure channels_last memory format against the plain path")
@@ -45,13 +45,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="measure CUDA graphs of the non-key-frame path (CUDA only)")
     parser.add_argument("--overlap-flow", action="store_true",
                         help="measure CPU flow computed beside the update branch")
-    parser.add_argument("--backend", default="torch",
+    # torch by default, not the pipeline's auto: PyTorch eager is the baseline of the ratios.
+    add_config_option(parser, "backend", choices=None, default="torch",
                         help=f"comma list of runtimes of the networks, each measured as a fast "
                         f"path of its own: {', '.join(BACKENDS)} (exported ONNX graphs; optional "
                         "extras). openvino with --precision bf16 adds an OpenVINO bf16 row")
-    parser.add_argument("--flow", choices=FLOW_METHODS, default="dis",
+    add_config_option(parser, "flow_method", "--flow",
                         help="flow estimator (torch stays on the device)")
-    parser.add_argument("--flow-scale", type=float, default=0.5)
+    add_config_option(parser, "flow_scale")
     parser.add_argument("--reference-backbone", default=None,
                         help="N_R of every variant (default resnet101, or the --model's own)")
     parser.add_argument("--model", default=None,

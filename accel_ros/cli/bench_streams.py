@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import streams
-from ..config import FLOW_METHODS
-from .options import log_progress, print_report
+from .options import add_config_option, log_progress, print_report
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -30,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed rounds before the clock starts (default one keyframe "
                         "cycle)")
-    parser.add_argument("--keyframe-interval", type=int, default=5)
+    add_config_option(parser, "keyframe_interval")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads of the node, and the CPUs every set-up shares "
                         "(default: torch's choice)")
@@ -41,10 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="do not pin every child to the same --threads CPUs")
     parser.add_argument("--no-stagger", action="store_true",
                         help="do not stagger keyframes across streams (nor processes)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--flow", choices=FLOW_METHODS, default="dis",
+    add_config_option(parser, "device")
+    add_config_option(parser, "flow_method", "--flow",
                         help="flow estimator (torch stays on the device)")
-    parser.add_argument("--flow-scale", type=float, default=0.5)
+    add_config_option(parser, "flow_scale")
     parser.add_argument("--model", default="default",
                         help="a checkpoint ('default', a path) or a preset name (random weights)")
     parser.add_argument("--reference-backbone", default=None,

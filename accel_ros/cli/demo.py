@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..runtime import THREADS_HELP, set_threads
-from .options import add_model_options
+from .options import add_config_option, add_model_options
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, default=None, help="clip width (default 384)")
     add_model_options(parser, modes=False, input_size=False)
     parser.add_argument("--seed", type=int, default=0, help="synthetic scene seed")
-    parser.add_argument("--overlay-alpha", type=float, default=0.5)
+    add_config_option(parser, "overlay_alpha")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     parser.set_defaults(handler=main)

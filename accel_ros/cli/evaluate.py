@@ -29,8 +29,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import BACKENDS, PRECISIONS
 from ..learn.config import DATA_SOURCES, EVAL_CLIPS, EVAL_MODES, EvalConfig, config_from
+from .options import add_config_option
 
 DEFAULTS = EvalConfig()
 
@@ -46,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--checkpoint", default=d.checkpoint,
                         help='checkpoint path, "default" (shipped) or "none" (random weights)')
-    parser.add_argument("--preset", default=d.preset, help="model for --checkpoint none")
+    add_config_option(parser, "preset", default=d.preset, help="model for --checkpoint none")
     parser.add_argument("--data", choices=DATA_SOURCES, default=d.data)
     parser.add_argument("--data-root", type=Path, default=d.data_root)
     parser.add_argument("--split", default=d.split)
@@ -61,14 +61,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--max-offset", type=int, default=d.max_offset,
                         help="offsets 0..N and intervals 1..N+1 are evaluated")
     parser.add_argument("--modes", nargs="+", choices=EVAL_MODES, default=d.modes)
-    parser.add_argument("--flow-scale", type=float, default=d.flow_scale)
+    add_config_option(parser, "flow_scale", default=d.flow_scale)
     parser.add_argument("--limit", type=int, default=d.limit, help="first N frames only")
     parser.add_argument("--out", type=Path, default=d.out)
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1 ...")
-    parser.add_argument("--backend", default=d.backend, choices=BACKENDS,
-                        help="runtime of the networks: auto, torch, or exported ONNX graphs in "
-                        "OpenVINO or ONNX Runtime (docs/deploy.md)")
-    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    add_config_option(parser, "device", default=d.device)
+    add_config_option(parser, "backend", default=d.backend)
+    add_config_option(parser, "precision", default=d.precision)
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of synthetic data")
     parser.set_defaults(handler=main)

@@ -12,7 +12,6 @@ from ..deploy.export import (
     GRAPH_PRECISIONS,
     OPSET,
     OPSETS,
-    OUT_OF_FRAME,
     ExportedGraphs,
     ExportKey,
     Manifest,
@@ -25,6 +24,7 @@ from ..deploy.quantize import calibration_set, int8_key, quantize_graphs
 from ..deploy.runtimes import RUNTIMES
 from ..model.checkpoint import load_model, resolve_checkpoint
 from ..runtime import THREADS_HELP, set_threads
+from .options import add_config_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--output they go to the cache the openvino/onnxruntime backends read, so a robot "
         "can pay the export at install time instead of at its first start.",
     )
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS.choices,
                         help="architecture of random weights (with --checkpoint none)")
     parser.add_argument("--checkpoint", default="default",
                         help="'default' (shipped), 'none' (random weights) or a path")
@@ -47,12 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=1,
                         help="static batch (cameras per call); 0 = a dynamic batch axis")
     parser.add_argument("--opset", type=int, default=OPSET, choices=OPSETS)
-    parser.add_argument("--out-of-frame", default="border", choices=OUT_OF_FRAME,
+    add_config_option(parser, "out_of_frame",
                         help="the warp graph's rule for samples from outside the frame")
     parser.add_argument("--output", "-o", type=Path, default=None,
                         help="folder to write (replaced as a whole; default: the backends' "
                         f"cache under {cache_root()})")
-    parser.add_argument("--check-runtime", default="onnxruntime", choices=RUNTIMES,
+    parser.add_argument("--check-runtime", default=RUNTIMES[0], choices=RUNTIMES,
                         help="runtime that runs each graph against torch")
     parser.add_argument("--precision", default="fp32", choices=GRAPH_PRECISIONS,
                         help="int8: also quantize the image networks for backend openvino, "

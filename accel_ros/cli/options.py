@@ -8,30 +8,52 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..config import BACKENDS, DEFAULT_PRESET, FLOW_METHODS, MODES, PRESETS, PipelineConfig
+from ..config import CHOICES, DEFAULT_PRESET, PRESETS, PipelineConfig
 from ..report import write_json
+from ..ros.parameters import PARAMETER_SPECS, NodeOptions
+
+
+def add_config_option(parser: argparse.ArgumentParser, name: str, *flags: str,
+                      **overrides: Any) -> argparse.Action:
+    """The option of setting `name`, a `PipelineConfig` field or a node option (`NodeOptions`),
+    spelt `flags` (default --name-with-dashes) and derived as the node's ROS parameter of that
+    name is: its default is the dataclass's, its choices are the keys of its registry
+    (config.CHOICES), a number takes the default's type, and the help is the parameter's
+    description. `overrides`: argparse keywords of a caller that needs more (another default,
+    help, a comma list instead of one choice)."""
+    owner = PipelineConfig() if PARAMETER_SPECS[name].target == "pipeline" else NodeOptions()
+    default = getattr(owner, name)
+    settings: dict[str, Any] = {"default": default}
+    if name in CHOICES:
+        settings["choices"] = CHOICES[name].choices
+    elif isinstance(default, (int, float)) and not isinstance(default, bool):
+        settings["type"] = type(default)
+    settings.update(overrides)
+    # argparse formats help with %: a literal one in a description is doubled.
+    described = PARAMETER_SPECS[name].description.replace("%", "%%")
+    settings.setdefault("help", f"{described} (default: %(default)s)")
+    return parser.add_argument(*(flags or [f"--{name.replace('_', '-')}"]), **settings)
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, modes: bool = True,
-                      device: str = "auto", input_size: bool = True) -> None:
+                      device: str | None = None, input_size: bool = True) -> None:
     """--preset, --checkpoint, --mode (unless `modes` is False: the caller runs every mode),
-    --keyframe-interval, --device, --flow, --backend, --input-size (unless `input_size` is
-    False: the caller sizes its frames itself)."""
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS),
+    --keyframe-interval, --device (default `device`, else the pipeline's), --flow, --backend,
+    --input-size (unless `input_size` is False: the caller sizes its frames itself). Defaults
+    and choices are PipelineConfig's (`add_config_option`)."""
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS.choices,
                         help="architecture when no checkpoint is loaded (a checkpoint carries "
                         "its own)")
     parser.add_argument("--checkpoint", default="default",
                         help="'default' (shipped), 'none' (random weights) or a path")
     if modes:
-        parser.add_argument("--mode", default="accel", choices=MODES)
-    parser.add_argument("--keyframe-interval", type=int, default=5)
-    parser.add_argument("--device", default=device, help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--flow", default="dis", choices=FLOW_METHODS)
-    parser.add_argument("--backend", default=PipelineConfig.backend, choices=BACKENDS,
-                        help="runtime of the networks: auto (the fastest measured to keep "
-                        "torch's labels), torch, or exported ONNX graphs in OpenVINO or ONNX "
-                        "Runtime (see docs/deploy.md)")
+        add_config_option(parser, "mode")
+    add_config_option(parser, "keyframe_interval")
+    add_config_option(parser, "device", **({"default": device} if device else {}))
+    add_config_option(parser, "flow_method", "--flow")
+    add_config_option(parser, "backend")
     if input_size:
         parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                             default=None, help="resize frames to H W before the network "

@@ -12,7 +12,7 @@ from ..replay.sinks import OUTPUT_KINDS, check_streams_output, output_kind
 from ..replay.sources import is_image_folder, open_source
 from ..report import RunSummary
 from ..runtime import THREADS_HELP, set_threads
-from .options import add_model_options, pipeline_config
+from .options import add_config_option, add_model_options, pipeline_config
 
 OUTPUT_RULE = (
     "OUTPUT: a video suffix (.mp4, .avi, ...) writes an overlay video; a folder receives "
@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cameras.add_argument("--all-topics", action="store_true",
                          help="segment every Image/CompressedImage topic of the bag")
     add_model_options(seg)
-    seg.add_argument("--overlay-alpha", type=float, default=0.5)
+    add_config_option(seg, "overlay_alpha")
     seg.add_argument("--storage", default=None, choices=sorted(rosbag.STORAGES),
                      help="storage plugin of a rosbag2 output (default: from an OUTPUT ending "
                      "in .mcap/.db3, else mcap)")
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     seg.add_argument("--fps", type=float, default=None,
                      help="frame rate of video/image-folder input and of video output")
     seg.add_argument("--frame-id", default="camera", help="frame_id for non-bag input")
-    seg.add_argument("--palette", default=None, help="colour palette (default: the model's)")
+    add_config_option(seg, "palette", default=None, help="colour palette (default: the model's)")
     seg.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar or warnings")
     seg.set_defaults(handler=main)

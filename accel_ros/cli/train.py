@@ -36,6 +36,7 @@ from ..learn.config import (
     TrainConfig,
     config_from,
 )
+from .options import add_config_option
 
 DEFAULTS = TrainConfig()
 
@@ -54,7 +55,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--data", choices=DATA_SOURCES, default=d.data)
     parser.add_argument("--data-root", type=Path, default=d.data_root,
                         help="CamVid root (SegNet layout: train/, trainannot/, val/, valannot/)")
-    parser.add_argument("--preset", default=d.preset, help="model preset (accel_ros.config)")
+    add_config_option(parser, "preset", default=d.preset, help="model preset (accel_ros.config)")
     parser.add_argument("--reference-backbone", default=d.reference_backbone,
                         help="override the preset's reference backbone (e.g. resnet18)")
     parser.add_argument("--update-backbone", default=d.update_backbone,

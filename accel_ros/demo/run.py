@@ -12,15 +12,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..config import DEFAULT_PRESET, PipelineConfig
+from ..config import DEFAULT_PRESET, MODES, PipelineConfig
 from ..io.video import VideoWriter, write_image_rgb
 from ..metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 from ..palette import CAMVID_CLASSES, colorize, overlay
 from ..report import RunSummary
 from . import render
 
-# The reference (its network on every frame) comes first: the others are scored against it.
-DEMO_MODES = ("reference", "dff", "deeplab", "accel")
+# The pipeline's modes, the reference (its network on every frame) first: the others are
+# scored against it.
+DEMO_MODES = MODES.ordered(("reference", "dff", "deeplab", "accel"))
 ACCEL_VIDEO = "demo_accel.mp4"
 COMPARISON_VIDEO = "demo_comparison.mp4"
 COMPARISON_IMAGE = "demo_comparison.png"

@@ -24,10 +24,11 @@ import torch
 
 from ..config import PipelineConfig
 from ..model.accel import AccelNet
+from ..registry import check_choice
 from .export import ExportedGraphs, cached_graphs, check_graph, export_graph
 from .graphs import GraphSpec
 from .quantize import cached_int8_graphs
-from .runtimes import OPENVINO_PRECISIONS, RUNTIMES, GraphSession, open_session, require
+from .runtimes import RUNTIMES, GraphSession, check_precision, open_session, require
 
 # Graphs whose input is the frame: a frame of a new size exports (or loads) that size's graphs.
 IMAGE_GRAPHS = ("reference_features", "update_features")
@@ -42,12 +43,8 @@ def _stderr(line: str) -> None:
 def check_runtime(runtime: str, precision: str) -> None:
     """Stop start-up, not the first frame, on a runtime that is unknown or not installed or a
     precision it does not run."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
-    allowed = OPENVINO_PRECISIONS if runtime == "openvino" else ("fp32",)
-    if precision not in allowed:
-        raise ValueError(f"backend {runtime} runs precision {' or '.join(allowed)}, "
-                         f"got {precision!r}")
+    check_choice("runtime", runtime, RUNTIMES)
+    check_precision(runtime, precision)
     require(runtime, f"backend {runtime}")
     require("onnx", f"backend {runtime} (exporting its graphs)")
     if precision == "int8":

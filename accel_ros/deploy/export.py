@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..config import OUT_OF_FRAME
 from ..model.accel import AccelNet
 from .graphs import GraphSpec, graph_specs
 from .runtimes import open_session, require
@@ -44,7 +45,6 @@ MANIFEST = "manifest.json"
 # modes as nearest sampling without a word, so graphs stay within 16-19.
 OPSETS = (16, 17, 18, 19)
 OPSET = 17
-OUT_OF_FRAME = ("border", "zeros")
 # What the graphs of a folder compute in: exported fp32 graphs, or those graphs with their image
 # networks quantized to int8 (deploy/quantize.py) for a calibration set.
 GRAPH_PRECISIONS = ("fp32", "int8")
@@ -114,8 +114,7 @@ class ExportKey:
         if self.opset not in OPSETS:
             raise ValueError(f"opset must be one of {OPSETS} (TensorRT reads 16-19), got "
                              f"{self.opset}")
-        if self.out_of_frame not in OUT_OF_FRAME:
-            raise ValueError(f"out_of_frame {self.out_of_frame!r} is not one of {OUT_OF_FRAME}")
+        OUT_OF_FRAME.check(self.out_of_frame)
         if self.batch < 0:
             raise ValueError(f"batch must be >= 1 (0: dynamic), got {self.batch}")
         if len(self.input_size) != 2 or min(self.input_size) < 16:

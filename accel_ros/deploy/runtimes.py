@@ -15,14 +15,17 @@ from typing import Any
 
 import numpy as np
 
-# Runtimes that run exported graphs (the `backend` values other than "torch").
-RUNTIMES = ("onnxruntime", "openvino")
+from ..config import BACKENDS
+from ..registry import check_choice
+
+# Runtimes that run exported graphs: the backends marked so in config.BACKENDS, in its order.
+RUNTIMES = BACKENDS.select(lambda backend: backend.graphs)
 # module -> the pip extra of accel_ros that installs it (setup.py extras_require)
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "int8"}
-# PipelineConfig.precision -> OpenVINO's CPU inference precision; ONNX Runtime's CPU provider
-# runs fp32 graphs in fp32 only. int8: the quantized graphs (deploy/quantize.py) run their
-# int8 layers in int8 and the rest in fp32.
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+# PipelineConfig.precision -> OpenVINO's name for it (INFERENCE_PRECISION_HINT); which of them
+# the openvino backend runs is config.BACKENDS' to say. int8: the quantized graphs
+# (deploy/quantize.py) run their int8 layers in int8 and the rest in fp32.
+OPENVINO_PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 class BackendUnavailableError(ImportError, ValueError):
@@ -42,6 +45,14 @@ def require(module: str, purpose: str) -> ModuleType:
         ) from None
 
 
+def check_precision(runtime: str, precision: str) -> None:
+    """Raise ValueError unless `runtime` runs `precision` (config.BACKENDS says which)."""
+    allowed = BACKENDS[runtime].precisions
+    if precision not in allowed:
+        raise ValueError(f"backend {runtime} runs precision {' or '.join(allowed)}, "
+                         f"got {precision!r}")
+
+
 class GraphSession:
     """One compiled graph. `__call__(*arrays)` takes float32 arrays in the graph's input order
     and returns its single output as a new float32 array (safe to keep across calls)."""
@@ -56,14 +67,16 @@ class GraphSession:
 
 
 class OnnxRuntimeSession(GraphSession):
-    """A graph in ONNX Runtime's CPU execution provider, all graph optimisations on."""
+    """A graph in ONNX Runtime's CPU execution provider, all graph optimisations on.
+    `cache_dir` is unused: ONNX Runtime keeps no compiled blobs."""
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int = 1, precision: str = "fp32") -> None:
+    def __init__(
+        self, path: Path, threads: int = 1, precision: str = "fp32", cache_dir: Path | None = None
+    ) -> None:
         super().__init__(path)
-        if precision != "fp32":
-            raise ValueError(f"backend onnxruntime runs fp32 only on the CPU, got {precision!r}")
+        check_precision(self.runtime, precision)
         ort = require("onnxruntime", "backend onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -93,10 +106,7 @@ class OpenVinoSession(GraphSession):
         self, path: Path, threads: int = 1, precision: str = "fp32", cache_dir: Path | None = None
     ) -> None:
         super().__init__(path)
-        if precision not in OPENVINO_PRECISIONS:
-            raise ValueError(
-                f"backend openvino runs {sorted(OPENVINO_PRECISIONS)} on the CPU, got {precision!r}"
-            )
+        check_precision(self.runtime, precision)
         ov = require("openvino", "backend openvino")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
@@ -116,6 +126,12 @@ class OpenVinoSession(GraphSession):
         return self.request.get_output_tensor(0).data.copy()
 
 
+# runtime -> its session class, one for each of RUNTIMES (bind checks, at import).
+SESSIONS: dict[str, type[GraphSession]] = BACKENDS.bind(
+    {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}, RUNTIMES
+)
+
+
 def open_session(
     runtime: str,
     path: Path,
@@ -124,11 +140,8 @@ def open_session(
     cache_dir: Path | None = None,
 ) -> GraphSession:
     """A `GraphSession` of `runtime` (one of RUNTIMES) on the graph file `path`."""
-    if runtime == "onnxruntime":
-        return OnnxRuntimeSession(path, threads, precision)
-    if runtime == "openvino":
-        return OpenVinoSession(path, threads, precision, cache_dir)
-    raise ValueError(f"runtime {runtime!r} is not one of {RUNTIMES}")
+    check_choice("runtime", runtime, RUNTIMES)
+    return SESSIONS[runtime](path, threads, precision, cache_dir)
 
 
 def available_runtimes() -> list[str]:

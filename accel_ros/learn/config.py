@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..config import DEFAULT_PRESET, PipelineConfig
+from ..config import DEFAULT_PRESET, MODES, PipelineConfig
 from ..data.camvid import HELD_OUT_SEQUENCES
+from ..registry import check_choice
 
 STAGE_ORDER = ("reference", "update", "fusion")
 STAGES = (*STAGE_ORDER, "joint")  # stage "all" runs STAGE_ORDER; `joint` is asked for by name
@@ -19,17 +20,14 @@ DATA_SOURCES = ("camvid", "synthetic")
 OPTIMIZERS = ("adamw", "sgd")
 CLASS_WEIGHTINGS = ("none", "sqrt-median", "median")
 IMAGENET_STARTS = ("auto", "yes", "no")
-# Evaluation modes, in the order tables and plots list them (cheapest idea first).
-EVAL_MODES = ("reference", "deeplab", "dff", "accel")
+# The pipeline's modes in the order evaluation tables and plots list them (cheapest idea first).
+EVAL_MODES = MODES.ordered(("reference", "deeplab", "dff", "accel"))
 EVAL_CLIPS = ("sequence", "motion")
 # The labelled splits a run may train on (CamVid's val clip lies inside training sequence 0016E5).
 DATA_SPLITS = ("train", "val")
 AMP_DTYPES = ("fp16", "bf16")
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+# Pipeline settings an evaluation shares take the pipeline's defaults (one owner per default).
+_PIPELINE_DEFAULTS = PipelineConfig()
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     # the (keyframe, current) pairs of the fusion and joint stages
     offsets: tuple[int, ...] = (1, 2, 3, 4)
-    flow_scale: float = 0.5
+    flow_scale: float = _PIPELINE_DEFAULTS.flow_scale  # train on the flow the pipeline computes
     # age-aware fusion: keyframe ages (s) of its weight knots; () keeps the plain 1x1 fusion
     # and its 30 fps pairs at `offsets`. With knots, pairs span ages up to `max_age` s.
     fusion_ages: tuple[float, ...] = ()
@@ -104,7 +102,7 @@ class TrainConfig:
     out: Path = Path("runs/train")
     resume: bool = False
     seed: int = 0
-    device: str = "auto"
+    device: str = _PIPELINE_DEFAULTS.device
     threads: int = 2
     no_amp: bool = False
     # CUDA mixed precision: fp16 (with loss scaling) or bf16 (no scaling needed)
@@ -114,18 +112,18 @@ class TrainConfig:
     half: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("stage", self.stage, (*STAGES, "all"))
-        _check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
-        _check_choice("data", self.data, DATA_SOURCES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTINGS)
-        _check_choice("imagenet", self.imagenet, IMAGENET_STARTS)
+        check_choice("stage", self.stage, (*STAGES, "all"))
+        check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        check_choice("data", self.data, DATA_SOURCES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("class_weights", self.class_weights, CLASS_WEIGHTINGS)
+        check_choice("imagenet", self.imagenet, IMAGENET_STARTS)
         if min(self.batch_size, self.fusion_batch_size, self.val_every) < 1:
             raise ValueError("batch sizes and val_every must be >= 1")
         if self.time_budget is not None and len(self.time_budget) not in (1, 2):
             raise ValueError(f"time_budget takes one or two values, got {self.time_budget}")
         for split in self.data_splits:
-            _check_choice("data split", split, DATA_SPLITS)
+            check_choice("data split", split, DATA_SPLITS)
         if not self.data_splits:
             raise ValueError("data_splits needs at least one split")
         if not 0.0 <= self.jitter < 1.0:
@@ -185,21 +183,22 @@ class EvalConfig:
     width: int | None = None
     max_offset: int = 4
     modes: tuple[str, ...] = EVAL_MODES
-    flow_scale: float = 0.5
+    flow_scale: float = _PIPELINE_DEFAULTS.flow_scale
     limit: int | None = None
     out: Path = Path("runs/eval")
-    device: str = "auto"
-    backend: str = PipelineConfig.backend  # config.BACKENDS: where the networks run
-    precision: str = "fp32"
+    device: str = _PIPELINE_DEFAULTS.device
+    # config.BACKENDS: where the networks run (labels match torch's); defaults: the pipeline's
+    backend: str = _PIPELINE_DEFAULTS.backend
+    precision: str = _PIPELINE_DEFAULTS.precision
     threads: int = 2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("data", self.data, DATA_SOURCES)
-        _check_choice("clips", self.clips, EVAL_CLIPS)
+        check_choice("data", self.data, DATA_SOURCES)
+        check_choice("clips", self.clips, EVAL_CLIPS)
         PipelineConfig(backend=self.backend, precision=self.precision)  # checks both
         for mode in self.modes:
-            _check_choice("mode", mode, EVAL_MODES)
+            MODES.check(mode)
 
 
 Config = TypeVar("Config", "TrainConfig", "EvalConfig")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import RANGES, PipelineConfig
+from ..config import MODES, RANGES, PipelineConfig
 from ..data.clips import CAMVID_FPS, Clip, motion_clips, sequence_clips
 from ..data.frames import FrameSet, load_frames
 from ..metrics import ConfusionMeter, mean_iou
@@ -24,7 +24,7 @@ from ..model import AccelNet, LoadedModel, load_model, resolve_checkpoint
 from ..stream import AccelSegmenter
 from .config import EVAL_MODES, EvalConfig
 
-SINGLE_FRAME_MODES = ("reference", "deeplab")
+SINGLE_FRAME_MODES = MODES.select(lambda mode: mode.every_frame)
 MODE_LABELS = {
     "reference": "N_R every frame",
     "deeplab": "N_U only (DeepLab)",
@@ -53,7 +53,7 @@ def evaluate_clips(
     unknown = set(modes) - set(EVAL_MODES)
     if unknown:
         raise ValueError(f"unknown eval modes {sorted(unknown)}; choose from {EVAL_MODES}")
-    if model.update is None and {"deeplab", "accel"} & set(modes):
+    if model.update is None and any(MODES[mode].update_branch for mode in modes):
         raise ValueError("modes deeplab/accel need a model with an update branch")
     if max_offset < 0:
         raise ValueError(f"max_offset must be >= 0, got {max_offset}")
@@ -199,7 +199,7 @@ def plot_results(summary: dict[str, Any], folder: Path) -> list[Path]:
     for mode in EVAL_MODES:
         if mode not in intervals:
             continue
-        if mode in ("reference", "deeplab"):
+        if mode in SINGLE_FRAME_MODES:
             bars.append((MODE_LABELS[mode], intervals[mode]["1"]))
         else:
             bars.append((f"{mode.upper() if mode == 'dff' else 'Accel'} (interval {last})",

@@ -8,13 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import MODES, ModelConfig
 from .backbone import ResNetFeatures, build_backbone
 from .fusion import AgeScoreFusion, FeatureFusion, ScoreFusion
 from .heads import DilatedFeatureHead, ScoreUpsampler, TaskHead
 from .warp import feature_size, flow_to_features, warp
-
-FORWARD_MODES = ("accel", "dff", "deeplab", "reference")
 
 
 class SegmentationBranch(nn.Module):
@@ -256,8 +254,7 @@ class AccelNet(nn.Module):
         """
         if frames.dim() != 5 or frames.shape[2] != 3:
             raise ValueError(f"frames must be (N, T, 3, H, W), got {tuple(frames.shape)}")
-        if mode not in FORWARD_MODES:
-            raise ValueError(f"mode {mode!r} is not one of {FORWARD_MODES}")
+        MODES.check(mode)
         n, steps, _, height, width = frames.shape
         current = frames[:, -1]
         if mode == "deeplab":

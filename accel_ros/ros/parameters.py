@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CHOICES, DEFAULT_PRESET, RANGES, PipelineConfig, Range, check_choice, load_yaml
+from ..config import CHOICES, DEFAULT_PRESET, MODES, RANGES, PipelineConfig, Range, load_yaml
 from .streams import stream_names
 from .throttled_log import MESSAGE_LIMIT, shorten
 
@@ -74,7 +74,7 @@ class NodeOptions:
 
     def __post_init__(self) -> None:
         for name in _NODE_CHOICES:
-            check_choice(name, getattr(self, name), CHOICES[name])
+            CHOICES[name].check(getattr(self, name))
         for name in _NODE_RANGES:
             RANGES[name].check(name, getattr(self, name))
         if not self.image_topic.strip():
@@ -119,8 +119,7 @@ class ParamSpec:
 
 # name: (description, live). Allowed values are not repeated here: see ParamSpec.constraints.
 _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
-    "mode": ("accel: warped reference + update branch; dff: warp only; deeplab: update branch "
-             "every frame; reference: reference branch every frame", False),
+    "mode": ("; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()), False),
     "keyframe_interval": ("run the reference network every N frames", True),
     "adaptive_flow_threshold": (
         "extra keyframe when mean accumulated flow since the keyframe exceeds this many input "
@@ -214,6 +213,12 @@ def _ros_value(name: str, value: Any) -> Any:
     return value
 
 
+def _choices(name: str) -> tuple[str, ...]:
+    """The allowed values of parameter `name`: its registry's keys, or () for a free value."""
+    registry = CHOICES.get(name)
+    return registry.choices if registry is not None else ()
+
+
 def _build_specs() -> tuple[ParamSpec, ...]:
     specs = []
     for target, defaults in (
@@ -225,7 +230,7 @@ def _build_specs() -> tuple[ParamSpec, ...]:
             description, live = _DESCRIPTIONS.get(name, (f"{target} {name}", False))
             value = _ros_value(name, value)
             specs.append(ParamSpec(name, value, _ros_kind(value, name), description, target,
-                                   live, CHOICES.get(name, ()), RANGES.get(name)))
+                                   live, _choices(name), RANGES.get(name)))
     return tuple(specs)
 
 

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DEFAULT_PRESET, ModelConfig, PipelineConfig
+from ..config import BACKENDS, DEFAULT_PRESET, MODES, ModelConfig, PipelineConfig
 from ..deploy.auto import resolve_backend
 from ..deploy.backends import build_networks
+from ..deploy.runtimes import RUNTIMES
 from ..model.accel import AccelNet
 from ..model.checkpoint import load_model_or_preset
 from ..model.flow import FlowEstimator, build_flow
@@ -321,7 +322,7 @@ class AccelSegmenter:
         self.pipeline_config, self._backend_note = resolve_backend(pipeline or PipelineConfig(),
                                                                    self.device)
         cfg = self.pipeline_config
-        if cfg.mode in ("accel", "deeplab") and model.update is None:
+        if MODES[cfg.mode].update_branch and model.update is None:
             raise ValueError(f"mode {cfg.mode!r} needs a model with an update branch")
         self.model = model.to(self.device).eval()
         if cfg.channels_last:
@@ -329,11 +330,11 @@ class AccelSegmenter:
         self.flow = flow or build_flow(cfg.flow_method, cfg.flow_scale)
         # Other backends run their own precision (OpenVINO bf16): torch's autocast stays off.
         autocast = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.precision)
-        self._autocast_dtype = autocast if cfg.backend == "torch" else None
+        self._autocast_dtype = None if BACKENDS[cfg.backend].graphs else autocast
         # Network calls go through FastOps (backend torch: the model's own methods unless
         # torch_compile / cuda_graphs ask for more) or through exported graphs in another
         # runtime; fixed here, `fast_path_notes` says what is active.
-        self._ops = _network_calls(self.model, self.device, cfg, self.input_size)
+        self._ops = NETWORK_CALLS[cfg.backend](self.model, cfg, self.device, self.input_size)
         self._flow_worker = FlowWorker()  # its thread starts on first use of overlap_flow
         self._upload = FrameUploader(self.device)
         self.return_max_probability = return_max_probability
@@ -450,7 +451,7 @@ class AccelSegmenter:
 
     def _is_keyframe_due(self, state: StreamState) -> bool:
         cfg, cache = self.pipeline_config, state.cache
-        if cfg.mode in ("reference", "deeplab"):
+        if MODES[cfg.mode].every_frame:
             return cfg.mode == "reference"
         if cache.features is None or cache.force_keyframe:
             return True
@@ -505,7 +506,7 @@ class AccelSegmenter:
             return []
         cfg = self.pipeline_config
         timer = StageTimer(self.device, self.sync_stages)
-        uses_flow = cfg.mode in ("accel", "dff")
+        uses_flow = not MODES[cfg.mode].every_frame
         with cuda_device_context(self.device), self._autocast():
             for slot, job in enumerate(jobs):
                 job.image = self._prepare_image(job.host, slot)
@@ -777,7 +778,7 @@ class AccelSegmenter:
         host, so the device is idle: the reads here cost no stall."""
         cfg, state = self.pipeline_config, job.state
         cache = state.cache
-        uses_flow = cfg.mode in ("accel", "dff")
+        uses_flow = not MODES[cfg.mode].every_frame
         confidence = float(output["confidence"])
         if uses_flow:
             cache.previous = job.step.prepared
@@ -806,16 +807,24 @@ class AccelSegmenter:
         )
 
 
-def _network_calls(
-    model: AccelNet, device: torch.device, cfg: PipelineConfig, input_size: tuple[int, int] | None
-) -> Any:
-    """What `AccelSegmenter` runs its networks through: an object with the calls of
-    `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. Backend torch: `FastOps`; the
-    others: `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs
-    of `input_size` now, so a first start pays the export before the first frame."""
-    if cfg.backend == "torch":
-        return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
-    return build_networks(model, cfg, device, input_size)
+def _torch_calls(
+    model: AccelNet, cfg: PipelineConfig, device: torch.device, input_size: tuple[int, int] | None
+) -> FastOps:
+    """Backend torch: the model's own methods on `device`, compiled or replayed as CUDA graphs
+    where `cfg` asks (`input_size` is not needed: torch takes any size)."""
+    return FastOps(model, device, cfg.torch_compile, cfg.cuda_graphs)
+
+
+# backend -> the builder of what `AccelSegmenter` runs its networks through: an object with the
+# calls of `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. One builder per value of
+# config.BACKENDS that runs networks (bind checks, at import; auto has become one of them
+# when the segmenter is built): torch's `FastOps`; the graph runtimes'
+# `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs of
+# `input_size` when built, so a first start pays the export before the first frame.
+NETWORK_CALLS: dict[str, Callable[..., Any]] = BACKENDS.bind(
+    {"torch": _torch_calls} | dict.fromkeys(RUNTIMES, build_networks),
+    BACKENDS.select(lambda backend: not backend.chooses),
+)
 
 
 def build_segmenter(
