@@ -17,6 +17,7 @@ FLAG_NAMES = {"--flow": "flow_method"}
 OWN_DEFAULTS = {
     ("fleet", "--device"): "cpu",  # a fleet's workers run on the CPU unless told otherwise
     ("segment", "--palette"): None,  # None: the model's own palette
+    ("bench", "--backend"): "torch",  # PyTorch eager: the baseline of the benchmark's ratios
 }
 
 

@@ -54,9 +54,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"cache under {cache_root()})")
     parser.add_argument("--check-runtime", default=RUNTIMES[0], choices=RUNTIMES,
                         help="runtime that runs each graph against torch")
-    parser.add_argument("--precision", default="fp32", choices=GRAPH_PRECISIONS,
-                        help="int8: also quantize the image networks for backend openvino, "
-                        "precision int8 (needs --calibration and pip install 'accel_ros[int8]')")
+    add_config_option(parser, "precision",
+                      help="int8: also quantize the image networks for backend openvino, "
+                      "precision int8 (needs --calibration and pip install 'accel_ros[int8]'); "
+                      "the others run the fp32 graphs (OpenVINO bf16, TensorRT --fp16)")
     parser.add_argument("--calibration", type=Path, default=None, metavar="DIR",
                         help="int8's calibration frames: a CamVid root (its train split less "
                         "the held-out street) or a folder of .png/.jpg frames from your camera")
@@ -90,6 +91,8 @@ def main(args: argparse.Namespace) -> int:
                                  checkpoint=str(loaded.path) if loaded.path else None,
                                  replace=args.force, remedy=remedy)
         print(describe(manifest, folder))
+    if args.precision not in GRAPH_PRECISIONS:
+        print(f"precision {args.precision} runs these fp32 graphs: nothing more to write")
     if args.precision == "int8":
         _quantize(args, key, ExportedGraphs(folder, manifest, True, 0.0))
     return 0
