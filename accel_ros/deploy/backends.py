@@ -240,6 +240,9 @@ class ExportedModule:
         threads: int | None = None,
     ) -> None:
         check_runtime(runtime, precision)
+        if precision == "int8":  # quantizing needs a model's own calibration (quantize.py)
+            raise NotExportableError(f"{name} has no int8 graphs: precision int8 quantizes "
+                                     f"AccelNet's graphs only")
         self.module = module.eval()
         self.name = name
         self.runtime = runtime
