@@ -49,7 +49,7 @@ from .export import (
     write_graphs,
     write_manifest,
 )
-from .runtimes import require
+from .runtimes import openvino_core, require
 
 # The graphs that take the frame: quantized. The others are small and stay fp32.
 QUANTIZED_GRAPHS = ("reference_features", "update_features")
@@ -267,7 +267,7 @@ def quantize_graph(source: Path, target: Path, inputs: Sequence[np.ndarray]) -> 
         quantized = nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
                                   preset=nncf.QuantizationPreset.PERFORMANCE)
     ov.save_model(quantized, str(target), compress_to_fp16=False)
-    core = ov.Core()
+    core = openvino_core()
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     want = core.compile_model(model, "CPU", config)(inputs[0])[0]
     got = core.compile_model(str(target), "CPU", config)(inputs[0])[0]

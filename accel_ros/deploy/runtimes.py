@@ -8,6 +8,7 @@ OpenVINO's own default on CPUs with AMX or AVX512-BF16 is bf16, which would brea
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -107,7 +108,7 @@ class OpenVinoSession(GraphSession):
     ) -> None:
         super().__init__(path)
         check_precision(self.runtime, precision)
-        ov = require("openvino", "backend openvino")
+        require("openvino", "backend openvino")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
@@ -118,7 +119,7 @@ class OpenVinoSession(GraphSession):
         }
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        compiled = openvino_core().compile_model(str(path), "CPU", config)
         self.request = compiled.create_infer_request()
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
@@ -130,6 +131,14 @@ class OpenVinoSession(GraphSession):
 SESSIONS: dict[str, type[GraphSession]] = BACKENDS.bind(
     {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}, RUNTIMES
 )
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """One OpenVINO core for the process, never freed. When the last core and compiled model
+    of a process were freed (a segmenter dropped), the next SIGINT (Ctrl-C) crashed the
+    process with SIGSEGV (OpenVINO 2026.4.1, Python 3.11)."""
+    return require("openvino", "backend openvino").Core()
 
 
 def open_session(
