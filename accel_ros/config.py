@@ -55,7 +55,8 @@ MODES: Registry[Mode] = Registry("mode", {
 # model/flow.py binds an estimator to each ("torch": classical coarse-to-fine flow in torch
 # that stays on the device).
 FLOW_METHODS = Registry("flow_method", ("dis", "farneback", "zero", "torch"))
-PRECISIONS = Registry("precision", ("fp32", "fp16", "bf16"))
+# int8: OpenVINO graphs quantized on calibration frames (deploy/quantize.py).
+PRECISIONS = Registry("precision", ("fp32", "fp16", "bf16", "int8"))
 OUT_OF_FRAME = Registry("out_of_frame", ("border", "zeros"))
 # How a frame meets a network input of another aspect ratio (stream/framing.py): "pad" keeps
 # proportions and labels every pixel. On CamVid frames cut to 16:9 the shipped reference scored
@@ -72,16 +73,24 @@ class Backend:
     help: str
     precisions: tuple[str, ...]
     graphs: bool = True
+    # `chooses`: not a runtime but a rule that names one when the segmenter is built
+    # (deploy/auto.py); the segmenter's config then holds the backend it chose.
+    chooses: bool = False
 
 
 # Where the networks run; stream/segmenter.py binds a builder of the network calls to each.
 # The graph runtimes come in the order tests and checks try them.
 BACKENDS: Registry[Backend] = Registry("backend", {
+    # On a CPU the fastest installed runtime and precision whose labels were measured equal to
+    # torch fp32's on >= 99.5% of street pixels (deploy/auto.py holds the measured table);
+    # torch where none is or on CUDA.
+    "auto": Backend("the fastest runtime measured to keep torch's labels, else torch",
+                    PRECISIONS.choices, graphs=False, chooses=True),
     "torch": Backend("PyTorch eager, with the torch_compile / cuda_graphs fast paths",
-                     PRECISIONS.choices, graphs=False),
+                     ("fp32", "fp16", "bf16"), graphs=False),
     # ONNX Runtime's CPU provider runs fp32 graphs in fp32 only.
-    "onnxruntime": Backend("exported graphs in ONNX Runtime on the CPU", ("fp32",)),
-    "openvino": Backend("exported graphs in OpenVINO on the CPU", ("fp32", "bf16")),
+    "onnxruntime": Backend("exported graphs in ONNX Runtime", ("fp32",)),
+    "openvino": Backend("exported graphs in OpenVINO", ("fp32", "bf16", "int8")),
 })
 # The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
 INPUT_TRANSPORTS = Registry("input_transport", ("raw", "compressed"))
@@ -279,7 +288,7 @@ class PipelineConfig:
     # stream 0, so the reference network's cost is spread over the frames of a batch.
     stagger_keyframes: bool = True
     # BACKENDS: the runtime of the networks; the cache, flow and warp are the pipeline's with all.
-    backend: str = "torch"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("overlap_flow", "torch_compile", "cuda_graphs", "stagger_keyframes"):
@@ -291,9 +300,14 @@ class PipelineConfig:
         for name in PIPELINE_RANGES:
             RANGES[name].check(name, getattr(self, name))
         self.input_size = _checked_size(self.input_size)
-        if self.backend != "torch" and (self.torch_compile or self.cuda_graphs):
+        backend = BACKENDS[self.backend]
+        if backend.graphs and (self.torch_compile or self.cuda_graphs):
             raise ValueError(f"torch_compile and cuda_graphs are fast paths of backend torch; "
                              f"backend {self.backend} runs exported graphs: switch them off")
+        if not backend.graphs and self.precision not in backend.precisions:
+            raise ValueError(f"backend {self.backend} runs precision "
+                             f"{' or '.join(backend.precisions)}, got {self.precision!r} "
+                             f"(int8 runs quantized graphs in backend openvino or auto)")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

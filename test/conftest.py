@@ -28,6 +28,8 @@ _TEMPORARY_HOME: list[str] = []
 def pytest_configure(config: pytest.Config) -> None:
     """Point every writer of _HOME_WRITERS at a temporary folder, before any test module is
     imported (matplotlib reads its variable at import) and for every process tests start."""
+    config.addinivalue_line("markers", "runtimes_installed: backend auto sees the runtimes "
+                            "that are installed (otherwise none)")
     root = tempfile.mkdtemp(prefix="accel_ros_test_home_")
     _TEMPORARY_HOME.append(root)
     for variable, folder in _HOME_WRITERS.items():
@@ -43,6 +45,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend_is_torch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                           ) -> None:
+    """`backend: auto` (the default) finds no runtime installed: tests of the pipeline compare
+    with torch's own numbers and do not export graphs at every start. Tests of auto itself opt
+    out with `@pytest.mark.runtimes_installed`."""
+    if request.node.get_closest_marker("runtimes_installed") is None:
+        monkeypatch.setattr("accel_ros.deploy.auto.installed_runtimes", frozenset)
 
 
 @pytest.fixture

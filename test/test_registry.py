@@ -17,6 +17,7 @@ FLAG_NAMES = {"--flow": "flow_method"}
 OWN_DEFAULTS = {
     ("fleet", "--device"): "cpu",  # a fleet's workers run on the CPU unless told otherwise
     ("segment", "--palette"): None,  # None: the model's own palette
+    ("bench", "--backend"): "torch",  # PyTorch eager: the baseline of the benchmark's ratios
 }
 
 
@@ -115,10 +116,13 @@ def test_implementations_are_bound_to_every_value():
 
     assert tuple(FLOW_ESTIMATORS) == FLOW_METHODS.choices
     assert (*_BUILDERS, *LITE_SPECS) == BACKBONES.choices
-    assert tuple(NETWORK_CALLS) == BACKENDS.choices
+    # auto is not a runtime: the segmenter resolves it to one of the others first.
+    assert tuple(NETWORK_CALLS) == BACKENDS.select(lambda backend: not backend.chooses)
+    assert BACKENDS.select(lambda backend: backend.chooses) == ("auto",)
     assert RUNTIMES == ("onnxruntime", "openvino") == tuple(SESSIONS)
     assert all(set(BACKENDS[name].precisions) <= set(PRECISIONS) for name in BACKENDS)
-    assert BACKENDS["torch"].precisions == PRECISIONS.choices
+    assert BACKENDS["torch"].precisions == ("fp32", "fp16", "bf16")  # int8: openvino's
+    assert BACKENDS["auto"].precisions == PRECISIONS.choices
 
 
 def test_a_runtime_refuses_a_precision_its_entry_does_not_list():
@@ -126,8 +130,8 @@ def test_a_runtime_refuses_a_precision_its_entry_does_not_list():
 
     with pytest.raises(ValueError, match="backend onnxruntime runs precision fp32, got 'bf16'"):
         check_runtime("onnxruntime", "bf16")
-    with pytest.raises(ValueError, match="backend openvino runs precision fp32 or bf16, got "
-                                         "'fp16'"):
+    with pytest.raises(ValueError, match="backend openvino runs precision fp32 or bf16 or "
+                                         "int8, got 'fp16'"):
         check_runtime("openvino", "fp16")
     with pytest.raises(ValueError, match="runtime 'torch' is not one of"):
         check_runtime("torch", "fp32")

@@ -47,7 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="measure CUDA graphs of the non-key-frame path (CUDA only)")
     parser.add_argument("--overlap-flow", action="store_true",
                         help="measure CPU flow computed beside the update branch")
-    add_config_option(parser, "backend", choices=None,
+    # torch by default, not the pipeline's auto: PyTorch eager is the baseline of the ratios.
+    add_config_option(parser, "backend", choices=None, default="torch",
                         help=f"comma list of runtimes of the networks, each measured as a fast "
                         f"path of its own: {', '.join(BACKENDS)} (exported ONNX graphs; optional "
                         "extras). openvino with --precision bf16 adds an OpenVINO bf16 row")

@@ -9,13 +9,19 @@ from pathlib import Path
 from ..config import DEFAULT_PRESET, PRESETS
 from ..deploy.export import (
     CACHE_REMEDY,
+    GRAPH_PRECISIONS,
     OPSET,
     OPSETS,
+    ExportedGraphs,
+    ExportKey,
     Manifest,
     cache_root,
     cache_state,
     export_graphs,
+    read_manifest,
+    stale_reason,
 )
+from ..deploy.quantize import calibration_set, int8_key, quantize_graphs
 from ..deploy.runtimes import RUNTIMES
 from ..model.checkpoint import load_model_or_preset
 from ..runtime import THREADS_HELP, set_threads
@@ -49,6 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"cache under {cache_root()})")
     parser.add_argument("--check-runtime", default=RUNTIMES[0], choices=RUNTIMES,
                         help="runtime that runs each graph against torch")
+    add_config_option(parser, "precision",
+                      help="int8: also quantize the image networks for backend openvino, "
+                      "precision int8 (needs --calibration and pip install 'accel_ros[int8]'); "
+                      "the others run the fp32 graphs (OpenVINO bf16, TensorRT --fp16)")
+    parser.add_argument("--calibration", type=Path, default=None, metavar="DIR",
+                        help="int8's calibration frames: a CamVid root (its train split less "
+                        "the held-out street) or a folder of .png/.jpg frames from your camera")
     parser.add_argument("--force", action="store_true",
                         help="export even when the cache holds these graphs already")
     parser.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
@@ -57,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     set_threads(args.threads)
+    if args.precision == "int8" and args.calibration is None:
+        raise ValueError("--precision int8 needs --calibration DIR: a CamVid root or a folder "
+                         "of frames from your camera (frames never ship with accel_ros)")
     loaded = load_model_or_preset(args.preset, args.checkpoint)
     size = tuple(args.input_size) if args.input_size else loaded.model.config.input_size
     if size is None:
@@ -64,22 +80,44 @@ def main(args: argparse.Namespace) -> int:
     state = cache_state(loaded.model, size, batch=args.batch, opset=args.opset,
                         out_of_frame=args.out_of_frame, folder=args.output)
     key, folder, reason = state.key, state.folder, state.reason  # every graph hashed
-    if reason is None and not args.force:
+    manifest = read_manifest(folder)
+    if reason is None and not args.force and manifest is not None:
         print(f"up to date: {folder} holds these graphs ({loaded.description})")
-        return 0
-    if reason is not None and Path(folder).exists():  # say why a folder there is not kept
-        print(f"exporting again: {reason}")
-    remedy = CACHE_REMEDY if args.output is None else "choose another --output folder"
-    manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
-                             checkpoint=str(loaded.path) if loaded.path else None,
-                             replace=args.force, remedy=remedy)
-    print(describe(manifest, folder))
+    else:
+        if reason is not None and Path(folder).exists():  # say why a folder there is not kept
+            print(f"exporting again: {reason}")
+        remedy = CACHE_REMEDY if args.output is None else "choose another --output folder"
+        manifest = export_graphs(loaded.model, folder, key, check_runtime=args.check_runtime,
+                                 checkpoint=str(loaded.path) if loaded.path else None,
+                                 replace=args.force, remedy=remedy)
+        print(describe(manifest, folder))
+    if args.precision not in GRAPH_PRECISIONS:
+        print(f"precision {args.precision} runs these fp32 graphs: nothing more to write")
+    if args.precision == "int8":
+        _quantize(args, key, ExportedGraphs(folder, manifest, True, 0.0))
     return 0
 
 
-def describe(manifest: Manifest, folder: Path) -> str:
+def _quantize(args: argparse.Namespace, fp32_key: ExportKey, fp32: ExportedGraphs) -> None:
+    """The int8 folder made from the fp32 graphs `fp32` with --calibration's frames: in the
+    cache, or beside --output's folder (its name + '-int8')."""
+    frames = calibration_set(args.calibration)
+    key = int8_key(fp32_key, frames)
+    folder = (cache_root() / key.folder_name if args.output is None
+              else args.output.with_name(args.output.name + "-int8"))
+    reason = stale_reason(folder, key)
+    if reason is None and not args.force:
+        print(f"up to date: {folder} holds these int8 graphs ({frames.describe()})")
+        return
+    print(f"quantizing to int8 on {frames.describe()} ({reason or 'forced'})")
+    remedy = CACHE_REMEDY if args.output is None else "choose another --output folder"
+    manifest = quantize_graphs(fp32, folder, key, frames, replace=args.force, remedy=remedy)
+    print(describe(manifest, folder, engines=False))
+
+
+def describe(manifest: Manifest, folder: Path, engines: bool = True) -> str:
     """What was written, one line per graph (N: the dynamic batch axis), and the TensorRT
-    engine commands."""
+    engine commands (`engines`)."""
     key = manifest.key
     lines = [f"exported {len(manifest.graphs)} graphs ({key.input_size[0]}x{key.input_size[1]}, "
              f"batch {key.batch or 'dynamic'}, opset {key.opset}) in "
@@ -90,6 +128,8 @@ def describe(manifest: Manifest, folder: Path) -> str:
         lines.append(f"  {graph['file']:<24} {inputs} -> {output} {_dims(shape)}  "
                      f"{graph['bytes'] / 1e6:.2f} MB, max |{manifest.checked_with} - torch| "
                      f"{graph['check_max_error']:.1e}")
+    if not engines:
+        return "\n".join(lines)
     lines.append("TensorRT engines (on the target, with TensorRT's trtexec):")
     for graph in manifest.graphs.values():
         lines.append("  " + trtexec_command(folder, graph, key.batch))

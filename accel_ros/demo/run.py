@@ -54,7 +54,7 @@ class DemoConfig:
     keyframe_interval: int = 5
     device: str = "auto"
     flow: str = "dis"
-    backend: str = "torch"
+    backend: str = PipelineConfig.backend
     seed: int = 0
     alpha: float = 0.5
     # The camera's rate: frame i is stamped i / fps s, and the age-aware fusion reads keyframe

@@ -27,6 +27,7 @@ from ..model.accel import AccelNet
 from ..registry import check_choice
 from .export import ExportedGraphs, cached_graphs, check_graph, export_graph
 from .graphs import GraphSpec
+from .quantize import cached_int8_graphs
 from .runtimes import RUNTIMES, GraphSession, check_precision, open_session, require
 
 # Graphs whose input is the frame: a frame of a new size exports (or loads) that size's graphs.
@@ -46,6 +47,8 @@ def check_runtime(runtime: str, precision: str) -> None:
     check_precision(runtime, precision)
     require(runtime, f"backend {runtime}")
     require("onnx", f"backend {runtime} (exporting its graphs)")
+    if precision == "int8":
+        require("nncf", "precision int8 (quantizing the graphs)")
 
 
 @dataclass
@@ -60,7 +63,8 @@ class GraphNetworks:
     Tensors in and out are float32 on the host, shaped as the model's own calls. With
     `input_size` the graphs are exported or loaded here (start-up); otherwise on the first
     frame of each size. `threads`: the sessions' intra-op threads (default: torch's thread
-    count when a session opens). Batch-1 graphs run a batch of N frames one at a time."""
+    count when a session opens). Batch-1 graphs run a batch of N frames one at a time.
+    `calibration`: precision int8's calibration frames (`quantize.cached_int8_graphs`)."""
 
     def __init__(
         self,
@@ -73,9 +77,11 @@ class GraphNetworks:
         batch: int = 1,
         root: str | Path | None = None,
         threads: int | None = None,
+        calibration: str | Path | None = None,
         log: Callable[[str], None] | None = _stderr,
     ) -> None:
         check_runtime(runtime, precision)
+        self.calibration = calibration
         self.model = model
         self.runtime = runtime
         self.precision = precision
@@ -93,8 +99,14 @@ class GraphNetworks:
     def prepare(self, input_size: tuple[int, int]) -> ExportedGraphs:
         """Export (when missing or stale) and open the graphs of one input size."""
         size = (int(input_size[0]), int(input_size[1]))
-        graphs = cached_graphs(self.model, size, batch=self.batch, out_of_frame=self.out_of_frame,
-                               root=self.root, check_runtime=self.runtime, log=self.log)
+        if self.precision == "int8":
+            graphs = cached_int8_graphs(self.model, size, calibration=self.calibration,
+                                        batch=self.batch, out_of_frame=self.out_of_frame,
+                                        root=self.root, log=self.log)
+        else:
+            graphs = cached_graphs(self.model, size, batch=self.batch,
+                                   out_of_frame=self.out_of_frame, root=self.root,
+                                   check_runtime=self.runtime, log=self.log)
         threads = self.threads or torch.get_num_threads()
         self._sizes[size] = {
             name: _Graph(
@@ -108,6 +120,9 @@ class GraphNetworks:
         while len(self._sizes) > MAX_SIZES:
             self._sizes.popitem(last=False)
         how = f"exported in {graphs.seconds:.1f} s" if graphs.exported else "from the cache"
+        if graphs.manifest.calibration:  # int8: which frames calibrated them
+            how += (f", calibrated on {len(graphs.manifest.calibration['frames'])} frames of "
+                    f"{graphs.manifest.calibration['source']}")
         self.notes.append(f"backend {self.runtime} ({self.precision}, {threads} thread(s)): "
                           f"graphs for {size[0]}x{size[1]} {how}, {graphs.folder}")
         return graphs
@@ -225,6 +240,9 @@ class ExportedModule:
         threads: int | None = None,
     ) -> None:
         check_runtime(runtime, precision)
+        if precision == "int8":  # quantizing needs a model's own calibration (quantize.py)
+            raise NotExportableError(f"{name} has no int8 graphs: precision int8 quantizes "
+                                     f"AccelNet's graphs only")
         self.module = module.eval()
         self.name = name
         self.runtime = runtime

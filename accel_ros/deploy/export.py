@@ -45,6 +45,9 @@ MANIFEST = "manifest.json"
 # modes as nearest sampling without a word, so graphs stay within 16-19.
 OPSETS = (16, 17, 18, 19)
 OPSET = 17
+# What the graphs of a folder compute in: exported fp32 graphs, or those graphs with their image
+# networks quantized to int8 (deploy/quantize.py) for a calibration set.
+GRAPH_PRECISIONS = ("fp32", "int8")
 CACHE_ENV = "ACCEL_ROS_CACHE"
 # Export check, per graph: max |runtime - torch| <= CHECK_TOLERANCE * max(1, max |torch|).
 # fp32 graphs differ from torch by summation order only: ~1e-5 relative is typical.
@@ -104,6 +107,8 @@ class ExportKey:
     opset: int = OPSET
     out_of_frame: str = "border"
     versions: tuple[tuple[str, str], ...] = ()
+    precision: str = "fp32"  # GRAPH_PRECISIONS
+    calibration: str = ""  # int8: the sha256 of the calibration set (quantize.CalibrationSet)
 
     def __post_init__(self) -> None:
         if self.opset not in OPSETS:
@@ -114,6 +119,10 @@ class ExportKey:
             raise ValueError(f"batch must be >= 1 (0: dynamic), got {self.batch}")
         if len(self.input_size) != 2 or min(self.input_size) < 16:
             raise ValueError(f"input size must be (height, width) >= 16, got {self.input_size}")
+        if self.precision not in GRAPH_PRECISIONS:
+            raise ValueError(f"graph precision {self.precision!r} is not one of {GRAPH_PRECISIONS}")
+        if (self.precision == "int8") != bool(self.calibration):
+            raise ValueError("int8 graphs, and only they, are keyed by a calibration set")
 
     @classmethod
     def for_model(cls, model: AccelNet, input_size: tuple[int, int], **fields: Any) -> ExportKey:
@@ -126,7 +135,10 @@ class ExportKey:
     @property
     def folder_name(self) -> str:
         batch = self.batch or "N"
-        return f"{self.weights_sha256[:16]}-{self.input_size[0]}x{self.input_size[1]}-b{batch}"
+        name = f"{self.weights_sha256[:16]}-{self.input_size[0]}x{self.input_size[1]}-b{batch}"
+        if self.precision == "int8":
+            name += f"-int8-{self.calibration[:12]}"
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -162,6 +174,8 @@ class Manifest:
     export_seconds: float = 0.0
     checkpoint: str | None = None
     format: str = FORMAT
+    # int8 folders: where the calibration frames came from, how many, and their names.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -206,15 +220,24 @@ def stale_reason(folder: Path, key: ExportKey) -> str | None:
 def _changed_graph(folder: Path, graph: dict[str, Any]) -> str | None:
     """Why one graph file is not the one its manifest entry pins (None: it is). The size alone
     misses bytes overwritten in place, which still parse and run with wrong weights."""
-    name, path = graph["file"], folder / graph["file"]
     if "sha256" not in graph:  # a manifest from before graphs were pinned
-        return f"the manifest has no sha256 of {name} (written by an older accel_ros)"
-    try:
-        if path.stat().st_size != graph["bytes"] or file_sha256(path) != graph["sha256"]:
-            return f"{name} changed on disk, its sha256 is not the manifest's"
-    except OSError as error:  # missing, unreadable, or removed by a concurrent export
-        return f"{name} cannot be read: {error.strerror or error}"
+        return f"the manifest has no sha256 of {graph['file']} (written by an older accel_ros)"
+    # An OpenVINO IR (int8 graphs) keeps its weights in a .bin beside the .xml: both are pinned.
+    for part in (graph, graph.get("weights")):
+        if part is None:
+            continue
+        name, path = part["file"], folder / part["file"]
+        try:
+            if path.stat().st_size != part["bytes"] or file_sha256(path) != part["sha256"]:
+                return f"{name} changed on disk, its sha256 is not the manifest's"
+        except OSError as error:  # missing, unreadable, or removed by a concurrent export
+            return f"{name} cannot be read: {error.strerror or error}"
     return None
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """A file's name, size and sha256, as a manifest pins it."""
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def export_graphs(
@@ -232,15 +255,32 @@ def export_graphs(
     whole, atomically, unless it serves `key` already by the time the export is done (another
     process exported it meanwhile) and `replace` is False. Raises ValueError naming a graph
     that fails its check, GraphWriteError (ending in `remedy`) where `folder` is not writable."""
+    return write_graphs(folder, key,
+                        lambda staging: _export_into(model, staging, key, check_runtime,
+                                                     checkpoint),
+                        replace=replace, remedy=remedy)
+
+
+def write_graphs(folder: str | Path, key: ExportKey, fill: Callable[[Path], Manifest], *,
+                 replace: bool = False, remedy: str = FOLDER_REMEDY) -> Manifest:
+    """Have `fill` write a folder of graphs and its manifest for `key` into an empty staging
+    folder, then put it at `folder` as a whole (see `export_graphs`, which it serves, like
+    `quantize.quantized_graphs`)."""
     folder = Path(folder)
     with _writing_graphs(folder, remedy):
         staging = _staging_folder(folder)
         try:
-            manifest = _export_into(model, staging, key, check_runtime, checkpoint)
+            manifest = fill(staging)
             _replace_folder(staging, folder, key, keep_fresh=not replace)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> None:
+    """`manifest.json` of a folder of graphs."""
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",
+                                   encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -293,8 +333,7 @@ def _export_into(model: AccelNet, staging: Path, key: ExportKey, check_runtime: 
         key, config.num_classes, list(config.class_names), config.palette, config.to_dict(),
         graphs, check_runtime, round(time.perf_counter() - start, 2), checkpoint,
     )
-    (staging / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n",
-                                    encoding="utf-8")
+    write_manifest(staging, manifest)
     return manifest
 
 
@@ -340,11 +379,9 @@ def _graph_entry(spec: GraphSpec, path: Path, key: ExportKey, error: float) -> d
         return [0 if key.batch == 0 else int(tensor.shape[0]), *map(int, tensor.shape[1:])]
 
     return {
-        "file": path.name,
         "inputs": {name: shape(tensor) for name, tensor in spec.inputs.items()},
         "output": {spec.output: shape(spec.expected)},
-        "bytes": path.stat().st_size,
-        "sha256": file_sha256(path),
+        **file_entry(path),
         "check_max_error": error,
     }
 

@@ -8,6 +8,7 @@ OpenVINO's own default on CPUs with AMX or AVX512-BF16 is bf16, which would brea
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from types import ModuleType
@@ -21,10 +22,11 @@ from ..registry import check_choice
 # Runtimes that run exported graphs: the backends marked so in config.BACKENDS, in its order.
 RUNTIMES = BACKENDS.select(lambda backend: backend.graphs)
 # module -> the pip extra of accel_ros that installs it (setup.py extras_require)
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+EXTRAS = {"onnx": "onnx", "onnxruntime": "onnxruntime", "openvino": "openvino", "nncf": "int8"}
 # PipelineConfig.precision -> OpenVINO's name for it (INFERENCE_PRECISION_HINT); which of them
-# the openvino backend runs is config.BACKENDS' to say.
-OPENVINO_PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
+# the openvino backend runs is config.BACKENDS' to say. int8: the quantized graphs
+# (deploy/quantize.py) run their int8 layers in int8 and the rest in fp32.
+OPENVINO_PRECISIONS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f32"}
 
 
 class BackendUnavailableError(ImportError, ValueError):
@@ -106,7 +108,7 @@ class OpenVinoSession(GraphSession):
     ) -> None:
         super().__init__(path)
         check_precision(self.runtime, precision)
-        ov = require("openvino", "backend openvino")
+        require("openvino", "backend openvino")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads,
@@ -117,7 +119,7 @@ class OpenVinoSession(GraphSession):
         }
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        compiled = openvino_core().compile_model(str(path), "CPU", config)
         self.request = compiled.create_infer_request()
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
@@ -129,6 +131,14 @@ class OpenVinoSession(GraphSession):
 SESSIONS: dict[str, type[GraphSession]] = BACKENDS.bind(
     {"onnxruntime": OnnxRuntimeSession, "openvino": OpenVinoSession}, RUNTIMES
 )
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """One OpenVINO core for the process, never freed. When the last core and compiled model
+    of a process were freed (a segmenter dropped), the next SIGINT (Ctrl-C) crashed the
+    process with SIGSEGV (OpenVINO 2026.4.1, Python 3.11)."""
+    return require("openvino", "backend openvino").Core()
 
 
 def open_session(

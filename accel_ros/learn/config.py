@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..config import DEFAULT_PRESET, MODES, PipelineConfig
+from ..data.camvid import HELD_OUT_SEQUENCES
 from ..registry import check_choice
 
 STAGE_ORDER = ("reference", "update", "fusion")
@@ -44,7 +45,7 @@ class TrainConfig:
     data: str = "camvid"
     data_root: Path | None = None
     data_splits: tuple[str, ...] = ("train",)
-    holdout: tuple[str, ...] = ("0001TP",)
+    holdout: tuple[str, ...] = HELD_OUT_SEQUENCES
     limit: int | None = None
     # the model
     preset: str = DEFAULT_PRESET

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import BACKENDS, DEFAULT_PRESET, MODES, ModelConfig, PipelineConfig
+from ..deploy.auto import resolve_backend
 from ..deploy.backends import build_networks
 from ..deploy.runtimes import RUNTIMES
 from ..model.accel import AccelNet
@@ -322,9 +323,12 @@ class AccelSegmenter:
         `model_hash`: the identity of the weights (`LoadedModel.fingerprint`), reported with
         the labels' class metadata; empty when unknown."""
         self.model_hash = model_hash
-        self.pipeline_config = pipeline or PipelineConfig()
+        self.device = resolve_device((pipeline or PipelineConfig()).device)
+        # backend auto becomes the runtime and precision it stands for on this device; the
+        # segmenter's config names them, and the first note says why.
+        self.pipeline_config, self._backend_note = resolve_backend(pipeline or PipelineConfig(),
+                                                                   self.device)
         cfg = self.pipeline_config
-        self.device = resolve_device(cfg.device)
         if MODES[cfg.mode].update_branch and model.update is None:
             raise ValueError(f"mode {cfg.mode!r} needs a model with an update branch")
         self.model = model.to(self.device).eval()
@@ -414,8 +418,9 @@ class AccelSegmenter:
 
     @property
     def fast_path_notes(self) -> list[str]:
-        """Which fast paths are active, or why a requested one fell back (human-readable)."""
-        return list(self._ops.notes)
+        """Which backend runs the networks (and why, for backend auto), which fast paths are
+        active, or why a requested one fell back (human-readable)."""
+        return [note for note in (self._backend_note, *self._ops.notes) if note]
 
     def backend_info(self) -> BackendInfo:
         """What runs the networks now: the backend really running, precision, device, threads
@@ -841,11 +846,13 @@ def _torch_calls(
 
 # backend -> the builder of what `AccelSegmenter` runs its networks through: an object with the
 # calls of `fastpath.OP_NAMES`, `notes`, `graphs` and `release()`. One builder per value of
-# config.BACKENDS (bind checks, at import): torch's `FastOps`; the graph runtimes'
+# config.BACKENDS that runs networks (bind checks, at import; auto has become one of them
+# when the segmenter is built): torch's `FastOps`; the graph runtimes'
 # `deploy.backends.GraphNetworks`, which exports (or loads from its cache) the graphs of
 # `input_size` when built, so a first start pays the export before the first frame.
 NETWORK_CALLS: dict[str, Callable[..., Any]] = BACKENDS.bind(
-    {"torch": _torch_calls} | dict.fromkeys(RUNTIMES, build_networks)
+    {"torch": _torch_calls} | dict.fromkeys(RUNTIMES, build_networks),
+    BACKENDS.select(lambda backend: not backend.chooses),
 )
 
 
