@@ -473,12 +473,15 @@ def test_a_text_file_named_mp4_is_one_line_even_from_ffmpeg(tmp_path, capfd):
 
 
 def test_segment_through_another_backend_gives_the_same_labels(
-        tmp_path, tiny_model, clip_images, capsys):
+        tmp_path, tiny_model, clip_images, capsys, monkeypatch):
     """`segment --backend onnxruntime`: the exported graphs in ONNX Runtime, the keyframe
     cache, flow and warp of the pipeline; labels as torch's on every frame of an Accel clip.
     The summary names the backend that ran, and whether its graphs were exported or came from
     the cache (the second run)."""
     pytest.importorskip("onnxruntime", reason="the onnxruntime extra is not installed")
+    from accel_ros.deploy.export import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))  # other tests export these weights
     bag = tmp_path / "cam"
     rosbag.write_camera_bag(bag, clip_images)
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", tiny_model)
