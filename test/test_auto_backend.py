@@ -12,12 +12,14 @@ from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.deploy import auto
 from accel_ros.deploy.auto import AGREEMENT, MEASURED, choose_backend
 from accel_ros.deploy.export import CACHE_ENV
+from accel_ros.machine import CpuInfo
 from accel_ros.model import AccelNet
 from accel_ros.stream import AccelSegmenter
 
 CPU = torch.device("cpu")
-AMX = frozenset({"avx512f", "amx_bf16", "amx_int8", "amx_tile"})
-EPYC = frozenset({"avx512f", "avx512_bf16"})  # AVX512-BF16 without AMX (issue #31's CPU)
+AMX = CpuInfo("Intel Xeon", ("AMX", "AVX512-BF16", "VNNI", "AVX512"))
+EPYC = CpuInfo("AMD EPYC", ("AVX512-BF16", "VNNI", "AVX512"))  # no AMX (issue #31's CPU)
+PLAIN = CpuInfo("x86", ())
 OPENVINO = frozenset({"openvino"})
 
 
@@ -27,8 +29,8 @@ def test_auto_is_the_default_backend() -> None:
 
 def test_auto_takes_the_fastest_measured_row_whose_labels_agree() -> None:
     # bf16 was measured below AGREEMENT on street frames, with AMX or without: fp32 everywhere.
-    for flags in (AMX, EPYC, frozenset()):
-        choice = choose_backend(PipelineConfig(), CPU, flags, OPENVINO)
+    for cpu in (AMX, EPYC, PLAIN):
+        choice = choose_backend(PipelineConfig(), CPU, cpu, OPENVINO)
         assert (choice.backend, choice.precision) == ("openvino", "fp32")
         assert choice.reason.startswith("backend auto: openvino fp32 (any x86 CPU; labels 100.00%")
     bf16 = next(row for row in MEASURED if row.precision == "bf16")
@@ -62,7 +64,7 @@ def test_auto_is_torch_without_a_runtime_or_on_cuda() -> None:
 def test_auto_keeps_a_precision_asked_for() -> None:
     int8 = choose_backend(PipelineConfig(precision="int8"), CPU, AMX, OPENVINO)
     assert (int8.backend, int8.precision) == ("openvino", "int8")
-    bf16 = choose_backend(PipelineConfig(precision="bf16"), CPU, frozenset(), frozenset())
+    bf16 = choose_backend(PipelineConfig(precision="bf16"), CPU, PLAIN, frozenset())
     assert (bf16.backend, bf16.precision) == ("torch", "bf16")
     named = choose_backend(PipelineConfig(backend="torch"), CPU, AMX, OPENVINO)
     assert (named.backend, named.reason) == ("torch", "")
@@ -86,7 +88,7 @@ def test_segmenter_runs_the_table_choice_where_openvino_is_installed(tmp_path,
     pytest.importorskip("openvino")
     pytest.importorskip("onnx")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(auto, "cpu_flags", frozenset)  # no CPU features: the fp32 row
+    monkeypatch.setattr(auto, "cpu_info", lambda: CpuInfo("x86", ()))  # no features: the fp32 row
     segmenter = AccelSegmenter(_tiny(), PipelineConfig(device="cpu"))
     config = segmenter.pipeline_config
     assert (config.backend, config.precision) == ("openvino", "fp32")

@@ -15,26 +15,25 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..config import PipelineConfig
+from ..machine import CpuInfo, cpu_info
 
 # The least share of pixels whose labels equal torch fp32's for auto to take a row.
 AGREEMENT = 0.995
-CPUINFO = Path("/proc/cpuinfo")
 
 
 @dataclass(frozen=True)
 class Measured:
-    """One runtime and precision as measured: `cpu_flags` it needs (all of them, as
-    /proc/cpuinfo names them, `cpu_note` says so in words), `agreement`: share of labels equal
-    to torch fp32's, `ratio`: Accel k=5 frame time over PyTorch eager's, both on `measured`."""
+    """One runtime and precision as measured: the CPU `features` it needs (all of them, names
+    of `machine.FEATURES`; `cpu_note` says so in words), `agreement`: share of labels equal to
+    torch fp32's, `ratio`: Accel k=5 frame time over PyTorch eager's, both on `measured`."""
 
     backend: str
     precision: str
-    cpu_flags: tuple[str, ...]
+    features: tuple[str, ...]
     cpu_note: str
     agreement: float
     ratio: float
@@ -47,7 +46,7 @@ class Measured:
 # the labels there (0.64% on an AMD EPYC without AMX, issue #31): below AGREEMENT, so auto
 # leaves it to those who ask for it (`precision: bf16`).
 MEASURED = (
-    Measured("openvino", "bf16", ("amx_bf16",), "CPU has AMX", 0.9895, 0.36,
+    Measured("openvino", "bf16", ("AMX",), "CPU has AMX", 0.9895, 0.36,
              "Intel Xeon with AMX, 2026-12-06"),
     Measured("openvino", "fp32", (), "any x86 CPU", 0.9999997, 0.53,
              "Intel Xeon with AMX, 2026-12-06; AMD EPYC: 0.650x, 100% (issue #31)"),
@@ -61,17 +60,6 @@ class BackendChoice:
     backend: str
     precision: str
     reason: str
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        for line in CPUINFO.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def installed_runtimes() -> frozenset[str]:
@@ -93,7 +81,7 @@ def _importable(module: str) -> bool:
 def choose_backend(
     pipeline: PipelineConfig,
     device: torch.device,
-    flags: frozenset[str] | None = None,
+    cpu: CpuInfo | None = None,
     installed: frozenset[str] | None = None,
 ) -> BackendChoice:
     """The backend and precision of `pipeline` (backend "auto" resolved on `device`). With
@@ -101,7 +89,7 @@ def choose_backend(
     precision may be chosen; bf16 / fp16 / int8 are taken as asked."""
     if pipeline.backend != "auto":
         return BackendChoice(pipeline.backend, pipeline.precision, "")
-    flags = cpu_flags() if flags is None else flags
+    cpu = cpu_info() if cpu is None else cpu
     installed = installed_runtimes() if installed is None else installed
     why_torch = _torch_only(pipeline, device)
     if why_torch:
@@ -113,7 +101,7 @@ def choose_backend(
     for row in MEASURED:
         if row.backend not in installed or row.agreement < AGREEMENT:
             continue
-        if set(row.cpu_flags) <= flags:
+        if all(cpu.has(feature) for feature in row.features):
             return BackendChoice(row.backend, row.precision, (
                 f"backend auto: {row.backend} {row.precision} ({row.cpu_note}; labels "
                 f"{row.agreement:.2%} equal to torch fp32 on CamVid streets at "
