@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import CHOICES, DEFAULT_PRESET, MODES, RANGES, PipelineConfig, Range, load_yaml
+from ..config import (
+    BACKENDS,
+    CHOICES,
+    DEFAULT_PRESET,
+    MODES,
+    RANGES,
+    PipelineConfig,
+    Range,
+    load_yaml,
+)
 from .streams import stream_names
 from .throttled_log import MESSAGE_LIMIT, shorten
 
@@ -152,9 +161,8 @@ _DESCRIPTIONS: dict[str, tuple[str, bool]] = {
     "stagger_keyframes": (
         "with several streams, offset stream i's keyframes by about i * keyframe_interval / N "
         "frames so reference-network runs are spread over the batches", True),
-    "backend": ("runtime of the networks: auto (on a CPU the fastest installed runtime measured "
-                "to keep torch fp32's labels; torch where none is or on CUDA), torch, or exported "
-                "graphs in OpenVINO / ONNX Runtime", False),
+    "backend": ("runtime of the networks: " + "; ".join(
+        f"{name}: {backend.help}" for name, backend in BACKENDS.items()), False),
     "preset": ("model preset; a checkpoint's own config wins", False),
     "checkpoint": ("'default' = shipped weights, 'none' = random weights (testing only), or a "
                    ".pt path", False),
