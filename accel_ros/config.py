@@ -84,13 +84,14 @@ BACKENDS: Registry[Backend] = Registry("backend", {
     # On a CPU the fastest installed runtime and precision whose labels were measured equal to
     # torch fp32's on >= 99.5% of street pixels (deploy/auto.py holds the measured table);
     # torch where none is or on CUDA.
-    "auto": Backend("the fastest runtime measured to keep torch's labels, else torch",
+    "auto": Backend("on a CPU the fastest installed runtime measured to keep torch fp32's "
+                    "labels, else PyTorch (the start-up line says which and why)",
                     PRECISIONS.choices, graphs=False, chooses=True),
     "torch": Backend("PyTorch eager, with the torch_compile / cuda_graphs fast paths",
                      ("fp32", "fp16", "bf16"), graphs=False),
     # ONNX Runtime's CPU provider runs fp32 graphs in fp32 only.
-    "onnxruntime": Backend("exported graphs in ONNX Runtime", ("fp32",)),
-    "openvino": Backend("exported graphs in OpenVINO", ("fp32", "bf16", "int8")),
+    "onnxruntime": Backend("exported graphs in ONNX Runtime on the CPU", ("fp32",)),
+    "openvino": Backend("exported graphs in OpenVINO on the CPU", ("fp32", "bf16", "int8")),
 })
 # The node: sensor_msgs/Image, or image_transport's <topic>/compressed (PNG and JPEG).
 INPUT_TRANSPORTS = Registry("input_transport", ("raw", "compressed"))

@@ -186,7 +186,7 @@ def test_feature_fusion_preset_builds_and_runs() -> None:
         ({"keyframe_interval": 0}, "keyframe_interval"),
         ({"flow_method": "raft"}, "flow_method"),
         ({"flow_scale": 0.0}, "flow_scale"),
-        ({"precision": "int8"}, "precision"),
+        ({"precision": "fp8"}, "precision"),
         ({"input_size": (8, 8)}, "input_size"),
     ],
 )

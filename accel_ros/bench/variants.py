@@ -191,9 +191,13 @@ class PeerSegmenter:
     ) -> None:
         from torchvision.models import segmentation
 
+        from ..deploy.auto import resolve_backend
+
         self.builder = builder
-        self.pipeline_config = pipeline
         self.device = resolve_device(pipeline.device)
+        # backend auto: the runtime it stands for, as for the Accel segmenters beside it.
+        pipeline, backend_note = resolve_backend(pipeline, self.device)
+        self.pipeline_config = pipeline
         kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None,
                                   "num_classes": num_classes}
         if builder.startswith("deeplabv3"):
@@ -207,7 +211,8 @@ class PeerSegmenter:
         # Another runtime runs its own precision: torch's autocast stays off.
         torch_runs = pipeline.backend == "torch"
         self._dtype = AUTOCAST_DTYPES.get(pipeline.precision) if torch_runs else None
-        self._notes = [f"torchvision {builder}, random weights"]
+        self._notes = [note for note in (backend_note, f"torchvision {builder}, random weights")
+                       if note]
         self._compiled: dict[str, CompiledCall] = {}
         self._graphs: dict[str, CudaGraphCall] = {}
         call: Any = self._forward
