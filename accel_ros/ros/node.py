@@ -402,14 +402,15 @@ class SegmentationNodeSteps:
         # A checkpoint carries its own architecture: the preset only matters without one.
         source = (f"preset {options.preset} (random weights)" if options.random_weights
                   else f"checkpoint {options.checkpoint}")
-        # Which runtime runs the networks, and how (graphs exported or from the cache).
-        runtime = "; ".join(getattr(segmenter, "fast_path_notes", None) or [])
+        # Which runtime really runs the networks (backend auto's choice and why), and how
+        # (graphs exported or from the cache).
+        info = segmenter.backend_info() if hasattr(segmenter, "backend_info") else None
+        runtime = info.describe() if info else f"backend {pipeline.backend} {pipeline.precision}"
         self.get_logger().info(
-            f"model from {source} on {segmenter.device}, mode {pipeline.mode}, keyframe "
-            f"interval {pipeline.keyframe_interval}, backend {pipeline.backend} "
-            f"{pipeline.precision}"
+            f"model from {source}, mode {pipeline.mode}, keyframe interval "
+            f"{pipeline.keyframe_interval}"
             + (f", {len(names)} streams: {', '.join(names)}" if self._multi_stream else "")
-            + (f" ({runtime})" if runtime else "")
+            + f"; {runtime}"
         )
         if self._multi_stream and options.image_topic != PARAMETER_SPECS["image_topic"].default:
             self.get_logger().warning(

@@ -37,14 +37,16 @@ class BackendInfo:
         return data
 
 
-def backend_info(calls: Any, pipeline: PipelineConfig, device: torch.device) -> BackendInfo:
+def backend_info(calls: Any, pipeline: PipelineConfig, device: torch.device,
+                 notes: list[str] | None = None) -> BackendInfo:
     """The `BackendInfo` of a segmenter's network calls (`FastOps` for backend torch, else
-    deploy's `GraphNetworks`, which name their runtime, precision and threads)."""
+    deploy's `GraphNetworks`, which name their runtime, precision and threads); `notes`
+    default to the calls' own."""
     threads = getattr(calls, "threads", None) or torch.get_num_threads()
     return BackendInfo(
         backend=str(getattr(calls, "runtime", "torch")),
         precision=str(getattr(calls, "precision", pipeline.precision)),
         device=str(device),
         threads=int(threads),
-        notes=tuple(calls.notes),
+        notes=tuple(calls.notes if notes is None else notes),
     )

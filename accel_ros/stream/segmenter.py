@@ -425,7 +425,8 @@ class AccelSegmenter:
     def backend_info(self) -> BackendInfo:
         """What runs the networks now: the backend really running, precision, device, threads
         and `fast_path_notes` (stream/backend_info.py); what the run summaries print."""
-        return backend_info(self._ops, self.pipeline_config, self.device)
+        return backend_info(self._ops, self.pipeline_config, self.device,
+                            self.fast_path_notes)
 
     def close(self) -> None:
         """Stop the overlap_flow worker thread, if it was started."""
