@@ -221,7 +221,7 @@ def camera(probe: Probe, image_topic: str, frames: list[np.ndarray],
 FAKE_RVIZ = '''\
 #!{python}
 """rviz2 stand-in: subscribes to every display of the -d configuration, as rviz2 would."""
-import json, os, sys, threading
+import json, os, signal, sys, threading
 import rclpy, yaml
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -263,6 +263,10 @@ try:
     rclpy.spin(node)
 except (KeyboardInterrupt, ExternalShutdownException):
     pass
+# Ctrl-C reaches it twice (the terminal's, then launch's): as the node does, it ignores the
+# second once it is stopping, or that one kills it ("process has died [exit code -2]").
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 write()
 '''
 
