@@ -40,7 +40,7 @@ class Measured:
     measured: str
 
 
-# Fastest first. Measured with the shipped model on 40 frames of the held-out street 0001TP at
+# Fastest first. Measured with the shipped model (trained on them) on 40 frames of street 0001TP at
 # 360x480, Accel k=5, 1 thread pinned to one core of a 2-vCPU Intel Xeon with AMX, alternating
 # with torch frame by frame, 2026-12-06 (docs/deploy.md, "backend auto"). bf16 changed 1.05% of
 # the labels there (0.64% on an AMD EPYC without AMX, issue #31): below AGREEMENT, so auto
