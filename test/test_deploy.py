@@ -213,6 +213,36 @@ def test_backend_calls_match_torch(lite_model, graph_root, clip, runtime) -> Non
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
+def test_image_graphs_take_the_frames_pixels(lite_model, graph_root, clip, runtime) -> None:
+    """A frame's uint8 pixels (the channels-last view of its (H, W, 3) array that the segmenter
+    hands over) give the float frame's outputs: converted inside OpenVINO's graphs, on the host
+    for ONNX Runtime. A float frame after them (a resized camera) runs as well."""
+    networks = GraphNetworks(lite_model, runtime, input_size=SIZE, root=graph_root, log=None)
+    pixels = torch.from_numpy(clip[3]).permute(2, 0, 1)[None]
+    assert pixels.dtype == torch.uint8 and pixels.stride()[1] == 1
+    image = pixels.float() / 255
+    with torch.inference_mode():
+        for call in (networks.reference_features, networks.update_features):
+            from_pixels = call(pixels)
+            from_float = call(image)
+            scale = max(1.0, float(from_float.abs().max()))
+            assert float((from_pixels - from_float).abs().max()) <= 1e-6 * scale
+    assert networks.takes_pixels == (runtime == "openvino")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_frames_resized_to_the_input_size_stream_as_torch(lite_model, graph_root, clip, runtime,
+                                                          monkeypatch) -> None:
+    """Frames of twice the input size are resized (float) before the networks, so the image
+    graphs take float frames there: the labels are still torch's."""
+    monkeypatch.setenv("ACCEL_ROS_CACHE", str(graph_root))
+    larger = [np.repeat(np.repeat(frame, 2, axis=0), 2, axis=1) for frame in clip[:4]]
+    results = _stream(lite_model, larger, backend=runtime)
+    assert results[0].labels.shape == larger[0].shape[:2]
+    _assert_same_stream(results, _stream(lite_model, larger))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
 def test_corrupted_graph_in_the_cache_is_exported_again(lite_model, clip, tmp_path,
                                                        runtime) -> None:
     """Bytes overwritten inside a cached graph (same size, still valid ONNX) are caught by the

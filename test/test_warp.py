@@ -8,11 +8,12 @@ import torch
 
 from accel_ros.config import FLOW_METHODS
 from accel_ros.model import AccelNet, DISFlow, FarnebackFlow, ZeroFlow
-from accel_ros.model.flow import FLOW_ESTIMATORS, build_flow
+from accel_ros.model.flow import FLOW_ESTIMATORS, build_flow, downscale_frame
 from accel_ros.model.warp import (
     feature_size,
     flow_to_features,
     flow_to_grid,
+    mean_flow_magnitude,
     out_of_frame_mask,
     resize_flow,
     warp,
@@ -131,6 +132,35 @@ def test_downscaled_flow_is_in_its_own_pixels() -> None:
     assert abs(float(flow[0, 0, 12:36, 16:48].median()) + 4.0) < 0.5
     full = resize_flow(flow, (96, 128))
     assert abs(float(full[0, 0, 24:72, 32:96].median()) + 8.0) < 1.0
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.37, 1.0])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_opencv_grey_frames_are_torchs_bilinear_downscale(scale, channels_last) -> None:
+    """The OpenCV estimators' grey input (made by OpenCV) is the grey of `downscale_frame`'s
+    bilinear downscale, up to float rounding, whatever the frame's memory layout."""
+    torch.manual_seed(0)
+    frame = torch.rand(2, 3, 90, 121)
+    if channels_last:
+        frame = frame.contiguous(memory_format=torch.channels_last)
+    greys, device = DISFlow(scale=scale).prepare(frame)
+    small = downscale_frame(frame, scale)
+    expected = ((0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2])
+                .clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    assert device == frame.device and len(greys) == 2
+    for grey, want in zip(greys, expected, strict=True):
+        assert grey.shape == want.shape and grey.dtype == np.uint8
+        difference = np.abs(grey.astype(int) - want)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
+def test_mean_flow_magnitude_is_the_mean_vector_length() -> None:
+    torch.manual_seed(0)
+    flow = torch.randn(2, 2, 30, 40) * 5
+    expected = flow.norm(dim=1).mean()
+    assert torch.allclose(mean_flow_magnitude(flow), expected, rtol=1e-6)
+    three_four = torch.stack((torch.full((1, 4, 4), 3.0), torch.full((1, 4, 4), -4.0)), dim=1)
+    assert float(mean_flow_magnitude(three_four)) == 5.0
 
 
 def test_flow_estimators_reject_mismatched_frames() -> None:

@@ -9,13 +9,14 @@ first use of a model and input size.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ..registry import check_choice
 from .export import ExportedGraphs, cached_graphs, check_graph, export_graph
 from .graphs import GraphSpec
 from .quantize import cached_int8_graphs
-from .runtimes import RUNTIMES, GraphSession, check_precision, open_session, require
+from .runtimes import RUNTIMES, SESSIONS, GraphSession, check_precision, open_session, require
 
 # Graphs whose input is the frame: a frame of a new size exports (or loads) that size's graphs.
 IMAGE_GRAPHS = ("reference_features", "update_features")
@@ -53,8 +54,17 @@ def check_runtime(runtime: str, precision: str) -> None:
 
 @dataclass
 class _Graph:
-    session: GraphSession
+    """One exported graph of one input size. Its sessions open on first use, one per kind of
+    input: float, or (an image graph on a runtime that converts them) the frame's pixels."""
+
+    opener: Callable[..., GraphSession]  # opener(pixels=...) -> a new session
     shapes: list[tuple[int, ...]]  # input shapes less the batch axis
+    sessions: dict[bool, GraphSession] = field(default_factory=dict)
+
+    def session(self, pixels: bool = False) -> GraphSession:
+        if pixels not in self.sessions:
+            self.sessions[pixels] = self.opener(pixels=pixels)
+        return self.sessions[pixels]
 
 
 class GraphNetworks:
@@ -110,13 +120,18 @@ class GraphNetworks:
         threads = self.threads or torch.get_num_threads()
         self._sizes[size] = {
             name: _Graph(
-                open_session(self.runtime, graphs.folder / entry["file"], threads,
-                             self.precision, graphs.folder / f"{self.runtime}_cache"),
+                functools.partial(open_session, self.runtime, graphs.folder / entry["file"],
+                                  threads, self.precision,
+                                  graphs.folder / f"{self.runtime}_cache"),
                 [tuple(shape[1:]) for shape in entry["inputs"].values()],
             )
             for name, entry in graphs.manifest.graphs.items()
             if name != "warp"  # the pipeline warps in torch
         }
+        for name, graph in self._sizes[size].items():
+            # Open, before the first frame, the session each graph usually runs: frames at the
+            # input size reach an image graph as pixels where the runtime takes them.
+            graph.session(pixels=self.takes_pixels and name in IMAGE_GRAPHS)
         while len(self._sizes) > MAX_SIZES:
             self._sizes.popitem(last=False)
         how = f"exported in {graphs.seconds:.1f} s" if graphs.exported else "from the cache"
@@ -186,9 +201,16 @@ class GraphNetworks:
                 return graph
         raise ValueError(f"no exported {name} graph takes inputs {shapes}")
 
+    @property
+    def takes_pixels(self) -> bool:
+        """Whether the image calls take frames as (N, 3, H, W) uint8 (any strides) as they
+        are, as well as float in [0, 1]: the runtime converts them inside its graphs."""
+        return SESSIONS[self.runtime].takes_pixels
+
     def _run(self, name: str, *tensors: torch.Tensor) -> torch.Tensor:
-        session = self._graph(name, tensors).session
-        arrays = [t.detach().float().contiguous().cpu().numpy() for t in tensors]
+        pixels = self.takes_pixels and tensors[0].dtype == torch.uint8
+        session = self._graph(name, tensors).session(pixels)
+        arrays = [_session_array(t, session.pixels) for t in tensors]
         count = arrays[0].shape[0]
         if self.batch in (0, count):
             return torch.from_numpy(session(*arrays))
@@ -200,6 +222,18 @@ class GraphNetworks:
     def _require_update(self) -> None:
         if self.model.update is None:
             raise RuntimeError("this model has no update branch (update_backbone=None)")
+
+
+def _session_array(tensor: torch.Tensor, pixels: bool) -> np.ndarray:
+    """A call's tensor as a session takes it: float32 as shaped, or, for an image call given
+    the frame's pixels ((N, 3, H, W) uint8), (N, H, W, 3) uint8 where the session converts
+    them itself (`pixels`; a view of a channels-last frame, as `frame_to_tensor` makes of an
+    (H, W, 3) array), else float32 in [0, 1]."""
+    if tensor.dtype == torch.uint8:
+        if pixels:
+            return tensor.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        tensor = tensor.float() / 255.0
+    return tensor.detach().float().contiguous().cpu().numpy()
 
 
 def build_networks(

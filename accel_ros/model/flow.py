@@ -37,6 +37,8 @@ class FlowEstimator:
     """Base class. `__call__(previous, current)` with (N, 3, H, W) float RGB in [0, 1]."""
 
     name = "base"
+    # Whether `estimate` itself refuses NaN/inf flow, so its callers need not scan it again.
+    checks_finite = False
 
     def prepare(self, frame: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -81,16 +83,33 @@ def downscale_frame(frame: torch.Tensor, scale: float) -> torch.Tensor:
 class _OpenCVFlow(FlowEstimator):
     """Shared plumbing of the OpenCV estimators: grey uint8 at `scale` of the frame size."""
 
+    checks_finite = True  # on the host, before the flow becomes a tensor
+
     def __init__(self, scale: float = 0.5) -> None:
         if not 0.0 < scale <= 1.0:
             raise ValueError(f"flow scale must be in (0, 1], got {scale}")
         self.scale = scale
 
     def prepare(self, frame: torch.Tensor) -> Any:
-        small = downscale_frame(frame, self.scale)
-        grey = 0.299 * small[:, 0] + 0.587 * small[:, 1] + 0.114 * small[:, 2]
-        grey = (grey.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        return [np.ascontiguousarray(g) for g in grey], frame.device
+        """(N, 3, H, W) float RGB in [0, 1] -> per frame, the (h, w) uint8 grey image at `scale`
+        (bilinear, as `downscale_frame`), and the frame's device.
+
+        Grey first, then resize, in OpenCV on the (H, W, 3) layout: the segmenter's frames are
+        channels-last, so that is a view, and OpenCV's SIMD kernels take 0.14 ms where torch's
+        strided per-channel arithmetic and 3-channel resize took 1.06 ms (360x480, one thread).
+        The two agree up to float rounding (0.03% of grey levels differ by 1)."""
+        if frame.dim() != 4 or frame.shape[1] != 3:
+            raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
+        height, width = frame.shape[-2:]
+        size = (max(8, round(height * self.scale)), max(8, round(width * self.scale)))
+        greys = []
+        for image in frame.detach().float().cpu():
+            grey = cv2.cvtColor(np.ascontiguousarray(image.permute(1, 2, 0).numpy()),
+                                cv2.COLOR_RGB2GRAY)
+            if size != (height, width):
+                grey = cv2.resize(grey, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+            greys.append(np.rint(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8))
+        return greys, frame.device
 
     def estimate(self, previous: Any, current: Any) -> torch.Tensor:
         prev_images, _ = previous

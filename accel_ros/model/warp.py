@@ -38,6 +38,14 @@ def check_flow(flow: torch.Tensor, finite: bool | None = None) -> None:
         raise ValueError("flow contains NaN or infinite values")
 
 
+def mean_flow_magnitude(flow: torch.Tensor) -> torch.Tensor:
+    """Mean length of the vectors of flow (N, 2, H, W), over all of them: a 0-d tensor.
+
+    `hypot` of the two planes, not `flow.norm(dim=1)`: on a CPU the norm over a 2-long channel
+    axis is a strided reduction, ~5 ms on one thread for a 180x240 flow against ~0.07 ms."""
+    return torch.hypot(flow[:, 0], flow[:, 1]).mean()
+
+
 def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize flow (N, 2, H, W) to (N, 2, h, w) over the *same extent*, rescaling the vectors to
     the new pixel units (u by w / W, v by h / H).

@@ -300,6 +300,9 @@ class FastOps:
     `graph_factory(fn, name)` makes the graph wrapper (default: `CudaGraphCall` on `device`);
     tests pass a CPU stand-in to check which buffers each graph copies."""
 
+    # The image calls take float frames only (`deploy.backends.GraphNetworks` may take pixels).
+    takes_pixels = False
+
     def __init__(
         self,
         model: torch.nn.Module,

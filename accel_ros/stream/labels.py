@@ -77,7 +77,9 @@ class BilinearLabels:
         self.band_second = rows_second[starts]
         band_weights = torch.zeros(bands, tallest, 2)
         band_weights[band_of_row, offset_in_band] = row_weights
-        self.band_weights = band_weights  # (bands, tallest, 2)
+        # (bands, tallest) each: the weights of a band's first and second source row.
+        self.upper_weights = band_weights[..., 0].contiguous()
+        self.lower_weights = band_weights[..., 1].contiguous()
         self.row_in_padded = band_of_row * tallest + offset_in_band  # (H,) into bands*tallest
         self.bands, self.tallest = bands, tallest
 
@@ -87,20 +89,24 @@ class BilinearLabels:
 
     def _one(self, scores: torch.Tensor) -> torch.Tensor:
         classes, (h, _), width = scores.shape[0], self.low, self.high[1]
-        # (K, h, w) -> per source row and output column, the K scores: (h, W, K).
+        # (K, h, w) -> per class, source row and output column: (K, h, W). Classes stay the
+        # outer axis throughout: a max over it reads contiguous rows (about twice as fast on
+        # a CPU as an argmax over a short last axis).
         columns = (scores.reshape(classes * h, -1) @ self.column_matrix).view(classes, h, width)
-        columns = columns.permute(1, 2, 0).contiguous()
-        winners = columns.argmax(dim=-1)  # (h, W)
+        winners = columns.max(dim=0).indices  # (h, W), the first maximum as argmax keeps it
         first, second = winners[self.band_first], winners[self.band_second]  # (bands, W)
         padded = first.to(torch.uint8)[:, None, :].expand(-1, self.tallest, -1).contiguous()
         band, column = torch.nonzero(first != second, as_tuple=True)
         if band.numel():
-            upper = columns[self.band_first[band], column]  # (P, K)
-            lower = columns[self.band_second[band], column]
-            weights = self.band_weights[band]  # (P, tallest, 2)
-            blended = (upper[:, None, :] * weights[..., :1]
-                       + lower[:, None, :] * weights[..., 1:])  # (P, tallest, K)
-            padded[band, :, column] = blended.argmax(dim=-1).to(torch.uint8)
+            upper = columns[:, self.band_first[band], column]  # (K, P)
+            lower = columns[:, self.band_second[band], column]
+            weights = self.upper_weights[band]  # (P, tallest)
+            # upper * w1 + lower * w2 in one buffer: (K, P, tallest); two in-place passes
+            # instead of three temporaries (1.5 ms against 2.5 ms for 3000 pixel columns).
+            blended = torch.empty((classes, *weights.shape))
+            torch.mul(upper[:, :, None], weights, out=blended)
+            blended.addcmul_(lower[:, :, None], self.lower_weights[band])
+            padded[band, :, column] = blended.max(dim=0).indices.to(torch.uint8)
         return padded.view(self.bands * self.tallest, width)[self.row_in_padded]
 
 
