@@ -15,14 +15,17 @@ from accel_ros.cli.main import main as cli_main
 from accel_ros.config import ModelConfig, PipelineConfig
 from accel_ros.data.synthetic import SceneConfig, SyntheticDrivingScene
 from accel_ros.deploy.backends import check_runtime
-from accel_ros.deploy.export import CACHE_ENV, read_manifest
+from accel_ros.deploy.export import CACHE_ENV, ExportKey, read_manifest
 from accel_ros.deploy.quantize import (
     CALIBRATION_ENV,
     QUANTIZED_GRAPHS,
     CalibrationMissingError,
     cached_int8_graphs,
     calibration_set,
+    int8_key,
+    quantization_settings,
 )
+from accel_ros.machine import CpuInfo
 from accel_ros.model import AccelNet, save_checkpoint
 from accel_ros.stream import AccelSegmenter
 
@@ -115,6 +118,48 @@ def test_a_start_without_calibration_uses_the_exported_int8_graphs(model, frames
     made = cached_int8_graphs(model, SIZE, calibration=frames_folder, root=root, log=None)
     found = cached_int8_graphs(model, SIZE, root=root, log=None)  # the frames are not needed
     assert not found.exported and found.folder == made.folder
+
+
+AMX_XEON = CpuInfo("Intel(R) Xeon(R) Processor", ("AMX", "AVX512-BF16", "VNNI", "AVX512", "AVX2"))
+AVX2_ONLY = CpuInfo("Intel(R) Core(TM) i7-6700", ("AVX2",))
+
+
+def _stem_weight_range(xml: Path) -> int:
+    """The largest |int8 weight| of the first convolution in the IR `xml` (127 or 128: full
+    8-bit weights; 64 at most: NNCF's overflow fix gave them 7 bits)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    first = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution")
+    node = first.input_value(1).get_node()
+    while node.get_type_name() != "Constant":  # back through the dequantization ops
+        node = node.input_value(0).get_node()
+    return int(np.abs(node.get_data().astype(np.int32)).max())
+
+
+def test_the_overflow_fix_is_off_on_cpus_that_sum_int8_products_in_int32(
+        model, frames_folder, tmp_path, monkeypatch) -> None:
+    assert quantization_settings(AMX_XEON)["nncf_overflow_fix"] == "disable"
+    assert quantization_settings(CpuInfo("AMD EPYC", ("VNNI", "AVX2")))["nncf_overflow_fix"] \
+        == "disable"
+    assert quantization_settings(AVX2_ONLY)["nncf_overflow_fix"] == "first_layer_only"
+    fp32_key = ExportKey.for_model(model, SIZE)
+    frames = calibration_set(frames_folder)
+    assert int8_key(fp32_key, frames, AMX_XEON) != int8_key(fp32_key, frames, AVX2_ONLY)
+
+    root = tmp_path / "cache"
+    monkeypatch.setattr("accel_ros.deploy.quantize.cpu_info", lambda: AMX_XEON)
+    full = cached_int8_graphs(model, SIZE, calibration=frames_folder, root=root, log=None)
+    assert _stem_weight_range(full.folder / "reference_features.xml") >= 127
+    # Graphs quantized for a VNNI CPU are not taken on a CPU without it: quantized again.
+    monkeypatch.setattr("accel_ros.deploy.quantize.cpu_info", lambda: AVX2_ONLY)
+    monkeypatch.setenv(CALIBRATION_ENV, str(tmp_path / "no such folder"))
+    with pytest.raises(CalibrationMissingError):
+        cached_int8_graphs(model, SIZE, root=root, log=None)
+    fixed = cached_int8_graphs(model, SIZE, calibration=frames_folder, root=root, log=None)
+    assert fixed.exported and dict(fixed.manifest.key.versions)["nncf_overflow_fix"] \
+        == "first_layer_only"
+    assert _stem_weight_range(fixed.folder / "reference_features.xml") <= 64
 
 
 def test_int8_labels_agree_with_fp32_on_most_pixels(model, clip, frames_folder, tmp_path,

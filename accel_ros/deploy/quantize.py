@@ -9,9 +9,22 @@ redistributing its frames): they come from a folder the user names, at export ti
 (`accel-ros export --precision int8 --calibration DIR`) or at the first start
 (`$ACCEL_ROS_CALIBRATION`, else `../shared/camvid`). Nothing is downloaded.
 
-The int8 folder's key is the fp32 graphs' key plus precision int8 and the sha256 of the
-calibration set (its frames' names and bytes), so other frames or other weights quantize
-again; its manifest pins every file (the IR's .xml and .bin) by sha256 like the fp32 graphs.
+The int8 folder's key is the fp32 graphs' key plus precision int8, the sha256 of the
+calibration set (its frames' names and bytes) and NNCF's settings (`quantization_settings`), so
+other frames, other weights or other settings quantize again; its manifest pins every file (the
+IR's .xml and .bin) by sha256 like the fp32 graphs.
+
+NNCF's overflow fix is off where the CPU has VNNI or AMX. The fix gives the first convolution
+after each image input 7-bit weights: CPUs without VNNI multiply u8 activations by s8 weights
+in pairs summed in int16, which full-range weights over a full-range image can saturate; VNNI
+and AMX sum into int32, nothing to fix. On the shipped model the reference's 7-bit stem cost a
+point of the labels: Accel k=5 on the first 40 frames of 0001TP stamped 1 s apart (`accel-ros
+bench --threads 1 --fps 1`, Xeon with AMX, one core) agreed with torch fp32 on 96.42% of the
+pixels with the fix, 97.71% without (CamVid val at 30 fps: 99.37%, 99.48%), at the same speed
+(0.34-0.38x torch's time, both). Tried there too, none better: preset MIXED 96.45%,
+fast_bias_correction=False 95.60%, 128 calibration frames 96.40%; without the fix, the stem kept
+fp32 97.73% (the fix on moves to the next convolution: 96.78%), all 305 frames 97.71%
+(docs/deploy.md#int8).
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from ..data.camvid import HELD_OUT_SEQUENCES, detect_layout, list_camvid
+from ..machine import CpuInfo, cpu_info
 from ..model.accel import AccelNet
 from .export import (
     CACHE_REMEDY,
@@ -61,6 +75,10 @@ CALIBRATION_ENV = "ACCEL_ROS_CALIBRATION"
 # docs use (a CamVid root).
 DEFAULT_CALIBRATION = Path("../shared/camvid")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# NNCF's overflow fix (OverflowFix values) by whether the CPU's int8 dot products sum into int32
+# (the module docstring says why and what it cost).
+OVERFLOW_FIX_WITH_VNNI = "disable"
+OVERFLOW_FIX_WITHOUT_VNNI = "first_layer_only"
 # How frames become graph inputs; part of the calibration set's identity.
 PREPARATION = "rgb/255, area resize to the input size"
 
@@ -167,12 +185,25 @@ def cached_int8_graphs(
     return ExportedGraphs(folder, manifest, exported=True, seconds=seconds, reason=reason)
 
 
-def int8_key(fp32_key: ExportKey, frames: CalibrationSet) -> ExportKey:
-    """The key of the int8 graphs made from `fp32_key`'s graphs with `frames`: the versions
-    of the quantizer and the runtime that ran it join the fp32 key's."""
-    versions = (*fp32_key.versions, ("openvino", _version("openvino")), ("nncf", _version("nncf")))
+def int8_key(fp32_key: ExportKey, frames: CalibrationSet, cpu: CpuInfo | None = None
+             ) -> ExportKey:
+    """The key of the int8 graphs made from `fp32_key`'s graphs with `frames` for `cpu` (this
+    machine's by default): the versions of the quantizer and the runtime that ran it and its
+    settings for that CPU join the fp32 key's versions."""
     return dataclasses.replace(fp32_key, precision="int8", calibration=frames.identity,
-                               versions=versions)
+                               versions=_int8_versions(fp32_key, cpu or cpu_info()))
+
+
+def quantization_settings(cpu: CpuInfo) -> dict[str, str]:
+    """NNCF's settings that shape the int8 graphs for `cpu`, as the int8 key records them."""
+    vnni = cpu.has("VNNI") or cpu.has("AMX")
+    return {"nncf_preset": "performance",
+            "nncf_overflow_fix": OVERFLOW_FIX_WITH_VNNI if vnni else OVERFLOW_FIX_WITHOUT_VNNI}
+
+
+def _int8_versions(fp32_key: ExportKey, cpu: CpuInfo) -> tuple[tuple[str, str], ...]:
+    return (*fp32_key.versions, ("openvino", _version("openvino")), ("nncf", _version("nncf")),
+            *quantization_settings(cpu).items())
 
 
 def _version(module: str) -> str:
@@ -181,20 +212,21 @@ def _version(module: str) -> str:
 
 def _fresh_int8_folder(base: Path, fp32_key: ExportKey) -> ExportedGraphs | None:
     """The newest int8 folder under `base` made from `fp32_key`'s graphs with this
-    installation's quantizer, whatever its calibration set, that is not stale."""
+    installation's quantizer and its settings for this CPU, whatever its calibration set, that
+    is not stale."""
     try:
         candidates = sorted(base.glob(f"{fp32_key.folder_name}-int8-*"),
                             key=lambda path: path.stat().st_mtime, reverse=True)
     except OSError:
         return None
+    cpu = cpu_info()
     for folder in candidates:
         manifest = read_manifest(folder)
         if manifest is None or manifest.key.precision != "int8":
             continue
         fp32_part = dataclasses.replace(manifest.key, precision="fp32", calibration="",
                                         versions=fp32_key.versions)
-        expected = dataclasses.replace(manifest.key, versions=(
-            *fp32_key.versions, ("openvino", _version("openvino")), ("nncf", _version("nncf"))))
+        expected = dataclasses.replace(manifest.key, versions=_int8_versions(fp32_key, cpu))
         if fp32_part == fp32_key and stale_reason(folder, expected) is None:
             return ExportedGraphs(folder, manifest, exported=False, seconds=0.0)
     return None
@@ -209,8 +241,12 @@ def quantize_graphs(
     replace: bool = False,
     remedy: str = FOLDER_REMEDY,
 ) -> Manifest:
-    """Write the int8 folder `folder` for `key`: QUANTIZED_GRAPHS quantized on `frames` as
-    OpenVINO IR, the other graphs copied from `fp32`, and a manifest pinning every file."""
+    """Write the int8 folder `folder` for `key`: QUANTIZED_GRAPHS quantized on `frames` with
+    the key's NNCF settings (`int8_key`) as OpenVINO IR, the other graphs copied from `fp32`,
+    and a manifest pinning every file."""
+    settings = dict(key.versions)
+    preset, overflow_fix = settings["nncf_preset"], settings["nncf_overflow_fix"]
+
     def fill(staging: Path) -> Manifest:
         start = time.perf_counter()
         inputs = load_frames(frames.paths, key.input_size, max(key.batch, 1))
@@ -219,7 +255,7 @@ def quantize_graphs(
             source = fp32.folder / entry["file"]
             if name in QUANTIZED_GRAPHS:
                 graphs[name] = {**entry, **quantize_graph(source, staging / f"{name}.xml",
-                                                          inputs)}
+                                                          inputs, preset, overflow_fix)}
             else:
                 shutil.copy2(source, staging / entry["file"])
                 graphs[name] = dict(entry)
@@ -253,19 +289,26 @@ def load_frames(paths: Sequence[Path], input_size: tuple[int, int], batch: int =
     return arrays
 
 
-def quantize_graph(source: Path, target: Path, inputs: Sequence[np.ndarray]) -> dict[str, Any]:
+def quantize_graph(source: Path, target: Path, inputs: Sequence[np.ndarray], preset: str,
+                   overflow_fix: str) -> dict[str, Any]:
     """Quantize the one-input ONNX graph `source` on `inputs` into the IR `target` (.xml and
-    .bin); returns its manifest fields (files pinned, and the largest difference to the fp32
-    graph on the first input relative to its scale, as `check_max_error`)."""
+    .bin) with NNCF's `preset` and `overflow_fix` (QuantizationPreset and OverflowFix values,
+    `quantization_settings`); returns its manifest fields (files pinned, and the largest
+    difference to the fp32 graph on the first input relative to its scale, as
+    `check_max_error`)."""
     ov = require("openvino", "precision int8")
     nncf = require("nncf", "precision int8 (quantizing the graphs)")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
     # convert_model folds the ONNX importer's shape arithmetic into constants: read as it is,
     # the depthwise convolutions' weights sat behind ShapeOf ops and stayed fp32 (the
     # reference took 106.8 ms instead of 76.8 ms per frame, 1 loaded thread).
     model = ov.convert_model(str(source))
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
     with _quiet():
         quantized = nncf.quantize(model, nncf.Dataset(list(inputs)), subset_size=len(inputs),
-                                  preset=nncf.QuantizationPreset.PERFORMANCE)
+                                  preset=nncf.QuantizationPreset(preset),
+                                  advanced_parameters=advanced)
     ov.save_model(quantized, str(target), compress_to_fp16=False)
     core = openvino_core()
     config = {"INFERENCE_PRECISION_HINT": "f32"}
