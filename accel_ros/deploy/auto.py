@@ -40,16 +40,17 @@ class Measured:
     measured: str
 
 
-# Fastest first. Measured with the shipped model (trained on them) on 40 frames of street 0001TP at
-# 360x480, Accel k=5, 1 thread pinned to one core of a 2-vCPU Intel Xeon with AMX, alternating
-# with torch frame by frame, 2026-12-06 (docs/deploy.md, "backend auto"). bf16 changed 1.05% of
-# the labels there (0.64% on an AMD EPYC without AMX, issue #31): below AGREEMENT, so auto
-# leaves it to those who ask for it (`precision: bf16`).
+# Fastest first. Measured with the shipped model (trained on them) on the first 40 frames of
+# street 0001TP at 360x480 stamped 1 s apart as recorded, Accel k=5, `process()` on 1 thread
+# pinned to one core of a 2-vCPU Intel Xeon with AMX, alternating with torch frame by frame,
+# 2026-12-07 (`accel-ros bench --source`, docs/deploy.md "What int8 costs and gains"). bf16
+# changed 1.00% of the labels there (0.64% on an AMD EPYC without AMX, issue #31): below
+# AGREEMENT, so auto leaves it to those who ask for it (`precision: bf16`).
 MEASURED = (
-    Measured("openvino", "bf16", ("AMX",), "CPU has AMX", 0.9895, 0.36,
-             "Intel Xeon with AMX, 2026-12-06"),
-    Measured("openvino", "fp32", (), "any x86 CPU", 0.9999997, 0.53,
-             "Intel Xeon with AMX, 2026-12-06; AMD EPYC: 0.650x, 100% (issue #31)"),
+    Measured("openvino", "bf16", ("AMX",), "CPU has AMX", 0.9900, 0.32,
+             "Intel Xeon with AMX, 2026-12-07"),
+    Measured("openvino", "fp32", (), "any x86 CPU", 0.9999997, 0.55,
+             "Intel Xeon with AMX, 2026-12-07; AMD EPYC: 0.650x, 100% (issue #31)"),
 )
 
 
