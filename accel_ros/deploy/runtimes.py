@@ -63,8 +63,23 @@ class GraphSession:
     takes_pixels = False  # whether the class can convert an image graph's pixels itself
     pixels = False  # whether this session's image input is (N, H, W, 3) uint8
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 1,
+        precision: str = "fp32",
+        cache_dir: Path | None = None,
+        pixels: bool = False,
+    ) -> None:
+        """Compile graph file `path` to run on `threads` threads in `precision`; `cache_dir`
+        keeps compiled blobs where the runtime has them; `pixels` asks an image graph to take
+        uint8 frames where the class `takes_pixels`."""
         self.path = Path(path)
+        check_precision(self.runtime, precision)
+        self._open(threads, precision, cache_dir, pixels and self.takes_pixels)
+
+    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
+        raise NotImplementedError
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -76,17 +91,7 @@ class OnnxRuntimeSession(GraphSession):
 
     runtime = "onnxruntime"
 
-    def __init__(
-        self,
-        path: Path,
-        threads: int = 1,
-        precision: str = "fp32",
-        cache_dir: Path | None = None,
-        pixels: bool = False,
-    ) -> None:
-        """`pixels` is unused: ONNX Runtime takes the float frames (`self.pixels` False)."""
-        super().__init__(path)
-        check_precision(self.runtime, precision)
+    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
         ort = require("onnxruntime", "backend onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -97,7 +102,7 @@ class OnnxRuntimeSession(GraphSession):
         # frame spinning, against 40 ms in PyTorch eager.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
+            str(self.path), options, providers=["CPUExecutionProvider"]
         )
         self.input_names = [item.name for item in self.session.get_inputs()]
 
@@ -114,16 +119,7 @@ class OpenVinoSession(GraphSession):
     runtime = "openvino"
     takes_pixels = True
 
-    def __init__(
-        self,
-        path: Path,
-        threads: int = 1,
-        precision: str = "fp32",
-        cache_dir: Path | None = None,
-        pixels: bool = False,
-    ) -> None:
-        super().__init__(path)
-        check_precision(self.runtime, precision)
+    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
         ov = require("openvino", "backend openvino")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
@@ -135,7 +131,7 @@ class OpenVinoSession(GraphSession):
         }
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        graph = str(path)
+        graph = str(self.path)
         self.pixels = pixels
         if pixels:
             graph = _pixels_input(ov, openvino_core().read_model(graph))
