@@ -61,7 +61,7 @@ class GraphSession:
 
     runtime = "base"
     takes_pixels = False  # whether the class can convert an image graph's pixels itself
-    pixels = False  # whether this session's image input is (N, H, W, 3) uint8
+    pixels: bool  # whether this session's image input is (N, H, W, 3) uint8 (set when built)
 
     def __init__(
         self,
@@ -76,9 +76,11 @@ class GraphSession:
         uint8 frames where the class `takes_pixels`."""
         self.path = Path(path)
         check_precision(self.runtime, precision)
-        self._open(threads, precision, cache_dir, pixels and self.takes_pixels)
+        self.pixels = pixels and self.takes_pixels
+        self._open(threads, precision, cache_dir)
 
-    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
+    def _open(self, threads: int, precision: str, cache_dir: Path | None) -> None:
+        """Compile `self.path` (with `self.pixels`, taking uint8 frames)."""
         raise NotImplementedError
 
     def __call__(self, *arrays: np.ndarray) -> np.ndarray:
@@ -91,7 +93,7 @@ class OnnxRuntimeSession(GraphSession):
 
     runtime = "onnxruntime"
 
-    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
+    def _open(self, threads: int, precision: str, cache_dir: Path | None) -> None:
         ort = require("onnxruntime", "backend onnxruntime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -119,7 +121,7 @@ class OpenVinoSession(GraphSession):
     runtime = "openvino"
     takes_pixels = True
 
-    def _open(self, threads: int, precision: str, cache_dir: Path | None, pixels: bool) -> None:
+    def _open(self, threads: int, precision: str, cache_dir: Path | None) -> None:
         ov = require("openvino", "backend openvino")
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
@@ -132,8 +134,7 @@ class OpenVinoSession(GraphSession):
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
         graph = str(self.path)
-        self.pixels = pixels
-        if pixels:
+        if self.pixels:
             graph = _pixels_input(ov, openvino_core().read_model(graph))
         compiled = openvino_core().compile_model(graph, "CPU", config)
         self.request = compiled.create_infer_request()

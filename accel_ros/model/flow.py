@@ -67,15 +67,21 @@ class ZeroFlow(FlowEstimator):
         return torch.zeros(n, 2, height, width, device=device)
 
 
-def downscale_frame(frame: torch.Tensor, scale: float) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 3, round(H * scale), round(W * scale)) float, at least 8 px a side;
-    the working resolution of the classical flow estimators."""
+def working_size(frame: torch.Tensor, scale: float) -> tuple[int, int]:
+    """The classical flow estimators' working resolution of frames (N, 3, H, W):
+    (round(H * scale), round(W * scale)), at least 8 px a side. Raises ValueError for frames of
+    another shape."""
     if frame.dim() != 4 or frame.shape[1] != 3:
         raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
     height, width = frame.shape[-2:]
-    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    return max(8, round(height * scale)), max(8, round(width * scale))
+
+
+def downscale_frame(frame: torch.Tensor, scale: float) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, h, w) float at `working_size`, bilinear."""
+    size = working_size(frame, scale)
     small = frame.detach().float()
-    if size != (height, width):
+    if size != tuple(frame.shape[-2:]):
         small = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
     return small
 
@@ -98,15 +104,12 @@ class _OpenCVFlow(FlowEstimator):
         channels-last, so that is a view, and OpenCV's SIMD kernels take 0.14 ms where torch's
         strided per-channel arithmetic and 3-channel resize took 1.06 ms (360x480, one thread).
         The two agree up to float rounding (0.03% of grey levels differ by 1)."""
-        if frame.dim() != 4 or frame.shape[1] != 3:
-            raise ValueError(f"flow expects (N, 3, H, W) frames, got {tuple(frame.shape)}")
-        height, width = frame.shape[-2:]
-        size = (max(8, round(height * self.scale)), max(8, round(width * self.scale)))
+        size = working_size(frame, self.scale)
         greys = []
         for image in frame.detach().float().cpu():
             grey = cv2.cvtColor(np.ascontiguousarray(image.permute(1, 2, 0).numpy()),
                                 cv2.COLOR_RGB2GRAY)
-            if size != (height, width):
+            if size != tuple(frame.shape[-2:]):
                 grey = cv2.resize(grey, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
             greys.append(np.rint(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8))
         return greys, frame.device
