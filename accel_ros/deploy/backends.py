@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import shutil
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -26,7 +25,7 @@ import torch
 from ..config import PipelineConfig
 from ..model.accel import AccelNet
 from ..registry import check_choice
-from .export import ExportedGraphs, cached_graphs, check_graph, export_graph
+from .export import ExportedGraphs, cached_graphs, check_graph, export_graph, log_to_stderr
 from .graphs import GraphSpec
 from .quantize import cached_int8_graphs
 from .runtimes import RUNTIMES, SESSIONS, GraphSession, check_precision, open_session, require
@@ -35,10 +34,6 @@ from .runtimes import RUNTIMES, SESSIONS, GraphSession, check_precision, open_se
 IMAGE_GRAPHS = ("reference_features", "update_features")
 # Input sizes whose sessions stay loaded (each holds its own copy of the weights).
 MAX_SIZES = 4
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def check_runtime(runtime: str, precision: str) -> None:
@@ -88,7 +83,7 @@ class GraphNetworks:
         root: str | Path | None = None,
         threads: int | None = None,
         calibration: str | Path | None = None,
-        log: Callable[[str], None] | None = _stderr,
+        log: Callable[[str], None] | None = log_to_stderr,
     ) -> None:
         check_runtime(runtime, precision)
         self.calibration = calibration

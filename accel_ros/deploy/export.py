@@ -444,7 +444,9 @@ def cache_state(
     return CacheState(key, folder, stale_reason(folder, key))
 
 
-def _stderr(line: str) -> None:
+def log_to_stderr(line: str) -> None:
+    """The cache's default `log`: one line on stderr, flushed (the node's console shows it
+    before the first frame)."""
     print(line, file=sys.stderr, flush=True)
 
 
@@ -457,7 +459,7 @@ def cached_graphs(
     out_of_frame: str = "border",
     root: str | Path | None = None,
     check_runtime: str = "onnxruntime",
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = log_to_stderr,
 ) -> ExportedGraphs:
     """The graphs of `model` at `input_size` from the cache under `root` (default
     `cache_root()`), exported first when missing or stale (a graph file whose sha256 is not

@@ -36,7 +36,6 @@ import io
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from .export import (
     cached_graphs,
     file_entry,
     file_sha256,
+    log_to_stderr,
     read_manifest,
     stale_reason,
     write_graphs,
@@ -81,10 +81,6 @@ OVERFLOW_FIX_WITH_VNNI = "disable"
 OVERFLOW_FIX_WITHOUT_VNNI = "first_layer_only"
 # How frames become graph inputs; part of the calibration set's identity.
 PREPARATION = "rgb/255, area resize to the input size"
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 class CalibrationMissingError(FileNotFoundError, ValueError):
@@ -145,7 +141,7 @@ def cached_int8_graphs(
     batch: int = 1,
     out_of_frame: str = "border",
     root: str | Path | None = None,
-    log: Callable[[str], None] | None = _stderr,
+    log: Callable[[str], None] | None = log_to_stderr,
 ) -> ExportedGraphs:
     """`model`'s int8 graphs at `input_size` from the cache under `root`, quantized first when
     missing or stale. With `calibration` (a folder) they are those of its frames. Without, any
